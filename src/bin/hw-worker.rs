@@ -1,0 +1,110 @@
+//! hw-worker: the daemon for one worker. Parses arguments, builds the
+//! configuration, runs the worker, maps errors to exit statuses.
+
+use std::process::ExitCode;
+
+use hookwatch::config::{WorkerConfig, WorkerFlags};
+use hookwatch::error::Error;
+use hookwatch::exit;
+
+const USAGE: &str = "\
+Usage: hw-worker [OPTIONS] NAME
+
+Runs the tasks dropped into tasks/NAME/ of the spool: claims each one, runs
+the agent command, retries failures with back-off, dead-letters what cannot
+succeed, and writes results and a heartbeat. Stops on SIGTERM or SIGINT.
+
+Options (each overrides its environment variable):
+  -r, --root DIR                spool root (HW_ROOT; /shared)
+  -c, --max-concurrent N        tasks run at once (MAX_CONCURRENT_TASKS; 3)
+      --command CMD             agent command (CLAUDE_COMMAND; claude)
+      --system-prompt-file F    passed as --system-prompt-file (SYSTEM_PROMPT_FILE)
+      --task-timeout SECS       per attempt (TASK_TIMEOUT; 600)
+      --kill-grace SECS         SIGTERM to SIGKILL on timeout (5)
+      --max-retries N           retries after the first attempt (MAX_RETRIES; 3)
+      --retry-backoff X         delay multiplier (RETRY_BACKOFF; 2.0)
+      --initial-retry-delay SECS  first retry delay (INITIAL_RETRY_DELAY; 1)
+      --breaker-threshold N     failures that open the breaker (CIRCUIT_BREAKER_THRESHOLD; 5)
+      --breaker-timeout SECS    how long it stays open (CIRCUIT_BREAKER_TIMEOUT; 60)
+      --heartbeat-interval SECS (HEARTBEAT_INTERVAL; 10)
+      --poll SECS               also rescan every SECS; 0 off (2 on network file systems)
+      --workdir DIR             agents' working directory (the folder holding tasks/)
+      --shutdown-timeout SECS   grace for running tasks at SIGTERM (30)
+      --max-output BYTES        output kept per stream (1M)
+      --max-task-bytes BYTES    larger task files are dead-lettered (1M)
+      --log-level LEVEL         DEBUG, INFO, WARNING, ERROR (LOG_LEVEL; INFO)
+      --log-format FORMAT       json or text (LOG_FORMAT; json)
+  -h, --help                    this text
+  -V, --version                 the version
+
+Durations are seconds (fractions allowed) or take s, m, h, d; sizes take K, M, G.
+Exit status: 0 stopped by a signal, 64 usage, 73 cannot create a spool
+folder, 74 I/O error, 78 bad configuration. See hw-worker(8), hookwatch(5).
+";
+
+enum Command {
+    Run(Box<WorkerFlags>),
+    Help,
+    Version,
+}
+
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut f = WorkerFlags::default();
+    while let Some(arg) = parser.next()? {
+        let slot = match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('r') | Long("root") => &mut f.root,
+            Short('c') | Long("max-concurrent") => &mut f.max_concurrent,
+            Long("command") => &mut f.command,
+            Long("system-prompt-file") => &mut f.system_prompt_file,
+            Long("task-timeout") => &mut f.task_timeout,
+            Long("kill-grace") => &mut f.kill_grace,
+            Long("max-retries") => &mut f.max_retries,
+            Long("retry-backoff") => &mut f.retry_backoff,
+            Long("initial-retry-delay") => &mut f.initial_retry_delay,
+            Long("breaker-threshold") => &mut f.breaker_threshold,
+            Long("breaker-timeout") => &mut f.breaker_timeout,
+            Long("heartbeat-interval") => &mut f.heartbeat_interval,
+            Long("poll") => &mut f.poll,
+            Long("workdir") => &mut f.workdir,
+            Long("shutdown-timeout") => &mut f.shutdown_timeout,
+            Long("max-output") => &mut f.max_output,
+            Long("max-task-bytes") => &mut f.max_task_bytes,
+            Long("log-level") => &mut f.log_level,
+            Long("log-format") => &mut f.log_format,
+            Value(name) if f.name.is_none() => {
+                f.name = Some(name.string()?);
+                continue;
+            }
+            _ => return Err(arg.unexpected()),
+        };
+        *slot = Some(parser.value()?.string()?);
+    }
+    Ok(Command::Run(Box::new(f)))
+}
+
+fn main() -> ExitCode {
+    let flags = match parse_args(lexopt::Parser::from_env()) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("hw-worker {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(flags)) => flags,
+        Err(e) => return exit::report("hw-worker", &Error::usage(format!("{e} (see --help)"))),
+    };
+    let config = match WorkerConfig::resolve(&flags) {
+        Ok(c) => c,
+        Err(e) => return exit::report("hw-worker", &e),
+    };
+    hookwatch::log::init("hw-worker", Some(config.name.clone()), config.log);
+    match hookwatch::worker::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::report("hw-worker", &e),
+    }
+}

@@ -1,0 +1,76 @@
+//! Task dependencies (SPEC section 2): a task runs once every task it
+//! depends on has a `completed` result in any worker's results folder; it
+//! is dead-lettered when one of them ended failed or dead-lettered.
+
+use std::fs;
+
+use crate::spool::Spool;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DepState {
+    Ready,
+    Waiting,
+    /// This dependency failed or was dead-lettered.
+    Failed(String),
+}
+
+pub fn check(spool: &Spool, deps: &[String]) -> DepState {
+    if deps.is_empty() {
+        return DepState::Ready;
+    }
+    let workers = list(&spool.results);
+    let mut waiting = false;
+    for dep in deps {
+        match result_status(spool, &workers, dep) {
+            Some(s) if s == "completed" => {}
+            Some(_) => return DepState::Failed(dep.clone()),
+            None if dead_lettered(spool, dep) => return DepState::Failed(dep.clone()),
+            None => waiting = true,
+        }
+    }
+    if waiting {
+        DepState::Waiting
+    } else {
+        DepState::Ready
+    }
+}
+
+fn result_status(spool: &Spool, workers: &[String], id: &str) -> Option<String> {
+    let mut found = None;
+    for w in workers {
+        let Ok(bytes) = fs::read(spool.result_path(w, id)) else { continue };
+        let status = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(String::from));
+        match status.as_deref() {
+            Some("completed") => return status,
+            Some(_) => found = status,
+            None => {}
+        }
+    }
+    found
+}
+
+/// A record `<id>_<unix>[-n].json` in any worker's DLQ folder.
+fn dead_lettered(spool: &Spool, id: &str) -> bool {
+    let prefix = format!("{id}_");
+    list(&spool.dlq).iter().any(|w| {
+        list(&spool.dlq_dir(w)).iter().any(|name| {
+            name.strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".json"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit() || c == b'-'))
+        })
+    })
+}
+
+fn list(dir: &std::path::Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}

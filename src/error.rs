@@ -1,0 +1,131 @@
+//! The one error type of hookwatch. An error says what failed (`op`), on
+//! which path, and why, so that a binary can print it as one line and map
+//! it to an exit status (see `exit`).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What kind of failure this is; decides the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The command line is wrong (64).
+    Usage,
+    /// Input data is wrong (65).
+    Data,
+    /// No such task or file (66).
+    NotFound,
+    /// A service could not start (69).
+    Unavailable,
+    /// Something cannot be created, e.g. it exists already (73).
+    CannotCreate,
+    /// An I/O error (74).
+    Io,
+    /// A configuration value is wrong (78).
+    Config,
+}
+
+#[derive(Debug)]
+pub struct Error {
+    pub kind: Kind,
+    op: String,
+    path: Option<PathBuf>,
+    to: Option<PathBuf>,
+    source: Option<io::Error>,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O failure of `op` on `path`.
+    pub fn io(op: &str, path: &Path, source: io::Error) -> Error {
+        let kind = match source.kind() {
+            io::ErrorKind::NotFound => Kind::NotFound,
+            io::ErrorKind::AlreadyExists => Kind::CannotCreate,
+            _ => Kind::Io,
+        };
+        Error {
+            kind,
+            op: op.to_string(),
+            path: Some(path.to_path_buf()),
+            to: None,
+            source: Some(source),
+        }
+    }
+
+    /// A failure of an operation that moves `from` to `to`.
+    pub fn io2(op: &str, from: &Path, to: &Path, source: io::Error) -> Error {
+        Error {
+            to: Some(to.to_path_buf()),
+            ..Error::io(op, from, source)
+        }
+    }
+
+    /// A failure described by a message alone.
+    pub fn new(kind: Kind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            op: message.into(),
+            path: None,
+            to: None,
+            source: None,
+        }
+    }
+
+    pub fn config(message: impl Into<String>) -> Error {
+        Error::new(Kind::Config, message)
+    }
+
+    pub fn usage(message: impl Into<String>) -> Error {
+        Error::new(Kind::Usage, message)
+    }
+
+    pub fn with_kind(mut self, kind: Kind) -> Error {
+        self.kind = kind;
+        self
+    }
+
+    /// The underlying I/O error, when there is one.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        self.source.as_ref()
+    }
+
+    /// True for a full disk or quota: the spool's fault, not the task's.
+    pub fn is_no_space(&self) -> bool {
+        let code = self.source.as_ref().and_then(|e| e.raw_os_error());
+        matches!(code, Some(nix::libc::ENOSPC) | Some(nix::libc::EDQUOT))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.op)?;
+        if let Some(path) = &self.path {
+            write!(f, " {}", path.display())?;
+        }
+        if let Some(to) = &self.to {
+            write!(f, " to {}", to.display())?;
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {}", strip_os_error(source))?;
+        }
+        Ok(())
+    }
+}
+
+/// `No such file or directory (os error 2)` reads better without the number.
+fn strip_os_error(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

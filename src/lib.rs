@@ -1,0 +1,32 @@
+//! hookwatch: a file-spool job queue for coordinating AI agent workers.
+//!
+//! The spool is a folder tree (see `spool` and hookwatch(5)): producers
+//! drop JSON task files into `tasks/<worker>/`; a worker daemon claims each
+//! one (flock, then rename into `.active/`), runs the agent command, and
+//! publishes a result, a deferred retry or a dead letter, each written
+//! atomically. Everything is plain files, so shell tools are first-class
+//! clients. The binaries in `src/bin` are thin: they parse arguments and
+//! call into these modules.
+
+pub mod breaker;
+pub mod claim;
+pub mod clock;
+pub mod config;
+pub mod deps;
+pub mod dlq;
+pub mod error;
+pub mod exit;
+pub mod heartbeat;
+pub mod latch;
+pub mod log;
+pub mod pool;
+pub mod publish;
+pub mod queue;
+pub mod result;
+pub mod retry;
+pub mod run;
+pub mod spool;
+pub mod stats;
+pub mod task;
+pub mod watch;
+pub mod worker;

@@ -1,0 +1,464 @@
+//! The pool: a fixed number of threads that take claimed tasks from the
+//! dispatcher, run them, and publish what became of them: a result, a
+//! deferred retry, a dead letter. Each thread reports back so that the
+//! dispatcher can free the slot and feed the breaker. A full disk is not
+//! the task's fault: a publish that fails keeps the task where it is and
+//! is tried again with back-off.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::claim::Claim;
+use crate::clock;
+use crate::config::WorkerConfig;
+use crate::dlq;
+use crate::error::Result;
+use crate::latch::Latch;
+use crate::publish::{self, json_line};
+use crate::result::{TaskResult, Trigger};
+use crate::run::{self, Limits, Outcome};
+use crate::stats::Stats;
+use crate::task::{Invalid, Task};
+
+/// Work handed to a pool thread; every variant but `Irregular` holds the
+/// task's lock.
+#[derive(Debug)]
+pub enum Job {
+    /// A valid task in `.active/`: run it.
+    Run { claim: Claim, task: Task, probe: bool },
+    /// A task file in `.active/` that cannot be run.
+    Invalid { claim: Claim, bytes: Vec<u8>, invalid: Invalid },
+    /// A pending file over `--max-task-bytes`, never read.
+    TooLarge { claim: Claim },
+    /// A pending entry that is not a regular file.
+    Irregular { name: OsString, kind: &'static str },
+    /// A task in `.active/` one of whose dependencies failed.
+    DependencyFailed { claim: Claim, task: Task, dependency: String },
+    /// An entry of `.active/` whose claimer died.
+    Recovered { claim: Claim },
+}
+
+/// What a thread reports when it is done with a job.
+#[derive(Debug)]
+pub struct Report {
+    pub name: OsString,
+    pub probe: bool,
+    /// Whether the agent's attempt succeeded, when one ran.
+    pub attempt: Option<bool>,
+    pub end: End,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum End {
+    Completed,
+    /// Failed for good: result and dead letter written.
+    Failed,
+    /// Waiting in `.deferred/` for a retry.
+    Deferred { not_before: f64, task: Box<DeferredTask> },
+    DeadLettered,
+    /// Back in pending, no attempt charged (shutdown).
+    Returned,
+    /// A dead claimer's run had finished: its entry was removed.
+    Removed,
+    /// Left where it was (another claimer, or an error already logged).
+    Left,
+}
+
+/// What the schedule needs of a deferred task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeferredTask {
+    pub priority: crate::task::Priority,
+}
+
+/// What every pool thread shares.
+pub struct Context {
+    pub config: WorkerConfig,
+    pub stats: Arc<Stats>,
+    /// Fired when running tasks must stop now (the second signal).
+    pub abort: Latch,
+}
+
+pub struct Pool {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    pub fn start(
+        context: Arc<Context>,
+        jobs: Receiver<Job>,
+        reports: Sender<Report>,
+    ) -> std::io::Result<Pool> {
+        let mut threads = Vec::new();
+        for i in 0..context.config.max_concurrent {
+            let (ctx, jobs, reports) = (context.clone(), jobs.clone(), reports.clone());
+            let t = thread::Builder::new()
+                .name(format!("pool-{i}"))
+                .spawn(move || {
+                    for job in jobs {
+                        let report = execute_guarded(&ctx, job);
+                        if reports.send(report).is_err() {
+                            return;
+                        }
+                    }
+                })?;
+            threads.push(t);
+        }
+        Ok(Pool { threads })
+    }
+
+    /// Waits for every thread; they end once the job channel is closed.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A panic in one job must not take the daemon down: the job's lock is
+/// released and its entry left in `.active/` for recovery.
+fn execute_guarded(ctx: &Context, job: Job) -> Report {
+    let (name, probe) = match &job {
+        Job::Run { claim, probe, .. } => (claim.name.clone(), *probe),
+        Job::Invalid { claim, .. }
+        | Job::TooLarge { claim }
+        | Job::DependencyFailed { claim, .. }
+        | Job::Recovered { claim } => (claim.name.clone(), false),
+        Job::Irregular { name, .. } => (name.clone(), false),
+    };
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ctx, job)));
+    caught.unwrap_or_else(|_| {
+        log::error!(file = name.to_string_lossy(); "Internal error while handling a task; left for recovery");
+        Report {
+            name,
+            probe,
+            attempt: None,
+            end: End::Left,
+        }
+    })
+}
+
+fn execute(ctx: &Context, job: Job) -> Report {
+    match job {
+        Job::Run { claim, task, probe } => run_task(ctx, claim, task, probe),
+        Job::Invalid { claim, bytes, invalid } => reject_invalid(ctx, claim, &bytes, &invalid),
+        Job::TooLarge { claim } => reject_too_large(ctx, claim),
+        Job::Irregular { name, kind } => reject_irregular(ctx, name, kind),
+        Job::DependencyFailed { claim, task, dependency } => {
+            let why = format!("dependency {dependency} failed");
+            let name = claim.name.clone();
+            let record = dlq::task_record(&task, "dependency_failed", Some(&why));
+            let end = match persist(ctx, || dlq::publish(&ctx.config.spool, &ctx.config.name, &task.id, &record)) {
+                Some(_) => {
+                    Stats::add(&ctx.stats.dlq);
+                    log::warn!(task_id = task.id, dependency = dependency; "Task dead-lettered: dependency failed");
+                    finish(claim, End::DeadLettered)
+                }
+                None => End::Left,
+            };
+            report(name, false, None, end)
+        }
+        Job::Recovered { claim } => recover(ctx, claim),
+    }
+}
+
+fn report(name: OsString, probe: bool, attempt: Option<bool>, end: End) -> Report {
+    Report {
+        name,
+        probe,
+        attempt,
+        end,
+    }
+}
+
+fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
+    let cfg = &ctx.config;
+    write_trigger(ctx, &task);
+    let attempt = task.retry_count + 1;
+    log::info!(task_id = task.id, attempt = attempt; "Task started");
+    let argv = cfg.command.argv(&task.description);
+    let env = [
+        ("HW_TASK_ID", task.id.clone()),
+        ("HW_WORKER", cfg.name.clone()),
+        ("HW_TASK_FILE", claim.path.display().to_string()),
+        ("HW_ATTEMPT", attempt.to_string()),
+        ("HW_ROOT", cfg.spool.root.display().to_string()),
+    ];
+    let limits = Limits {
+        timeout: task.timeout.map_or(cfg.task_timeout, |t| Duration::from_secs_f64(t.min(1e9))),
+        kill_grace: cfg.kill_grace,
+        max_output: cfg.max_output,
+    };
+    Stats::add(&ctx.stats.active);
+    let outcome = run::run(&argv, &env, &cfg.workdir, limits, &ctx.abort);
+    ctx.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let name = claim.name.clone();
+    if outcome.aborted {
+        return report(name, probe, None, return_to_pending(ctx, claim));
+    }
+    let succeeded = outcome.succeeded();
+    let end = if succeeded {
+        complete(ctx, claim, &task, &outcome)
+    } else {
+        fail(ctx, claim, task, &outcome.describe(), Some(&outcome))
+    };
+    report(name, probe, Some(succeeded), end)
+}
+
+fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End {
+    let result = result_of(ctx, task, "completed", Some(outcome), None, None);
+    if !publish_result(ctx, &result) {
+        return End::Left;
+    }
+    Stats::add(&ctx.stats.processed);
+    let secs = outcome.duration.as_secs_f64();
+    log::info!(task_id = task.id, duration = format!("{secs:.3}s"); "Task completed");
+    finish(claim, End::Completed)
+}
+
+/// A failed attempt (`outcome` is `None` for an interrupted one): retry
+/// later while attempts are left, else a failed result and a dead letter.
+fn fail(ctx: &Context, claim: Claim, mut task: Task, why: &str, outcome: Option<&Outcome>) -> End {
+    let cfg = &ctx.config;
+    if let Some(delay) = cfg.retry.next_delay(task.retry_count) {
+        let not_before = clock::unix_now() + delay.as_secs_f64();
+        task.defer(task.retry_count + 1, not_before, why);
+        let dir = cfg.spool.deferred_dir(&cfg.name);
+        let name = claim.name.to_string_lossy().into_owned();
+        if persist(ctx, || publish::publish(&dir, &name, &task.to_json())).is_none() {
+            return End::Left;
+        }
+        Stats::add(&ctx.stats.retried);
+        log::warn!(task_id = task.id, retry_in = format!("{:.3}s", delay.as_secs_f64()), error = why; "Task failed, will retry");
+        let deferred = Box::new(DeferredTask { priority: task.priority });
+        return finish(claim, End::Deferred { not_before, task: deferred });
+    }
+    let record = dlq::task_record(&task, "max_retries_exceeded", Some(why));
+    let Some(dlq_file) = persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &task.id, &record)) else {
+        return End::Left;
+    };
+    Stats::add(&ctx.stats.dlq);
+    let error = outcome.map_or(Some(why.to_string()), |o| o.error.clone().or(Some(why.to_string())));
+    let result = result_of(ctx, &task, "failed", outcome, error, Some(dlq_file));
+    if !publish_result(ctx, &result) {
+        return End::Left;
+    }
+    Stats::add(&ctx.stats.processed);
+    Stats::add(&ctx.stats.failed);
+    log::error!(task_id = task.id, error = why; "Task failed for good, dead-lettered");
+    finish(claim, End::Failed)
+}
+
+fn result_of(
+    ctx: &Context,
+    task: &Task,
+    status: &str,
+    outcome: Option<&Outcome>,
+    error: Option<String>,
+    dlq_file: Option<String>,
+) -> TaskResult {
+    let blank = Outcome::default();
+    let o = outcome.unwrap_or(&blank);
+    TaskResult {
+        task_id: task.id.clone(),
+        worker: ctx.config.name.clone(),
+        status: status.into(),
+        exit_code: o.exit_code,
+        stdout: o.stdout.text(),
+        stderr: o.stderr.text(),
+        duration_seconds: (o.duration.as_secs_f64() * 1000.0).round() / 1000.0,
+        timestamp: clock::now_rfc3339(),
+        retry_count: task.retry_count,
+        metadata: task.metadata(),
+        error: error.or_else(|| o.error.clone()),
+        dlq_file,
+        stdout_truncated: o.stdout.truncated,
+        stderr_truncated: o.stderr.truncated,
+    }
+}
+
+fn publish_result(ctx: &Context, result: &TaskResult) -> bool {
+    let dir = ctx.config.spool.result_dir(&ctx.config.name);
+    let name = crate::spool::json_name(&result.task_id);
+    persist(ctx, || publish::publish(&dir, &name, &json_line(result))).is_some()
+}
+
+fn write_trigger(ctx: &Context, task: &Task) {
+    let trigger = Trigger {
+        task_id: task.id.clone(),
+        worker: ctx.config.name.clone(),
+        status: "received".into(),
+        timestamp: clock::now_rfc3339(),
+    };
+    let dir = ctx.config.spool.trigger_dir(&ctx.config.name);
+    // A receipt is a courtesy: failing to write one does not stop the task.
+    if let Err(e) = publish::publish(&dir, &format!("{}.trigger", task.id), &json_line(&trigger)) {
+        log::warn!(task_id = task.id; "{e}");
+    }
+}
+
+/// The task leaves `.active/`; a failure to remove the entry is logged
+/// (recovery will see the newer result and remove it).
+fn finish(claim: Claim, end: End) -> End {
+    if let Err(e) = claim.finish() {
+        log::error!("{e}");
+    }
+    end
+}
+
+fn return_to_pending(ctx: &Context, claim: Claim) -> End {
+    let to = ctx.config.spool.pending_dir(&ctx.config.name).join(&claim.name);
+    claim.restore_mtime();
+    match claim.move_to(&to) {
+        Ok(()) => {
+            log::info!(file = to.display().to_string(); "Task returned to pending");
+            End::Returned
+        }
+        Err(failed) => {
+            log::error!("{}; left in .active/ for recovery", failed.1);
+            End::Left
+        }
+    }
+}
+
+fn reject_invalid(ctx: &Context, claim: Claim, bytes: &[u8], invalid: &Invalid) -> Report {
+    let cfg = &ctx.config;
+    let name = claim.name.clone();
+    let stem = stem_of(bytes).unwrap_or_else(|| dlq::entry_stem(&name));
+    let record = dlq::entry_record(&name, invalid.reason(), invalid.detail(), Some(bytes));
+    let end = match persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &stem, &record)) {
+        Some(file) => {
+            Stats::add(&ctx.stats.dlq);
+            log::warn!(file = name.to_string_lossy(), reason = invalid.reason(), dlq_file = file; "Invalid task dead-lettered: {}", invalid.detail());
+            finish(claim, End::DeadLettered)
+        }
+        None => End::Left,
+    };
+    report(name, false, None, end)
+}
+
+/// A bad entry's dead letter is named by its task id when it has a usable one.
+fn stem_of(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let id = v.get("task_id")?.as_str()?;
+    crate::spool::valid_name(id).then(|| id.to_string())
+}
+
+fn reject_too_large(ctx: &Context, claim: Claim) -> Report {
+    let name = claim.name.clone();
+    let detail = format!("{} bytes, over the limit of {}", claim.size, ctx.config.max_task_bytes);
+    let from = claim.path.clone();
+    // The lock is held while the file moves; it goes with the claim after.
+    let moved = persist(ctx, || dlq::move_aside(&ctx.config.spool, &ctx.config.name, &from, &name));
+    drop(claim);
+    let end = match moved {
+        Some(rejected) => record_rejected(ctx, &name, "task_too_large", &detail, rejected),
+        None => End::Left,
+    };
+    report(name, false, None, end)
+}
+
+fn reject_irregular(ctx: &Context, name: OsString, kind: &str) -> Report {
+    let cfg = &ctx.config;
+    let from = cfg.spool.pending_dir(&cfg.name).join(&name);
+    let end = match dlq::move_aside(&cfg.spool, &cfg.name, &from, &name) {
+        Ok(rejected) => record_rejected(ctx, &name, "not_a_regular_file", &format!("a {kind}"), rejected),
+        Err(e) if e.kind == crate::error::Kind::NotFound => End::Left,
+        Err(e) => {
+            log::error!("{e}");
+            End::Left
+        }
+    };
+    report(name, false, None, end)
+}
+
+fn record_rejected(ctx: &Context, name: &OsString, reason: &str, detail: &str, rejected: String) -> End {
+    let cfg = &ctx.config;
+    let mut record = dlq::entry_record(name, reason, detail, None);
+    record.insert("rejected_path".into(), rejected.into());
+    let stem = dlq::entry_stem(name);
+    match persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &stem, &record)) {
+        Some(file) => {
+            Stats::add(&ctx.stats.dlq);
+            log::warn!(file = name.to_string_lossy(), reason = reason, dlq_file = file; "Bad entry moved aside: {detail}");
+            End::DeadLettered
+        }
+        None => End::Left,
+    }
+}
+
+/// A dead claimer's entry: its run finished if a result newer than the
+/// claim exists (or a retry was already scheduled); otherwise the run was
+/// interrupted, which counts as a failed attempt.
+fn recover(ctx: &Context, mut claim: Claim) -> Report {
+    let cfg = &ctx.config;
+    let name = claim.name.clone();
+    let bytes = match claim.read() {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("{e}");
+            return report(name, false, None, End::Left);
+        }
+    };
+    let task = match Task::parse(&bytes, &cfg.name) {
+        Ok(t) => t,
+        Err(invalid) => return reject_invalid(ctx, claim, &bytes, &invalid),
+    };
+    let result = cfg.spool.result_path(&cfg.name, &task.id);
+    let deferred = cfg.spool.deferred_dir(&cfg.name).join(&name);
+    if newer_than(&result, claim.claimed) || retry_scheduled(&deferred, &cfg.name, task.retry_count) {
+        log::info!(task_id = task.id; "Recovered a finished run; entry removed");
+        return report(name, false, None, finish(claim, End::Removed));
+    }
+    log::warn!(task_id = task.id; "Recovered an interrupted run");
+    let end = fail(ctx, claim, task, "interrupted", None);
+    report(name, false, None, end)
+}
+
+fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
+    std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|m| m >= t)
+}
+
+fn retry_scheduled(deferred: &Path, worker: &str, retry_count: u32) -> bool {
+    std::fs::read(deferred)
+        .ok()
+        .and_then(|b| Task::parse(&b, worker).ok())
+        .is_some_and(|t| t.retry_count > retry_count)
+}
+
+/// Runs a publish until it works. An I/O error (a full disk, say) is not
+/// the task's fault: log it, wait, try again, with back-off up to 5 s.
+/// Gives up (`None`) only when the worker is told to stop now.
+fn persist<T>(ctx: &Context, mut publish: impl FnMut() -> Result<T>) -> Option<T> {
+    let mut delay = Duration::from_millis(100);
+    let mut logged_at: Option<Instant> = None;
+    loop {
+        match publish() {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                if logged_at.map_or(true, |t| t.elapsed() >= Duration::from_secs(30)) {
+                    log::error!("{e}; will try again");
+                    logged_at = Some(Instant::now());
+                }
+                if wait_or_abort(&ctx.abort, delay) {
+                    return None;
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Waits `delay` unless the latch fires first (then true).
+fn wait_or_abort(abort: &Latch, delay: Duration) -> bool {
+    let ms = delay.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(abort.fd(), PollFlags::POLLIN)];
+    let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+    abort.is_fired()
+}
+

@@ -1,0 +1,129 @@
+//! The one publish primitive: a dot-file in the target folder, write,
+//! fsync, rename, fsync of the folder. A reader never sees half a file and
+//! a crash never leaves a torn one. Every file hookwatch writes goes
+//! through here; every reader ignores dot-files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{renameat2, RenameFlags};
+
+use crate::error::{Error, Result};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `name` in `dir` atomically, replacing what was there.
+pub fn publish(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let target = dir.join(name);
+    let tmp = write_temp(dir, name, bytes)?;
+    if let Err(e) = std::fs::rename(&tmp, &target) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io2("cannot rename", &tmp, &target, e));
+    }
+    sync_dir(dir)?;
+    Ok(target)
+}
+
+/// Writes `name` in `dir` atomically unless it exists (then the error's
+/// kind is `CannotCreate` and nothing was changed).
+pub fn publish_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let target = dir.join(name);
+    let tmp = write_temp(dir, name, bytes)?;
+    let moved = rename_noreplace(&tmp, &target);
+    if let Err(e) = moved {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io2("cannot publish", &tmp, &target, e));
+    }
+    sync_dir(dir)?;
+    Ok(target)
+}
+
+/// Publishes `<stem>_<unix>.json`, or on a clash `<stem>_<unix>-2.json`,
+/// `-3`…, and returns the name it took (dead letters are named so).
+pub fn publish_numbered(dir: &Path, stem: &str, unix: u64, bytes: &[u8]) -> Result<String> {
+    let tmp = write_temp(dir, stem, bytes)?;
+    for n in 1u32.. {
+        let name = match n {
+            1 => format!("{stem}_{unix}.json"),
+            _ => format!("{stem}_{unix}-{n}.json"),
+        };
+        let target = dir.join(&name);
+        match rename_noreplace(&tmp, &target) {
+            Ok(()) => {
+                sync_dir(dir)?;
+                return Ok(name);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => continue,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::io2("cannot publish", &tmp, &target, e));
+            }
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// rename(2) that fails with `AlreadyExists` instead of replacing.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE).map_err(io::Error::from)
+}
+
+/// Makes the entries of `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("cannot fsync folder", dir, e))
+}
+
+fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("cannot write", &tmp, e));
+    }
+    Ok(tmp)
+}
+
+/// Serializes `value` as one compact JSON line.
+pub fn json_line<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(value).expect("JSON values always serialize");
+    bytes.push(b'\n');
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_replaces_and_publish_new_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        publish(dir.path(), "a.json", b"1").unwrap();
+        publish(dir.path(), "a.json", b"2").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"2");
+        let err = publish_new(dir.path(), "a.json", b"3").unwrap_err();
+        assert_eq!(err.kind, crate::error::Kind::CannotCreate);
+        assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"2");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn numbered_names_count_up_on_clash() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(publish_numbered(dir.path(), "t", 7, b"a").unwrap(), "t_7.json");
+        assert_eq!(publish_numbered(dir.path(), "t", 7, b"b").unwrap(), "t_7-2.json");
+    }
+}

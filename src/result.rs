@@ -1,0 +1,52 @@
+//! The result file (SPEC section 4): `results/<worker>/<task_id>.json`,
+//! written once per run at the terminal state, and the trigger file
+//! written at claim.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub worker: String,
+    /// `completed` or `failed`.
+    pub status: String,
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration_seconds: f64,
+    pub timestamp: String,
+    pub retry_count: u32,
+    #[serde(default)]
+    pub metadata: Value,
+    /// `timeout`, `spawn_failed: …`, `agent_reported_error`, or the last
+    /// line of the error output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The dead letter of a failed task, in `dlq/<worker>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_file: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdout_truncated: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stderr_truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl TaskResult {
+    pub fn completed(&self) -> bool {
+        self.status == "completed"
+    }
+}
+
+/// The receipt written when a task is claimed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Trigger {
+    pub task_id: String,
+    pub worker: String,
+    pub status: String,
+    pub timestamp: String,
+}

@@ -1,0 +1,422 @@
+//! One attempt of a task (SPEC section 3): the agent command built without
+//! a shell, run in its own process group with stdin on /dev/null, both
+//! output streams read concurrently (one poll(2) loop, no pipe deadlock),
+//! a time limit enforced with SIGTERM then SIGKILL to the whole group, and
+//! the verdict: exit status, and the Claude CLI's `is_error` report.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::latch::Latch;
+
+/// systemd's variables, which belong to the worker and not to its agents.
+const ENV_REMOVED: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// How long to keep reading after the main process exited and its group
+/// was killed; only a process that left the group can hold a pipe longer.
+const DRAIN_BOUND: Duration = Duration::from_secs(1);
+
+/// The agent command: `CLAUDE_COMMAND` split on whitespace.
+#[derive(Debug, Clone)]
+pub struct AgentCommand {
+    words: Vec<String>,
+    system_prompt_file: Option<PathBuf>,
+}
+
+impl AgentCommand {
+    /// `None` when the command has no words.
+    pub fn parse(command: &str, system_prompt_file: Option<PathBuf>) -> Option<AgentCommand> {
+        let words: Vec<String> = command.split_whitespace().map(String::from).collect();
+        (!words.is_empty()).then_some(AgentCommand {
+            words,
+            system_prompt_file,
+        })
+    }
+
+    /// The argv for one task: `{}` replaced by the description (xargs
+    /// style, nothing appended), else the system prompt option and
+    /// `-p DESCRIPTION` appended. The description is always one element.
+    pub fn argv(&self, description: &str) -> Vec<String> {
+        if self.words.iter().any(|w| w == "{}") {
+            let fill = |w: &String| if w == "{}" { description.to_string() } else { w.clone() };
+            return self.words.iter().map(fill).collect();
+        }
+        let mut argv = self.words.clone();
+        if let Some(file) = &self.system_prompt_file {
+            argv.push("--system-prompt-file".into());
+            argv.push(file.display().to_string());
+        }
+        argv.push("-p".into());
+        argv.push(description.into());
+        argv
+    }
+}
+
+/// The bounds of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    pub max_output: usize,
+}
+
+/// What one attempt did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub exit_code: i32,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub duration: Duration,
+    /// `timeout`, `spawn_failed: …` or `agent_reported_error`.
+    pub error: Option<String>,
+    /// Cut short by shutdown: not the task's fault, no attempt is charged.
+    pub aborted: bool,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == 0 && self.error.is_none() && !self.aborted
+    }
+
+    /// One line for `last_error`.
+    pub fn describe(&self) -> String {
+        match &self.error {
+            Some(e) => e.clone(),
+            None => {
+                let stderr = self.stderr.text();
+                match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+                    Some(line) => format!("exit status {}: {}", self.exit_code, line.trim()),
+                    None => format!("exit status {}", self.exit_code),
+                }
+            }
+        }
+    }
+}
+
+/// One output stream, kept up to a bound.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+impl Captured {
+    /// The text, with bytes that are not UTF-8 replaced.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// Runs `argv` once. `abort` fired means: kill it now, the worker stops.
+pub fn run(
+    argv: &[String],
+    env: &[(&str, String)],
+    workdir: &Path,
+    limits: Limits,
+    abort: &Latch,
+) -> Outcome {
+    let started = Instant::now();
+    let mut command = std::process::Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .current_dir(workdir)
+        .process_group(0);
+    for var in ENV_REMOVED {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut outcome = match command.spawn() {
+        Ok(child) => Supervisor::new(child, limits, abort).run(),
+        Err(e) => spawn_failed(&e),
+    };
+    outcome.duration = started.elapsed();
+    if outcome.exit_code == 0 && outcome.error.is_none() && reports_error(&outcome.stdout.bytes) {
+        outcome.error = Some("agent_reported_error".into());
+    }
+    outcome
+}
+
+fn spawn_failed(e: &io::Error) -> Outcome {
+    // The shell's conventions: 127 not found, 126 found but not runnable.
+    let exit_code = match e.kind() {
+        io::ErrorKind::NotFound => 127,
+        _ => 126,
+    };
+    let message = e.to_string();
+    let message = message.split(" (os error").next().unwrap_or("").to_string();
+    Outcome {
+        exit_code,
+        error: Some(format!("spawn_failed: {message}")),
+        ..Outcome::default()
+    }
+}
+
+/// True when stdout, or its last non-empty line, is a JSON object with
+/// `"is_error": true` (the Claude CLI's json and stream-json results).
+pub fn reports_error(stdout: &[u8]) -> bool {
+    let says_error = |s: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(s)
+            .is_ok_and(|v| v.get("is_error") == Some(&serde_json::Value::Bool(true)))
+    };
+    if !stdout.contains(&b'{') {
+        return false;
+    }
+    if says_error(stdout) {
+        return true;
+    }
+    let last = stdout
+        .split(|&b| b == b'\n')
+        .rev()
+        .find(|l| l.iter().any(|b| !b.is_ascii_whitespace()));
+    last.is_some_and(says_error)
+}
+
+/// Watches one child: its pipes, its exit, its deadline and the abort latch.
+struct Supervisor<'a> {
+    child: Child,
+    pgid: Pid,
+    pidfd: Option<OwnedFd>,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    out: Outcome,
+    limits: Limits,
+    abort: &'a Latch,
+}
+
+/// Where the child is in its life, as the supervisor sees it.
+#[derive(PartialEq)]
+enum Phase {
+    Running,
+    /// SIGTERM sent at the deadline; SIGKILL follows at `until`.
+    Terminating { until: Instant },
+    Killed,
+}
+
+impl<'a> Supervisor<'a> {
+    fn new(mut child: Child, limits: Limits, abort: &'a Latch) -> Supervisor<'a> {
+        let pid = child.id() as i32;
+        Supervisor {
+            pgid: Pid::from_raw(pid),
+            pidfd: pidfd_open(pid),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            child,
+            out: Outcome::default(),
+            limits,
+            abort,
+        }
+    }
+
+    fn run(mut self) -> Outcome {
+        let deadline = Instant::now() + self.limits.timeout;
+        let mut phase = Phase::Running;
+        let status = loop {
+            if let Ok(Some(status)) = self.exited() {
+                break status;
+            }
+            let now = Instant::now();
+            phase = match phase {
+                Phase::Running if self.abort.is_fired() => {
+                    self.out.aborted = true;
+                    self.signal(Signal::SIGKILL);
+                    Phase::Killed
+                }
+                Phase::Running if now >= deadline => {
+                    self.out.error = Some("timeout".into());
+                    self.signal(Signal::SIGTERM);
+                    Phase::Terminating { until: now + self.limits.kill_grace }
+                }
+                Phase::Terminating { until } if now >= until || self.abort.is_fired() => {
+                    self.signal(Signal::SIGKILL);
+                    Phase::Killed
+                }
+                p => p,
+            };
+            let wake = match phase {
+                Phase::Running => Some(deadline),
+                Phase::Terminating { until } => Some(until),
+                Phase::Killed => None,
+            };
+            self.wait_io(wake);
+        };
+        // What is left of the task's process group goes with it.
+        self.signal(Signal::SIGKILL);
+        self.drain(Instant::now() + DRAIN_BOUND);
+        let _ = self.child.wait();
+        self.out.exit_code = match (&self.out.error, status.code(), status.signal()) {
+            (Some(e), _, _) if e == "timeout" => 124,
+            (_, Some(code), _) => code,
+            (_, None, Some(sig)) => 128 + sig,
+            _ => 255,
+        };
+        self.out
+    }
+
+    /// The child's exit status once it has exited, without reaping it, so
+    /// that its pid (and so its process group id) stays reserved.
+    fn exited(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: waitid with a valid pid and a zeroed siginfo to fill.
+        let rc = unsafe { libc::waitid(libc::P_PID, self.child.id(), &mut info, flags) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: si_pid and si_status are valid for a WEXITED report.
+        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let raw = match code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            _ => status & 0x7f,
+        };
+        Ok(Some(std::process::ExitStatus::from_raw(raw)))
+    }
+
+    fn signal(&self, signal: Signal) {
+        let _ = killpg(self.pgid, signal);
+    }
+
+    /// Blocks until output, the child's exit, the abort latch or `wake`.
+    fn wait_io(&mut self, wake: Option<Instant>) {
+        let mut timeout = match wake {
+            Some(at) => millis_until(at),
+            None => PollTimeout::NONE,
+        };
+        if self.pidfd.is_none() {
+            // No pidfd (kernel before 5.3): look at the child every 50 ms.
+            timeout = timeout.min(PollTimeout::from(50u16));
+        }
+        let (out_ready, err_ready) = {
+            let mut fds: Vec<PollFd> = Vec::with_capacity(4);
+            let mut slots = [None, None];
+            if let Some(s) = &self.stdout {
+                slots[0] = Some(fds.len());
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(s) = &self.stderr {
+                slots[1] = Some(fds.len());
+                fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(p) = &self.pidfd {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            if !self.abort.is_fired() {
+                fds.push(PollFd::new(self.abort.fd(), PollFlags::POLLIN));
+            }
+            let _ = poll(&mut fds, timeout);
+            let ready = |slot: Option<usize>| {
+                slot.is_some_and(|i| fds[i].revents().is_some_and(|r| !r.is_empty()))
+            };
+            (ready(slots[0]), ready(slots[1]))
+        };
+        if out_ready {
+            read_some(&mut self.stdout, &mut self.out.stdout, self.limits.max_output);
+        }
+        if err_ready {
+            read_some(&mut self.stderr, &mut self.out.stderr, self.limits.max_output);
+        }
+    }
+
+    /// Reads what is left in the pipes until both close or `until`.
+    fn drain(&mut self, until: Instant) {
+        while (self.stdout.is_some() || self.stderr.is_some()) && Instant::now() < until {
+            let mut fds: Vec<PollFd> = Vec::with_capacity(2);
+            let streams = [self.stdout.as_ref().map(|s| s.as_fd()), self.stderr.as_ref().map(|s| s.as_fd())];
+            let present: Vec<BorrowedFd> = streams.iter().flatten().copied().collect();
+            for fd in &present {
+                fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+            }
+            if poll(&mut fds, millis_until(until)).unwrap_or(0) == 0 {
+                break;
+            }
+            read_some(&mut self.stdout, &mut self.out.stdout, self.limits.max_output);
+            read_some(&mut self.stderr, &mut self.out.stderr, self.limits.max_output);
+        }
+    }
+}
+
+/// Reads what one pipe has now; closes it on end of file.
+fn read_some<R: Read + AsRawFd>(pipe: &mut Option<R>, into: &mut Captured, max: usize) {
+    let Some(reader) = pipe else { return };
+    set_nonblocking(reader.as_raw_fd());
+    let mut buf = [0u8; 65536];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                *pipe = None;
+                return;
+            }
+            Ok(n) => {
+                let room = max.saturating_sub(into.bytes.len());
+                into.bytes.extend_from_slice(&buf[..n.min(room)]);
+                into.truncated |= n > room;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                *pipe = None;
+                return;
+            }
+        }
+    }
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor we own; failure only means blocking reads
+    // after poll said readable, which still return.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+fn millis_until(at: Instant) -> PollTimeout {
+    let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
+    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+}
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a descriptor that we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_appends_prompt_or_fills_placeholder() {
+        let c = AgentCommand::parse("claude --x", Some("s.txt".into())).unwrap();
+        assert_eq!(c.argv("a b"), ["claude", "--x", "--system-prompt-file", "s.txt", "-p", "a b"]);
+        let c = AgentCommand::parse("echo {} end", Some("s.txt".into())).unwrap();
+        assert_eq!(c.argv("a; b"), ["echo", "a; b", "end"]);
+        assert!(AgentCommand::parse("  ", None).is_none());
+    }
+
+    #[test]
+    fn is_error_in_whole_output_or_last_line() {
+        assert!(reports_error(br#"{"type":"result","is_error":true}"#));
+        assert!(reports_error(b"noise\n{\"is_error\": true}\n\n"));
+        assert!(!reports_error(b"{\"is_error\": false}"));
+        assert!(!reports_error(b"{\"is_error\": true}\nlater text"));
+        assert!(!reports_error(b"plain"));
+    }
+}

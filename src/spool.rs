@@ -1,0 +1,243 @@
+//! The spool layout (SPEC section 1, hookwatch(5)): the only module that
+//! knows where things live and which names may become part of a path.
+//! Every other module asks a `Spool` for a path; none builds one.
+
+use std::env;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Kind, Result};
+
+/// The default root, the layout of the system hookwatch replaces.
+pub const DEFAULT_ROOT: &str = "/shared";
+
+/// The listener's folder under the triggers folder.
+pub const ORCHESTRATOR: &str = "orchestrator";
+
+const ACTIVE: &str = ".active";
+const DEFERRED: &str = ".deferred";
+const REJECTED: &str = ".rejected";
+
+/// The five top folders and the listener's state file.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    pub root: PathBuf,
+    pub tasks: PathBuf,
+    pub triggers: PathBuf,
+    pub results: PathBuf,
+    pub heartbeats: PathBuf,
+    pub dlq: PathBuf,
+    pub state_file: PathBuf,
+}
+
+impl Spool {
+    /// Every folder under `root`, as the defaults say.
+    pub fn at(root: &Path) -> Spool {
+        Spool {
+            root: root.to_path_buf(),
+            tasks: root.join("tasks"),
+            triggers: root.join("triggers"),
+            results: root.join("results"),
+            heartbeats: root.join("heartbeats"),
+            dlq: root.join("dlq"),
+            state_file: root.join("orchestrator_state.json"),
+        }
+    }
+
+    /// The spool the environment describes: `HW_ROOT` (or `root` when the
+    /// caller has a flag for it), each folder movable by its variable.
+    pub fn from_env(root: Option<PathBuf>) -> Spool {
+        let root = root
+            .or_else(|| env_path("HW_ROOT"))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+        let mut spool = Spool::at(&root);
+        let moves = [
+            ("TASK_DIR", &mut spool.tasks),
+            ("TRIGGER_DIR", &mut spool.triggers),
+            ("RESULT_DIR", &mut spool.results),
+            ("HEARTBEAT_DIR", &mut spool.heartbeats),
+            ("DLQ_DIR", &mut spool.dlq),
+            ("STATE_FILE", &mut spool.state_file),
+        ];
+        for (var, slot) in moves {
+            if let Some(p) = env_path(var) {
+                *slot = p;
+            }
+        }
+        spool
+    }
+
+    /// The folder that holds the tasks folder: the agents' default workdir.
+    pub fn tasks_parent(&self) -> PathBuf {
+        self.tasks
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone())
+    }
+
+    pub fn pending_dir(&self, worker: &str) -> PathBuf {
+        self.tasks.join(worker)
+    }
+
+    pub fn active_dir(&self, worker: &str) -> PathBuf {
+        self.pending_dir(worker).join(ACTIVE)
+    }
+
+    pub fn deferred_dir(&self, worker: &str) -> PathBuf {
+        self.pending_dir(worker).join(DEFERRED)
+    }
+
+    pub fn trigger_dir(&self, worker: &str) -> PathBuf {
+        self.triggers.join(worker)
+    }
+
+    pub fn orchestrator_dir(&self) -> PathBuf {
+        self.triggers.join(ORCHESTRATOR)
+    }
+
+    pub fn result_dir(&self, worker: &str) -> PathBuf {
+        self.results.join(worker)
+    }
+
+    pub fn result_path(&self, worker: &str, task_id: &str) -> PathBuf {
+        self.result_dir(worker).join(json_name(task_id))
+    }
+
+    pub fn heartbeat_path(&self, worker: &str) -> PathBuf {
+        self.heartbeats.join(json_name(worker))
+    }
+
+    pub fn dlq_dir(&self, worker: &str) -> PathBuf {
+        self.dlq.join(worker)
+    }
+
+    pub fn rejected_dir(&self, worker: &str) -> PathBuf {
+        self.dlq_dir(worker).join(REJECTED)
+    }
+
+    /// `rejected_path` as a dead letter records it: relative to the
+    /// worker's DLQ folder.
+    pub fn rejected_relative(name: &str) -> String {
+        format!("{REJECTED}/{name}")
+    }
+
+    /// Every folder a worker writes to, created on demand (0750 less umask).
+    pub fn create_worker_dirs(&self, worker: &str) -> Result<()> {
+        for dir in [
+            self.pending_dir(worker),
+            self.active_dir(worker),
+            self.deferred_dir(worker),
+            self.trigger_dir(worker),
+            self.result_dir(worker),
+            self.heartbeats.clone(),
+            self.dlq_dir(worker),
+            self.rejected_dir(worker),
+        ] {
+            create_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// The workers this spool knows of: every valid name with a tasks
+    /// folder, sorted.
+    pub fn worker_names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        let entries = match std::fs::read_dir(&self.tasks) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(Error::io("cannot list", &self.tasks, e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if valid_name(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+pub fn create_dir(dir: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| Error::io("cannot create folder", dir, e).with_kind(Kind::CannotCreate))
+}
+
+fn env_path(var: &str) -> Option<PathBuf> {
+    env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+/// Worker names and task ids: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+/// Nothing else ever becomes part of a path.
+pub fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A pending task's file name: `*.json`, not a dot-file (staging files are
+/// dot-files and are ignored); any other bytes, since a name that is not
+/// UTF-8 is still a task file, to be judged.
+pub fn is_task_file(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.len() > ".json".len() && !b.starts_with(b".") && b.ends_with(b".json")
+}
+
+pub fn json_name(stem: &str) -> String {
+    format!("{stem}.json")
+}
+
+/// The stem of a file name, made safe to be part of a dead letter's name:
+/// anything outside the name alphabet becomes `_`, and it is cut to fit.
+pub fn safe_stem(file_name: &str) -> String {
+    let stem = file_name.strip_suffix(".json").unwrap_or(file_name);
+    let mut out: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        out.insert(0, 'x');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rules() {
+        assert!(valid_name("marie"));
+        assert!(valid_name("task-001.a_b"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(".."));
+        assert!(!valid_name(&"a".repeat(129)));
+        assert!(valid_name(&"a".repeat(128)));
+    }
+
+    #[test]
+    fn safe_stems() {
+        assert_eq!(safe_stem("ok.json"), "ok");
+        assert_eq!(safe_stem(".x y.json"), "x.x_y");
+        assert_eq!(safe_stem("é.json"), "x_");
+    }
+}

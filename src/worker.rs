@@ -1,0 +1,624 @@
+//! hw-worker: the dispatcher that ties the spool, the watcher, the pool,
+//! the retry schedule and the breaker together. One thread owns all the
+//! state (the pending queue, the deferred schedule, the breaker, the
+//! timers) and talks to the others through channels; it blocks in the
+//! kernel when there is nothing to do, and wakes for a notice, a report, a
+//! signal, or its next timer (the heartbeat when idle).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, unbounded, Receiver, Sender};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::breaker::Breaker;
+use crate::claim::{self, Activated, Attempt, Claim};
+use crate::clock;
+use crate::config::WorkerConfig;
+use crate::deps::{self, DepState};
+use crate::error::{Error, Result};
+use crate::heartbeat::{self, Heartbeat, HeartbeatStats};
+use crate::latch::Latch;
+use crate::pool::{Context, End, Job, Pool, Report};
+use crate::publish::{self, json_line, rename_noreplace};
+use crate::queue::{Deferred, DeferredSchedule, PendingQueue};
+use crate::spool::is_task_file;
+use crate::stats::Stats;
+use crate::task::{peek_priority, Invalid, Priority, Task};
+use crate::watch::{Notice, Watcher};
+
+/// A file found by a scan whose JSON does not parse may still be being
+/// written in place; it gets this long since its last write.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How often a task waiting for its dependencies looks again.
+const DEPENDENCY_RECHECK: f64 = 1.0;
+/// File systems on which inotify misses other hosts' writes.
+const NETWORK_FS_POLL: Duration = Duration::from_secs(2);
+
+/// Runs the worker until SIGTERM or SIGINT. Errors are start-up failures.
+pub fn run(config: WorkerConfig) -> Result<()> {
+    // Registered before any thread starts, so every thread inherits the mask.
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| Error::io("cannot install signal handlers", "".as_ref(), e))?;
+    let spool = &config.spool;
+    spool.create_worker_dirs(&config.name)?;
+    let (notice_tx, notices) = unbounded();
+    let (report_tx, reports) = unbounded();
+    let (job_tx, jobs) = unbounded();
+    let (signal_tx, signal_rx) = unbounded();
+    let stop = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
+    let abort = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
+    let pending = spool.pending_dir(&config.name);
+    let watcher = Watcher::start(&pending, notice_tx, stop.clone())?;
+    let signal_handle = signals.handle();
+    let signal_thread = thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if signal_tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::io("cannot start the signal thread", "".as_ref(), e))?;
+    let stats = Arc::new(Stats::default());
+    let poll = config.poll.or_else(|| network_fs(&pending).then_some(NETWORK_FS_POLL));
+    let context = Arc::new(Context {
+        config: config.clone(),
+        stats: stats.clone(),
+        abort: abort.clone(),
+    });
+    let pool = Pool::start(context, jobs, report_tx)
+        .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;
+    let mut d = Dispatcher::new(config, stats, job_tx, watcher, poll);
+    d.start();
+    d.serve(&notices, &reports, &signal_rx, &abort);
+    drop(d.jobs.take());
+    pool.join();
+    stop.fire();
+    d.watcher.join();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    d.write_heartbeat("stopped");
+    log::info!(uptime_seconds = d.started.elapsed().as_secs(); "Worker stopped");
+    Ok(())
+}
+
+/// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by
+/// other hosts inotify does not see.
+fn network_fs(dir: &std::path::Path) -> bool {
+    const NETWORK: [i64; 6] = [
+        0x6969,      // NFS
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2
+        0x517B,      // SMB
+        0x6573_5546, // FUSE
+        0x0102_1997, // 9P
+    ];
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
+}
+
+struct Dispatcher {
+    cfg: WorkerConfig,
+    stats: Arc<Stats>,
+    jobs: Option<Sender<Job>>,
+    watcher: Watcher,
+    queue: PendingQueue,
+    deferred: DeferredSchedule,
+    /// Files that did not parse and are young: looked at again later.
+    settling: Vec<(Instant, OsString)>,
+    /// Names that inotify saw closed after writing or moved in: complete,
+    /// so a parse error is final at once.
+    announced: HashSet<OsString>,
+    /// Names whose claim found `.active/` holding the same name.
+    busy: Vec<OsString>,
+    /// Dead claimers' entries waiting for a free slot.
+    recovered: Vec<Claim>,
+    running: usize,
+    breaker: Breaker,
+    started: Instant,
+    next_heartbeat: Instant,
+    poll: Option<Duration>,
+    next_poll: Option<Instant>,
+    /// After an I/O error claiming, nothing is claimed until then.
+    claim_pause: Option<(Instant, Duration)>,
+    /// Set at the first signal: the time by which running tasks must end.
+    stopping: Option<Instant>,
+    aborted: bool,
+}
+
+impl Dispatcher {
+    fn new(cfg: WorkerConfig, stats: Arc<Stats>, jobs: Sender<Job>, watcher: Watcher, poll: Option<Duration>) -> Self {
+        let now = Instant::now();
+        let poll = poll.filter(|p| !p.is_zero());
+        Dispatcher {
+            breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_timeout),
+            next_heartbeat: now + cfg.heartbeat_interval,
+            next_poll: poll.map(|p| now + p),
+            cfg,
+            stats,
+            jobs: Some(jobs),
+            watcher,
+            queue: PendingQueue::default(),
+            deferred: DeferredSchedule::default(),
+            settling: Vec::new(),
+            announced: HashSet::new(),
+            busy: Vec::new(),
+            recovered: Vec::new(),
+            running: 0,
+            started: now,
+            poll,
+            claim_pause: None,
+            stopping: None,
+            aborted: false,
+        }
+    }
+
+    /// Recovery, then the deferred schedule, then the first scan (the watch
+    /// is already in place), then the first heartbeat.
+    fn start(&mut self) {
+        self.probe_active();
+        self.load_deferred();
+        self.rescan();
+        self.write_heartbeat("healthy");
+        log::info!(
+            pending = self.queue.len(), deferred = self.deferred.len(),
+            recovered = self.recovered.len(), pool = self.cfg.max_concurrent,
+            poll = self.poll.map_or(0.0, |p| p.as_secs_f64());
+            "Worker started"
+        );
+    }
+
+    fn serve(&mut self, notices: &Receiver<Notice>, reports: &Receiver<Report>, signals: &Receiver<i32>, abort: &Latch) {
+        loop {
+            self.dispatch();
+            if self.stopping.is_some() && self.running == 0 {
+                return;
+            }
+            let timeout = self.next_wake().saturating_duration_since(Instant::now());
+            select! {
+                recv(notices) -> n => if let Ok(n) = n { self.on_notice(n) },
+                recv(reports) -> r => if let Ok(r) = r { self.on_report(r) },
+                recv(signals) -> s => if let Ok(s) = s { self.on_signal(s, abort) },
+                default(timeout) => {},
+            }
+            self.on_timers(abort);
+        }
+    }
+
+    fn next_wake(&mut self) -> Instant {
+        let mut wake = self.next_heartbeat;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wake = wake.min(t);
+            }
+        };
+        consider(self.next_poll);
+        consider(self.settling.iter().map(|(t, _)| *t).min());
+        consider(self.claim_pause.map(|(t, _)| t));
+        consider(self.stopping.filter(|_| !self.aborted));
+        if !self.queue.is_empty() {
+            consider(self.breaker.reopens_at());
+        }
+        if let Some(due) = self.deferred.next_due() {
+            let secs = (due - clock::unix_now()).max(0.0);
+            consider(Some(Instant::now() + Duration::from_secs_f64(secs.min(1e6))));
+        }
+        wake
+    }
+
+    fn on_timers(&mut self, abort: &Latch) {
+        let now = Instant::now();
+        if self.stopping.is_some_and(|t| now >= t) && !self.aborted {
+            log::warn!(running = self.running; "Shutdown timeout: stopping running tasks now");
+            self.abort(abort);
+        }
+        if now >= self.next_heartbeat {
+            self.heartbeat_tick();
+            self.next_heartbeat = now + self.cfg.heartbeat_interval;
+        }
+        if self.next_poll.is_some_and(|t| now >= t) {
+            self.rescan();
+            self.next_poll = self.poll.map(|p| now + p);
+        }
+        if self.claim_pause.is_some_and(|(t, _)| now >= t) {
+            self.claim_pause = self.claim_pause.map(|(_, d)| (now, d));
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.settling.drain(..).partition(|(t, _)| now >= *t);
+        self.settling = later;
+        for (_, name) in due {
+            self.push_peeked(name);
+        }
+        self.release_due_deferred();
+    }
+
+    /// Everything the heartbeat interval drives: recovery of dead claims,
+    /// deferred tasks other processes wrote, a replaced folder, the file.
+    fn heartbeat_tick(&mut self) {
+        if self.watcher.replaced() {
+            self.rewatch();
+        }
+        if self.stopping.is_none() {
+            self.probe_active();
+            self.load_deferred();
+        }
+        let status = match () {
+            _ if self.stopping.is_some() => "stopping",
+            _ if !self.breaker.is_closed() => "degraded",
+            _ => "healthy",
+        };
+        self.write_heartbeat(status);
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Names(names) => {
+                for name in names {
+                    self.announced.insert(name.clone());
+                    self.push_peeked(name);
+                }
+            }
+            Notice::Rescan => {
+                log::warn!("inotify queue overflowed: rescanning");
+                self.rescan();
+            }
+            Notice::Rewatch => self.rewatch(),
+        }
+    }
+
+    fn rewatch(&mut self) {
+        log::warn!(folder = self.watcher_dir(); "Tasks folder removed or replaced: watching it again");
+        if let Err(e) = self.cfg.spool.create_worker_dirs(&self.cfg.name) {
+            log::error!("{e}");
+        }
+        if let Err(e) = self.watcher.rewatch() {
+            log::error!("{e}");
+        }
+        self.rescan();
+    }
+
+    fn watcher_dir(&self) -> String {
+        self.cfg.spool.pending_dir(&self.cfg.name).display().to_string()
+    }
+
+    fn on_signal(&mut self, signal: i32, abort: &Latch) {
+        if self.stopping.is_some() {
+            log::warn!(signal = signal; "Second signal: stopping running tasks now");
+            self.abort(abort);
+            return;
+        }
+        log::info!(signal = signal, running = self.running; "Shutting down: no new claims");
+        self.stopping = Some(Instant::now() + self.cfg.shutdown_timeout);
+        self.recovered.clear();
+        self.write_heartbeat("stopping");
+    }
+
+    fn abort(&mut self, abort: &Latch) {
+        self.aborted = true;
+        abort.fire();
+    }
+
+    fn on_report(&mut self, report: Report) {
+        self.running -= 1;
+        match report.attempt {
+            Some(ok) => self.breaker.record(ok, report.probe, Instant::now()),
+            None if report.probe => self.breaker.probe_void(),
+            None => {}
+        }
+        if let End::Deferred { not_before, task } = &report.end {
+            let entry = Deferred {
+                not_before: *not_before,
+                priority: task.priority,
+                dependencies: Vec::new(),
+            };
+            self.deferred.insert(report.name.clone(), entry);
+        }
+        if let Some(i) = self.busy.iter().position(|n| *n == report.name) {
+            let name = self.busy.swap_remove(i);
+            self.push_peeked(name);
+        }
+        Stats::set(&self.stats.queue_size, self.queue.len() as u64);
+    }
+
+    /// Claims while slots are free, the breaker admits, and tasks wait.
+    fn dispatch(&mut self) {
+        if self.stopping.is_some() || self.claim_pause.is_some_and(|(t, _)| Instant::now() < t) {
+            return;
+        }
+        while self.running < self.cfg.max_concurrent {
+            if let Some(claim) = self.recovered.pop() {
+                self.send(Job::Recovered { claim });
+                continue;
+            }
+            if self.queue.is_empty() {
+                break;
+            }
+            let Some(probe) = self.breaker.admit(Instant::now()) else { break };
+            let Some(name) = self.queue.pop() else { break };
+            match self.claim(name.clone(), probe) {
+                Ok(Some(job)) => {
+                    let is_run = matches!(job, Job::Run { .. });
+                    if probe && !is_run {
+                        self.breaker.probe_void();
+                    }
+                    self.send(job);
+                    self.claim_pause = None;
+                }
+                Ok(None) if probe => self.breaker.probe_void(),
+                Ok(None) => {}
+                Err(e) => {
+                    if probe {
+                        self.breaker.probe_void();
+                    }
+                    self.pause_claims(&e, name);
+                    break;
+                }
+            }
+        }
+        Stats::set(&self.stats.queue_size, self.queue.len() as u64);
+    }
+
+    fn send(&mut self, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            self.running += 1;
+            if jobs.send(job).is_err() {
+                self.running -= 1;
+            }
+        }
+    }
+
+    /// An I/O error while claiming: the task stays pending, claims pause
+    /// with back-off (up to 5 s) and resume by themselves.
+    fn pause_claims(&mut self, e: &Error, name: OsString) {
+        log::error!("{e}; claims paused");
+        let delay = self.claim_pause.map_or(Duration::from_millis(100), |(_, d)| (d * 2).min(Duration::from_secs(5)));
+        self.claim_pause = Some((Instant::now() + delay, delay));
+        self.push_peeked(name);
+    }
+
+    /// Locks one pending file and decides what it is: a job for the pool,
+    /// or nothing (lost to another claimer, still being written, waiting).
+    fn claim(&mut self, name: OsString, probe: bool) -> Result<Option<Job>> {
+        let pending = self.cfg.spool.pending_dir(&self.cfg.name);
+        let announced = self.announced.remove(&name);
+        let mut locked = match claim::lock(&pending, &name)? {
+            Attempt::Lost => return Ok(None),
+            Attempt::NotRegular(kind) => return Ok(Some(Job::Irregular { name, kind })),
+            Attempt::Locked(c) => c,
+        };
+        if locked.size > self.cfg.max_task_bytes {
+            return Ok(Some(Job::TooLarge { claim: locked }));
+        }
+        let bytes = locked.read()?;
+        let task = match Task::parse(&bytes, &self.cfg.name) {
+            Err(Invalid::Json(_)) if !announced && young(locked.written) => {
+                // Perhaps written in place and not finished: look again later.
+                let age = SystemTime::now().duration_since(locked.written).unwrap_or_default();
+                self.settling.push((Instant::now() + SETTLE.saturating_sub(age), name));
+                return Ok(None);
+            }
+            Err(invalid) => {
+                return self.activate(locked, |claim| Job::Invalid { claim, bytes, invalid });
+            }
+            Ok(task) => task,
+        };
+        if task.not_before.is_some_and(|t| t > clock::unix_now()) {
+            return self.defer(locked, &task, Vec::new());
+        }
+        match deps::check(&self.cfg.spool, &task.dependencies) {
+            DepState::Ready => self.activate(locked, |claim| Job::Run { claim, task, probe }),
+            DepState::Waiting => {
+                let deps = task.dependencies.clone();
+                self.defer(locked, &task, deps)
+            }
+            DepState::Failed(dependency) => {
+                self.activate(locked, |claim| Job::DependencyFailed { claim, task, dependency })
+            }
+        }
+    }
+
+    fn activate(&mut self, claim: Claim, job: impl FnOnce(Claim) -> Job) -> Result<Option<Job>> {
+        let name = claim.name.clone();
+        match claim.activate(&self.cfg.spool.active_dir(&self.cfg.name))? {
+            Activated::Active(claim) => Ok(Some(job(claim))),
+            Activated::Busy => {
+                log::warn!(file = name.to_string_lossy(); "A task of that name is running: this one waits");
+                self.busy.push(name);
+                Ok(None)
+            }
+            Activated::Lost => Ok(None),
+        }
+    }
+
+    /// Moves a locked pending task (not yet due, or waiting for its
+    /// dependencies) into `.deferred/` as it is, and schedules it.
+    fn defer(&mut self, claim: Claim, task: &Task, dependencies: Vec<String>) -> Result<Option<Job>> {
+        let to = self.cfg.spool.deferred_dir(&self.cfg.name).join(&claim.name);
+        fs::rename(&claim.path, &to).map_err(|e| Error::io2("cannot rename", &claim.path, &to, e))?;
+        let recheck = clock::unix_now() + DEPENDENCY_RECHECK;
+        let not_before = match task.not_before {
+            Some(t) if dependencies.is_empty() => t,
+            Some(t) => t.max(recheck),
+            None => recheck,
+        };
+        if !dependencies.is_empty() {
+            log::info!(task_id = task.id; "Task waits for its dependencies");
+        }
+        let entry = Deferred {
+            not_before,
+            priority: task.priority,
+            dependencies,
+        };
+        self.deferred.insert(claim.name.clone(), entry);
+        Ok(None)
+    }
+
+    /// Deferred tasks whose time has come go back to pending (and into the
+    /// queue); those still waiting for dependencies are rescheduled.
+    fn release_due_deferred(&mut self) {
+        let now = clock::unix_now();
+        let mut later = Vec::new();
+        while let Some((name, mut entry)) = self.deferred.pop_due(now) {
+            if deps::check(&self.cfg.spool, &entry.dependencies) == DepState::Waiting {
+                entry.not_before = now + DEPENDENCY_RECHECK;
+                later.push((name, entry));
+                continue;
+            }
+            let from = self.cfg.spool.deferred_dir(&self.cfg.name).join(&name);
+            let pending = self.cfg.spool.pending_dir(&self.cfg.name).join(&name);
+            match rename_noreplace(&from, &pending) {
+                Ok(()) => self.queue.push(name, entry.priority, SystemTime::now()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        log::error!("{}", Error::io2("cannot rename", &from, &pending, e));
+                    }
+                    entry.not_before = now + 1.0;
+                    later.push((name, entry));
+                }
+            }
+        }
+        for (name, entry) in later {
+            self.deferred.insert(name, entry);
+        }
+    }
+
+    /// Queues a name after a look at its priority and age.
+    fn push_peeked(&mut self, name: OsString) {
+        if self.queue.contains(&name) {
+            return;
+        }
+        let path = self.cfg.spool.pending_dir(&self.cfg.name).join(&name);
+        let (priority, written) = peek(&path, self.cfg.max_task_bytes);
+        self.queue.push(name, priority, written);
+    }
+
+    /// Lists the tasks folder and queues what the queue misses.
+    fn rescan(&mut self) {
+        let dir = self.cfg.spool.pending_dir(&self.cfg.name);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("{}", Error::io("cannot list", &dir, e));
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if is_task_file(&name) && !self.settling.iter().any(|(_, n)| *n == name) {
+                self.push_peeked(name);
+            }
+        }
+        Stats::set(&self.stats.queue_size, self.queue.len() as u64);
+    }
+
+    /// Loads deferred tasks the schedule does not know (after a restart, or
+    /// written by another process for the same worker).
+    fn load_deferred(&mut self) {
+        let dir = self.cfg.spool.deferred_dir(&self.cfg.name);
+        let Ok(entries) = fs::read_dir(&dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !is_task_file(&name) || self.deferred.contains(&name) {
+                continue;
+            }
+            let task = fs::read(entry.path()).ok().and_then(|b| Task::parse(&b, &self.cfg.name).ok());
+            let entry = match task {
+                Some(t) => Deferred {
+                    not_before: t.not_before.unwrap_or(0.0),
+                    priority: t.priority,
+                    dependencies: t.dependencies,
+                },
+                // Unreadable: back to pending, where the claim judges it.
+                None => Deferred {
+                    not_before: 0.0,
+                    priority: Priority::Normal,
+                    dependencies: Vec::new(),
+                },
+            };
+            self.deferred.insert(name, entry);
+        }
+    }
+
+    /// Takes the lock of every `.active/` entry whose claimer is gone.
+    fn probe_active(&mut self) {
+        let dir = self.cfg.spool.active_dir(&self.cfg.name);
+        let Ok(entries) = fs::read_dir(&dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !is_task_file(&name) || self.recovered.iter().any(|c| c.name == name) {
+                continue;
+            }
+            match claim::probe(&dir, &name) {
+                Ok(Some(claim)) => self.recovered.push(claim),
+                Ok(None) => {}
+                Err(e) => log::error!("{e}"),
+            }
+        }
+    }
+
+    fn write_heartbeat(&self, status: &str) {
+        let s = &self.stats;
+        let beat = Heartbeat {
+            worker: self.cfg.name.clone(),
+            timestamp: clock::now_rfc3339(),
+            uptime_seconds: (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            queue_size: self.queue.len() as u64,
+            active_tasks: self.running as u64,
+            circuit_breaker_state: self.breaker.name().into(),
+            stats: HeartbeatStats {
+                tasks_processed: Stats::get(&s.processed),
+                tasks_failed: Stats::get(&s.failed),
+                tasks_retried: Stats::get(&s.retried),
+                tasks_dlq: Stats::get(&s.dlq),
+            },
+            status: status.into(),
+            pid: std::process::id(),
+            hostname: heartbeat::hostname(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            heartbeat_interval: self.cfg.heartbeat_interval.as_secs_f64(),
+            metrics_addr: None,
+        };
+        let dir = &self.cfg.spool.heartbeats;
+        let name = crate::spool::json_name(&self.cfg.name);
+        if let Err(e) = publish::publish(dir, &name, &json_line(&beat)) {
+            log::error!("{e}");
+        }
+    }
+}
+
+fn young(written: SystemTime) -> bool {
+    SystemTime::now().duration_since(written).map_or(true, |age| age < SETTLE)
+}
+
+/// A pending file's priority and write time, without claiming it.
+fn peek(path: &std::path::Path, max_bytes: u64) -> (Priority, SystemTime) {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return (Priority::Normal, SystemTime::now());
+    };
+    let written = meta.modified().unwrap_or_else(|_| SystemTime::now());
+    if !meta.is_file() || meta.len() > max_bytes.min(64 * 1024) {
+        return (Priority::Normal, written);
+    }
+    let priority = read_nofollow(path).map_or(Priority::Normal, |b| peek_priority(&b));
+    (priority, written)
+}
+
+fn read_nofollow(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = Vec::new();
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?
+        .take(64 * 1024)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
