@@ -5,8 +5,8 @@
 # place of the Claude CLI, enqueues a dozen tasks with the producer protocol
 # (dot-file, then mv), waits until every task has its result, stops the
 # workers with SIGTERM and prints the results, the dead letters and the
-# final heartbeats.  Only bash and POSIX tools: fields are read from the
-# compact JSON with grep and sed.
+# final heartbeats.  Only bash, POSIX tools, setsid(1) and /proc: fields
+# are read from the compact JSON with grep and sed.
 #
 #   make demo            build, then run this
 #   KEEP=1 make demo     keep the spool afterwards and print its path
@@ -215,5 +215,8 @@ for w in "${workers[@]}"; do
 done
 
 echo
-echo "logs: $spool/{marie,anga,fabien}.log"
-[[ ${KEEP:-0} == 1 ]] || echo "(KEEP=1 keeps the spool to look around)"
+if [[ ${KEEP:-0} == 1 ]]; then
+	echo "logs: $spool/{marie,anga,fabien}.log"
+else
+	echo "(KEEP=1 keeps the spool and the workers' logs)"
+fi

@@ -49,12 +49,16 @@ impl Breaker {
     pub fn record(&mut self, succeeded: bool, probe: bool, now: Instant) {
         self.state = match (self.state, succeeded) {
             (State::Closed { .. }, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, false) if failures + 1 >= self.threshold => {
-                State::Open { until: now + self.timeout }
-            }
-            (State::Closed { failures }, false) => State::Closed { failures: failures + 1 },
+            (State::Closed { failures }, false) if failures + 1 >= self.threshold => State::Open {
+                until: now + self.timeout,
+            },
+            (State::Closed { failures }, false) => State::Closed {
+                failures: failures + 1,
+            },
             (State::HalfOpen { .. }, true) if probe => State::Closed { failures: 0 },
-            (State::HalfOpen { .. }, false) if probe => State::Open { until: now + self.timeout },
+            (State::HalfOpen { .. }, false) if probe => State::Open {
+                until: now + self.timeout,
+            },
             (state, _) => state,
         };
     }

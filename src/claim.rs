@@ -4,8 +4,8 @@
 //! the task has left `.active/`. `probe` is the other half: a lock that can
 //! be taken on a file in `.active/` belongs to a dead claimer.
 
-use std::fs::{self, File, OpenOptions};
 use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -66,10 +66,14 @@ pub fn lock(dir: &Path, name: &OsStr) -> Result<Attempt> {
     let file = match open_nofollow(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Lost),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Attempt::NotRegular("symlink")),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Attempt::NotRegular("symlink"))
+        }
         Err(e) => return Err(Error::io("cannot open", &path, e)),
     };
-    let meta = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", &path, e))?;
     if !meta.is_file() || meta.ino() != before.ino() {
         return Ok(Attempt::Lost);
     }
@@ -95,7 +99,9 @@ pub fn probe(active_dir: &Path, name: &OsStr) -> Result<Option<Claim>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("cannot open", &path, e)),
     };
-    let meta = file.metadata().map_err(|e| Error::io("cannot stat", &path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", &path, e))?;
     // nlink 0: the claimer finished and removed it between our open and lock.
     if !meta.is_file() || !try_lock(&file) || meta.nlink() == 0 || !same_inode(&path, &meta) {
         return Ok(None);
@@ -124,7 +130,10 @@ impl Claim {
             Err(e) => return Err(Error::io2("cannot rename", &self.path, &active, e)),
         }
         self.claimed = SystemTime::now();
-        let since_epoch = self.claimed.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = self
+            .claimed
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let ts = TimeSpec::from(since_epoch);
         // Best effort: without it a crash is recovered as an interrupted run.
         let _ = futimens(self.file.as_raw_fd(), &ts, &ts);
@@ -168,7 +177,10 @@ impl Claim {
     /// Puts the original write time back (a task returned to pending keeps
     /// its place in the queue).
     pub fn restore_mtime(&self) {
-        let since_epoch = self.written.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = self
+            .written
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let ts = TimeSpec::from(since_epoch);
         let _ = futimens(self.file.as_raw_fd(), &ts, &ts);
     }

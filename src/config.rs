@@ -2,6 +2,7 @@
 //! the default, validated before anything starts. A bad value is one error
 //! that names the flag or the variable it came from (exit 78).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -37,7 +38,10 @@ fn pick(flag_value: &Option<String>, flag: &str, var: Option<&str>) -> Option<Ra
 }
 
 fn invalid(raw: &Raw, why: &str) -> Error {
-    Error::config(format!("invalid value {:?} for {}: {why}", raw.value, raw.origin))
+    Error::config(format!(
+        "invalid value {:?} for {}: {why}",
+        raw.value, raw.origin
+    ))
 }
 
 /// Seconds with fractions, or a number with `s`, `m`, `h` or `d`.
@@ -74,7 +78,10 @@ fn duration(raw: Option<Raw>, default: f64, positive: bool) -> Result<Duration> 
     match parse_duration(&raw.value) {
         Some(d) if positive && d.is_zero() => Err(invalid(&raw, "must be more than 0")),
         Some(d) => Ok(d),
-        None => Err(invalid(&raw, "not a duration (seconds, or with s, m, h or d)")),
+        None => Err(invalid(
+            &raw,
+            "not a duration (seconds, or with s, m, h or d)",
+        )),
     }
 }
 
@@ -91,7 +98,10 @@ fn bytes(raw: Option<Raw>, default: u64) -> Result<u64> {
     let Some(raw) = raw else { return Ok(default) };
     match parse_bytes(&raw.value) {
         Some(n) if n > 0 => Ok(n),
-        _ => Err(invalid(&raw, "not a positive size (bytes, or with K, M or G)")),
+        _ => Err(invalid(
+            &raw,
+            "not a positive size (bytes, or with K, M or G)",
+        )),
     }
 }
 
@@ -126,6 +136,10 @@ pub struct WorkerFlags {
     pub max_task_bytes: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    pub metrics_port: Option<String>,
+    pub metrics_addr: Option<String>,
+    /// `--no-metrics`: no listener at all.
+    pub no_metrics: bool,
 }
 
 /// Everything hw-worker needs, validated.
@@ -148,11 +162,21 @@ pub struct WorkerConfig {
     pub max_output: usize,
     pub max_task_bytes: u64,
     pub log: LogConfig,
+    /// Where to serve /metrics and the health checks; `None`: nowhere.
+    pub metrics: Option<(IpAddr, u16)>,
 }
 
 impl WorkerConfig {
     pub fn resolve(f: &WorkerFlags) -> Result<WorkerConfig> {
-        let name = f.name.clone().ok_or_else(|| Error::usage("missing worker NAME"))?;
+        let name = f
+            .name
+            .clone()
+            .ok_or_else(|| Error::usage("missing worker NAME"))?;
+        if name == crate::spool::ORCHESTRATOR {
+            return Err(Error::usage(format!(
+                "invalid worker name {name:?}: reserved for the listener's triggers"
+            )));
+        }
         if !valid_name(&name) {
             return Err(Error::usage(format!(
                 "invalid worker name {name:?}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
@@ -160,7 +184,11 @@ impl WorkerConfig {
         }
         let spool = Spool::from_env(pick(&f.root, "--root", None).map(|r| r.value.into()));
         let command_raw = pick(&f.command, "--command", Some("CLAUDE_COMMAND"));
-        let prompt_file = pick(&f.system_prompt_file, "--system-prompt-file", Some("SYSTEM_PROMPT_FILE"));
+        let prompt_file = pick(
+            &f.system_prompt_file,
+            "--system-prompt-file",
+            Some("SYSTEM_PROMPT_FILE"),
+        );
         let command_text = command_raw.as_ref().map_or("claude", |r| r.value.as_str());
         let command = AgentCommand::parse(command_text, prompt_file.map(|r| r.value.into()))
             .ok_or_else(|| Error::config("empty value for --command (CLAUDE_COMMAND)"))?;
@@ -180,54 +208,134 @@ impl WorkerConfig {
         Ok(WorkerConfig {
             spool,
             max_concurrent: count(
-                pick(&f.max_concurrent, "--max-concurrent", Some("MAX_CONCURRENT_TASKS")),
+                pick(
+                    &f.max_concurrent,
+                    "--max-concurrent",
+                    Some("MAX_CONCURRENT_TASKS"),
+                ),
                 3,
                 1,
                 1024,
             )? as usize,
             command,
-            task_timeout: duration(pick(&f.task_timeout, "--task-timeout", Some("TASK_TIMEOUT")), 600.0, true)?,
+            task_timeout: duration(
+                pick(&f.task_timeout, "--task-timeout", Some("TASK_TIMEOUT")),
+                600.0,
+                true,
+            )?,
             kill_grace: duration(pick(&f.kill_grace, "--kill-grace", None), 5.0, false)?,
             retry: RetryPolicy {
-                max_retries: count(pick(&f.max_retries, "--max-retries", Some("MAX_RETRIES")), 3, 0, 1000)?
-                    as u32,
-                backoff: number(pick(&f.retry_backoff, "--retry-backoff", Some("RETRY_BACKOFF")), 2.0, 1.0, 100.0)?,
+                max_retries: count(
+                    pick(&f.max_retries, "--max-retries", Some("MAX_RETRIES")),
+                    3,
+                    0,
+                    1000,
+                )? as u32,
+                backoff: number(
+                    pick(&f.retry_backoff, "--retry-backoff", Some("RETRY_BACKOFF")),
+                    2.0,
+                    1.0,
+                    100.0,
+                )?,
                 initial_delay: duration(
-                    pick(&f.initial_retry_delay, "--initial-retry-delay", Some("INITIAL_RETRY_DELAY")),
+                    pick(
+                        &f.initial_retry_delay,
+                        "--initial-retry-delay",
+                        Some("INITIAL_RETRY_DELAY"),
+                    ),
                     1.0,
                     false,
                 )?,
             },
             breaker_threshold: count(
-                pick(&f.breaker_threshold, "--breaker-threshold", Some("CIRCUIT_BREAKER_THRESHOLD")),
+                pick(
+                    &f.breaker_threshold,
+                    "--breaker-threshold",
+                    Some("CIRCUIT_BREAKER_THRESHOLD"),
+                ),
                 5,
                 1,
                 1_000_000,
             )? as u32,
             breaker_timeout: duration(
-                pick(&f.breaker_timeout, "--breaker-timeout", Some("CIRCUIT_BREAKER_TIMEOUT")),
+                pick(
+                    &f.breaker_timeout,
+                    "--breaker-timeout",
+                    Some("CIRCUIT_BREAKER_TIMEOUT"),
+                ),
                 60.0,
                 false,
             )?,
             heartbeat_interval: duration(
-                pick(&f.heartbeat_interval, "--heartbeat-interval", Some("HEARTBEAT_INTERVAL")),
+                pick(
+                    &f.heartbeat_interval,
+                    "--heartbeat-interval",
+                    Some("HEARTBEAT_INTERVAL"),
+                ),
                 10.0,
                 true,
             )?,
             poll,
             workdir,
-            shutdown_timeout: duration(pick(&f.shutdown_timeout, "--shutdown-timeout", None), 30.0, false)?,
+            shutdown_timeout: duration(
+                pick(&f.shutdown_timeout, "--shutdown-timeout", None),
+                30.0,
+                false,
+            )?,
             max_output: bytes(pick(&f.max_output, "--max-output", None), 1 << 20)? as usize,
             max_task_bytes: bytes(pick(&f.max_task_bytes, "--max-task-bytes", None), 1 << 20)?,
-            log: LogConfig::resolve(log_level.map(|r| (r.value, r.origin)), log_format.map(|r| (r.value, r.origin)))?,
+            metrics: metrics_endpoint(f)?,
+            log: LogConfig::resolve(
+                log_level.map(|r| (r.value, r.origin)),
+                log_format.map(|r| (r.value, r.origin)),
+            )?,
             name,
         })
     }
 }
 
+/// `ENABLE_METRICS` (or `--no-metrics`), `METRICS_ADDR`, `METRICS_PORT`.
+fn metrics_endpoint(f: &WorkerFlags) -> Result<Option<(IpAddr, u16)>> {
+    let enabled = match pick(&None, "", Some("ENABLE_METRICS")) {
+        _ if f.no_metrics => false,
+        None => true,
+        Some(raw) => parse_bool(&raw.value).ok_or_else(|| invalid(&raw, "not true or false"))?,
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let ip = match pick(&f.metrics_addr, "--metrics-addr", Some("METRICS_ADDR")) {
+        None => IpAddr::from([127, 0, 0, 1]),
+        Some(raw) => raw
+            .value
+            .trim()
+            .parse()
+            .map_err(|_| invalid(&raw, "not an IP address"))?,
+    };
+    let port = count(
+        pick(&f.metrics_port, "--metrics-port", Some("METRICS_PORT")),
+        9090,
+        0,
+        65535,
+    )?;
+    Ok(Some((ip, port as u16)))
+}
+
+/// The spellings of yes and no that the Python system accepted.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 impl LogConfig {
     /// The level and format from their raw values and origins.
-    fn resolve(level: Option<(String, String)>, format: Option<(String, String)>) -> Result<LogConfig> {
+    fn resolve(
+        level: Option<(String, String)>,
+        format: Option<(String, String)>,
+    ) -> Result<LogConfig> {
         let level = match level {
             None => log::LevelFilter::Info,
             Some((value, origin)) => crate::log::parse_level(&value).ok_or_else(|| {

@@ -38,7 +38,9 @@ pub fn check(spool: &Spool, deps: &[String]) -> DepState {
 fn result_status(spool: &Spool, workers: &[String], id: &str) -> Option<String> {
     let mut found = None;
     for w in workers {
-        let Ok(bytes) = fs::read(spool.result_path(w, id)) else { continue };
+        let Ok(bytes) = fs::read(spool.result_path(w, id)) else {
+            continue;
+        };
         let status = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(String::from));
@@ -58,7 +60,9 @@ fn dead_lettered(spool: &Spool, id: &str) -> bool {
         list(&spool.dlq_dir(w)).iter().any(|name| {
             name.strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(".json"))
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit() || c == b'-'))
+                .is_some_and(|n| {
+                    !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit() || c == b'-')
+                })
         })
     })
 }

@@ -30,7 +30,12 @@ pub fn task_record(task: &Task, reason: &str, last_error: Option<&str>) -> Map<S
 
 /// The dead letter of a bad entry: its name and, when it was read, its
 /// content (as text, or base64 when it is not UTF-8).
-pub fn entry_record(name: &OsStr, reason: &str, detail: &str, content: Option<&[u8]>) -> Map<String, Value> {
+pub fn entry_record(
+    name: &OsStr,
+    reason: &str,
+    detail: &str,
+    content: Option<&[u8]>,
+) -> Map<String, Value> {
     let mut record = Map::new();
     record.insert("dlq_reason".into(), reason.into());
     record.insert("dlq_timestamp".into(), clock::now_rfc3339().into());
@@ -42,7 +47,10 @@ pub fn entry_record(name: &OsStr, reason: &str, detail: &str, content: Option<&[
             record.insert("original".into(), text.into());
         }
         Some(Err(_)) => {
-            record.insert("original_base64".into(), base64(content.unwrap_or_default()).into());
+            record.insert(
+                "original_base64".into(),
+                base64(content.unwrap_or_default()).into(),
+            );
         }
         None => {}
     }
@@ -50,7 +58,12 @@ pub fn entry_record(name: &OsStr, reason: &str, detail: &str, content: Option<&[
 }
 
 /// Publishes a record for `worker` under `stem`; returns the file name.
-pub fn publish(spool: &Spool, worker: &str, stem: &str, record: &Map<String, Value>) -> Result<String> {
+pub fn publish(
+    spool: &Spool,
+    worker: &str,
+    stem: &str,
+    record: &Map<String, Value>,
+) -> Result<String> {
     let dir = spool.dlq_dir(worker);
     let unix = clock::unix_now().max(0.0) as u64;
     publish::publish_numbered(&dir, stem, unix, &publish::json_line(record))
@@ -66,27 +79,50 @@ pub fn entry_stem(name: &OsStr) -> String {
 /// worker's DLQ folder). `NotFound` means someone else moved it first.
 pub fn move_aside(spool: &Spool, worker: &str, from: &Path, name: &OsStr) -> Result<String> {
     let dir = spool.rejected_dir(worker);
-    let plain = name.to_str().filter(|n| !n.starts_with('.') && !n.contains(char::is_control));
-    let base = plain.map(String::from).unwrap_or_else(|| format!("{}.json", entry_stem(name)));
+    let plain = name
+        .to_str()
+        .filter(|n| !n.starts_with('.') && !n.contains(char::is_control));
+    let base = plain
+        .map(String::from)
+        .unwrap_or_else(|| format!("{}.json", entry_stem(name)));
     for n in 1..10_000 {
-        let candidate = if n == 1 { base.clone() } else { format!("{base}.{n}") };
+        let candidate = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}.{n}")
+        };
         match rename_noreplace(from, &dir.join(&candidate)) {
             Ok(()) => {
                 publish::sync_dir(&dir)?;
                 return Ok(Spool::rejected_relative(&candidate));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io2("cannot move aside", from, &dir.join(&candidate), e)),
+            Err(e) => {
+                return Err(Error::io2(
+                    "cannot move aside",
+                    from,
+                    &dir.join(&candidate),
+                    e,
+                ))
+            }
         }
     }
-    Err(Error::io("cannot move aside", from, io::Error::from(io::ErrorKind::AlreadyExists)))
+    Err(Error::io(
+        "cannot move aside",
+        from,
+        io::Error::from(io::ErrorKind::AlreadyExists),
+    ))
 }
 
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -18,7 +18,7 @@ pub struct HeartbeatStats {
 pub struct Heartbeat {
     pub worker: String,
     pub timestamp: String,
-    pub uptime_seconds: f64,
+    pub uptime_seconds: u64,
     pub queue_size: u64,
     pub active_tasks: u64,
     pub circuit_breaker_state: String,

@@ -62,25 +62,37 @@ pub fn init(tool: &'static str, worker: Option<String>, config: LogConfig) {
     let _ = builder.try_init();
 }
 
+/// Keys in the order the Python system wrote them, then the event's own.
 fn json_line(tool: &str, worker: Option<&str>, record: &log::Record) -> String {
-    let mut map = serde_json::Map::new();
-    map.insert("timestamp".into(), clock::now_rfc3339().into());
-    map.insert("level".into(), level_name(record.level()).into());
-    map.insert("logger".into(), tool.into());
+    let quote = |s: &str| serde_json::Value::from(s).to_string();
+    let mut line = format!(
+        "{{\"timestamp\": {}, \"level\": {}, \"logger\": {}",
+        quote(&clock::now_rfc3339()),
+        quote(level_name(record.level())),
+        quote(tool)
+    );
     if let Some(w) = worker {
-        map.insert("worker".into(), w.into());
+        line.push_str(&format!(", \"worker\": {}", quote(w)));
     }
-    map.insert("message".into(), record.args().to_string().into());
+    line.push_str(&format!(
+        ", \"message\": {}",
+        quote(&record.args().to_string())
+    ));
     let mut fields = Fields(Vec::new());
     let _ = record.key_values().visit(&mut fields);
     for (k, v) in fields.0 {
-        map.insert(k, v.into());
+        line.push_str(&format!(", {}: {}", quote(&k), v));
     }
-    serde_json::Value::Object(map).to_string()
+    line.push('}');
+    line
 }
 
 fn text_line(tool: &str, worker: Option<&str>, record: &log::Record) -> String {
-    let mut line = format!("{} {} {tool}", clock::now_rfc3339(), level_name(record.level()));
+    let mut line = format!(
+        "{} {} {tool}",
+        clock::now_rfc3339(),
+        level_name(record.level())
+    );
     if let Some(w) = worker {
         line.push_str(&format!("[{w}]"));
     }
@@ -88,20 +100,34 @@ fn text_line(tool: &str, worker: Option<&str>, record: &log::Record) -> String {
     let mut fields = Fields(Vec::new());
     let _ = record.key_values().visit(&mut fields);
     for (k, v) in fields.0 {
-        if v.contains(char::is_whitespace) || v.is_empty() {
-            line.push_str(&format!(" {k}={v:?}"));
-        } else {
-            line.push_str(&format!(" {k}={v}"));
+        match v {
+            serde_json::Value::String(s) if s.is_empty() || s.contains(char::is_whitespace) => {
+                line.push_str(&format!(" {k}={s:?}"))
+            }
+            serde_json::Value::String(s) => line.push_str(&format!(" {k}={s}")),
+            v => line.push_str(&format!(" {k}={v}")),
         }
     }
     line
 }
 
-struct Fields(Vec<(String, String)>);
+/// An event's key-values, numbers and booleans kept as such.
+struct Fields(Vec<(String, serde_json::Value)>);
 
 impl<'kvs> VisitSource<'kvs> for Fields {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        self.0.push((key.to_string(), value.to_string()));
+        let v = if let Some(n) = value.to_u64() {
+            n.into()
+        } else if let Some(n) = value.to_i64() {
+            n.into()
+        } else if let Some(b) = value.to_bool() {
+            b.into()
+        } else if let Some(x) = value.to_f64().filter(|x| x.is_finite()) {
+            x.into()
+        } else {
+            value.to_string().into()
+        };
+        self.0.push((key.to_string(), v));
         Ok(())
     }
 }

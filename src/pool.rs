@@ -20,10 +20,10 @@ use crate::config::WorkerConfig;
 use crate::dlq;
 use crate::error::Result;
 use crate::latch::Latch;
+use crate::metrics::Metrics;
 use crate::publish::{self, json_line};
 use crate::result::{TaskResult, Trigger};
 use crate::run::{self, Limits, Outcome};
-use crate::stats::Stats;
 use crate::task::{Invalid, Task};
 
 /// Work handed to a pool thread; every variant but `Irregular` holds the
@@ -31,15 +31,27 @@ use crate::task::{Invalid, Task};
 #[derive(Debug)]
 pub enum Job {
     /// A valid task in `.active/`: run it.
-    Run { claim: Claim, task: Task, probe: bool },
+    Run {
+        claim: Claim,
+        task: Task,
+        probe: bool,
+    },
     /// A task file in `.active/` that cannot be run.
-    Invalid { claim: Claim, bytes: Vec<u8>, invalid: Invalid },
+    Invalid {
+        claim: Claim,
+        bytes: Vec<u8>,
+        invalid: Invalid,
+    },
     /// A pending file over `--max-task-bytes`, never read.
     TooLarge { claim: Claim },
     /// A pending entry that is not a regular file.
     Irregular { name: OsString, kind: &'static str },
     /// A task in `.active/` one of whose dependencies failed.
-    DependencyFailed { claim: Claim, task: Task, dependency: String },
+    DependencyFailed {
+        claim: Claim,
+        task: Task,
+        dependency: String,
+    },
     /// An entry of `.active/` whose claimer died.
     Recovered { claim: Claim },
 }
@@ -60,7 +72,10 @@ pub enum End {
     /// Failed for good: result and dead letter written.
     Failed,
     /// Waiting in `.deferred/` for a retry.
-    Deferred { not_before: f64, task: Box<DeferredTask> },
+    Deferred {
+        not_before: f64,
+        task: Box<DeferredTask>,
+    },
     DeadLettered,
     /// Back in pending, no attempt charged (shutdown).
     Returned,
@@ -79,7 +94,7 @@ pub struct DeferredTask {
 /// What every pool thread shares.
 pub struct Context {
     pub config: WorkerConfig,
-    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
     /// Fired when running tasks must stop now (the second signal).
     pub abort: Latch,
 }
@@ -146,16 +161,26 @@ fn execute_guarded(ctx: &Context, job: Job) -> Report {
 fn execute(ctx: &Context, job: Job) -> Report {
     match job {
         Job::Run { claim, task, probe } => run_task(ctx, claim, task, probe),
-        Job::Invalid { claim, bytes, invalid } => reject_invalid(ctx, claim, &bytes, &invalid),
+        Job::Invalid {
+            claim,
+            bytes,
+            invalid,
+        } => reject_invalid(ctx, claim, &bytes, &invalid),
         Job::TooLarge { claim } => reject_too_large(ctx, claim),
         Job::Irregular { name, kind } => reject_irregular(ctx, name, kind),
-        Job::DependencyFailed { claim, task, dependency } => {
+        Job::DependencyFailed {
+            claim,
+            task,
+            dependency,
+        } => {
             let why = format!("dependency {dependency} failed");
             let name = claim.name.clone();
             let record = dlq::task_record(&task, "dependency_failed", Some(&why));
-            let end = match persist(ctx, || dlq::publish(&ctx.config.spool, &ctx.config.name, &task.id, &record)) {
+            let end = match persist(ctx, || {
+                dlq::publish(&ctx.config.spool, &ctx.config.name, &task.id, &record)
+            }) {
                 Some(_) => {
-                    Stats::add(&ctx.stats.dlq);
+                    ctx.metrics.dead_lettered("dependency_failed");
                     log::warn!(task_id = task.id, dependency = dependency; "Task dead-lettered: dependency failed");
                     finish(claim, End::DeadLettered)
                 }
@@ -190,18 +215,22 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
         ("HW_ROOT", cfg.spool.root.display().to_string()),
     ];
     let limits = Limits {
-        timeout: task.timeout.map_or(cfg.task_timeout, |t| Duration::from_secs_f64(t.min(1e9))),
+        timeout: task
+            .timeout
+            .map_or(cfg.task_timeout, |t| Duration::from_secs_f64(t.min(1e9))),
         kill_grace: cfg.kill_grace,
         max_output: cfg.max_output,
     };
-    Stats::add(&ctx.stats.active);
     let outcome = run::run(&argv, &env, &cfg.workdir, limits, &ctx.abort);
-    ctx.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     let name = claim.name.clone();
     if outcome.aborted {
         return report(name, probe, None, return_to_pending(ctx, claim));
     }
+    ctx.metrics.duration.observe(outcome.duration);
     let succeeded = outcome.succeeded();
+    if !succeeded {
+        ctx.metrics.attempt_failed(failure_reason(&outcome));
+    }
     let end = if succeeded {
         complete(ctx, claim, &task, &outcome)
     } else {
@@ -210,12 +239,22 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     report(name, probe, Some(succeeded), end)
 }
 
+/// The `reason` label of a failed attempt.
+fn failure_reason(outcome: &Outcome) -> &'static str {
+    match outcome.error.as_deref() {
+        Some("timeout") => "timeout",
+        Some("agent_reported_error") => "agent_reported_error",
+        Some(e) if e.starts_with("spawn_failed") => "spawn_failed",
+        _ => "exit_status",
+    }
+}
+
 fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End {
     let result = result_of(ctx, task, "completed", Some(outcome), None, None);
     if !publish_result(ctx, &result) {
         return End::Left;
     }
-    Stats::add(&ctx.stats.processed);
+    ctx.metrics.completed();
     let secs = outcome.duration.as_secs_f64();
     log::info!(task_id = task.id, duration = format!("{secs:.3}s"); "Task completed");
     finish(claim, End::Completed)
@@ -233,23 +272,34 @@ fn fail(ctx: &Context, claim: Claim, mut task: Task, why: &str, outcome: Option<
         if persist(ctx, || publish::publish(&dir, &name, &task.to_json())).is_none() {
             return End::Left;
         }
-        Stats::add(&ctx.stats.retried);
+        ctx.metrics.retried();
         log::warn!(task_id = task.id, retry_in = format!("{:.3}s", delay.as_secs_f64()), error = why; "Task failed, will retry");
-        let deferred = Box::new(DeferredTask { priority: task.priority });
-        return finish(claim, End::Deferred { not_before, task: deferred });
+        let deferred = Box::new(DeferredTask {
+            priority: task.priority,
+        });
+        return finish(
+            claim,
+            End::Deferred {
+                not_before,
+                task: deferred,
+            },
+        );
     }
     let record = dlq::task_record(&task, "max_retries_exceeded", Some(why));
-    let Some(dlq_file) = persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &task.id, &record)) else {
+    let Some(dlq_file) = persist(ctx, || {
+        dlq::publish(&cfg.spool, &cfg.name, &task.id, &record)
+    }) else {
         return End::Left;
     };
-    Stats::add(&ctx.stats.dlq);
-    let error = outcome.map_or(Some(why.to_string()), |o| o.error.clone().or(Some(why.to_string())));
+    ctx.metrics.dead_lettered("max_retries_exceeded");
+    let error = outcome.map_or(Some(why.to_string()), |o| {
+        o.error.clone().or(Some(why.to_string()))
+    });
     let result = result_of(ctx, &task, "failed", outcome, error, Some(dlq_file));
     if !publish_result(ctx, &result) {
         return End::Left;
     }
-    Stats::add(&ctx.stats.processed);
-    Stats::add(&ctx.stats.failed);
+    ctx.metrics.failed();
     log::error!(task_id = task.id, error = why; "Task failed for good, dead-lettered");
     finish(claim, End::Failed)
 }
@@ -262,7 +312,11 @@ fn result_of(
     error: Option<String>,
     dlq_file: Option<String>,
 ) -> TaskResult {
-    let blank = Outcome::default();
+    // An interrupted run has no exit status of its own: -1 says so.
+    let blank = Outcome {
+        exit_code: -1,
+        ..Outcome::default()
+    };
     let o = outcome.unwrap_or(&blank);
     TaskResult {
         task_id: task.id.clone(),
@@ -312,7 +366,11 @@ fn finish(claim: Claim, end: End) -> End {
 }
 
 fn return_to_pending(ctx: &Context, claim: Claim) -> End {
-    let to = ctx.config.spool.pending_dir(&ctx.config.name).join(&claim.name);
+    let to = ctx
+        .config
+        .spool
+        .pending_dir(&ctx.config.name)
+        .join(&claim.name);
     claim.restore_mtime();
     match claim.move_to(&to) {
         Ok(()) => {
@@ -333,7 +391,7 @@ fn reject_invalid(ctx: &Context, claim: Claim, bytes: &[u8], invalid: &Invalid) 
     let record = dlq::entry_record(&name, invalid.reason(), invalid.detail(), Some(bytes));
     let end = match persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &stem, &record)) {
         Some(file) => {
-            Stats::add(&ctx.stats.dlq);
+            ctx.metrics.dead_lettered(invalid.reason());
             log::warn!(file = name.to_string_lossy(), reason = invalid.reason(), dlq_file = file; "Invalid task dead-lettered: {}", invalid.detail());
             finish(claim, End::DeadLettered)
         }
@@ -351,10 +409,15 @@ fn stem_of(bytes: &[u8]) -> Option<String> {
 
 fn reject_too_large(ctx: &Context, claim: Claim) -> Report {
     let name = claim.name.clone();
-    let detail = format!("{} bytes, over the limit of {}", claim.size, ctx.config.max_task_bytes);
+    let detail = format!(
+        "{} bytes, over the limit of {}",
+        claim.size, ctx.config.max_task_bytes
+    );
     let from = claim.path.clone();
     // The lock is held while the file moves; it goes with the claim after.
-    let moved = persist(ctx, || dlq::move_aside(&ctx.config.spool, &ctx.config.name, &from, &name));
+    let moved = persist(ctx, || {
+        dlq::move_aside(&ctx.config.spool, &ctx.config.name, &from, &name)
+    });
     drop(claim);
     let end = match moved {
         Some(rejected) => record_rejected(ctx, &name, "task_too_large", &detail, rejected),
@@ -367,7 +430,13 @@ fn reject_irregular(ctx: &Context, name: OsString, kind: &str) -> Report {
     let cfg = &ctx.config;
     let from = cfg.spool.pending_dir(&cfg.name).join(&name);
     let end = match dlq::move_aside(&cfg.spool, &cfg.name, &from, &name) {
-        Ok(rejected) => record_rejected(ctx, &name, "not_a_regular_file", &format!("a {kind}"), rejected),
+        Ok(rejected) => record_rejected(
+            ctx,
+            &name,
+            "not_a_regular_file",
+            &format!("a {kind}"),
+            rejected,
+        ),
         Err(e) if e.kind == crate::error::Kind::NotFound => End::Left,
         Err(e) => {
             log::error!("{e}");
@@ -377,14 +446,20 @@ fn reject_irregular(ctx: &Context, name: OsString, kind: &str) -> Report {
     report(name, false, None, end)
 }
 
-fn record_rejected(ctx: &Context, name: &OsString, reason: &str, detail: &str, rejected: String) -> End {
+fn record_rejected(
+    ctx: &Context,
+    name: &OsString,
+    reason: &str,
+    detail: &str,
+    rejected: String,
+) -> End {
     let cfg = &ctx.config;
     let mut record = dlq::entry_record(name, reason, detail, None);
     record.insert("rejected_path".into(), rejected.into());
     let stem = dlq::entry_stem(name);
     match persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &stem, &record)) {
         Some(file) => {
-            Stats::add(&ctx.stats.dlq);
+            ctx.metrics.dead_lettered(reason);
             log::warn!(file = name.to_string_lossy(), reason = reason, dlq_file = file; "Bad entry moved aside: {detail}");
             End::DeadLettered
         }
@@ -411,17 +486,21 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
     };
     let result = cfg.spool.result_path(&cfg.name, &task.id);
     let deferred = cfg.spool.deferred_dir(&cfg.name).join(&name);
-    if newer_than(&result, claim.claimed) || retry_scheduled(&deferred, &cfg.name, task.retry_count) {
+    if newer_than(&result, claim.claimed) || retry_scheduled(&deferred, &cfg.name, task.retry_count)
+    {
         log::info!(task_id = task.id; "Recovered a finished run; entry removed");
         return report(name, false, None, finish(claim, End::Removed));
     }
     log::warn!(task_id = task.id; "Recovered an interrupted run");
+    ctx.metrics.attempt_failed("interrupted");
     let end = fail(ctx, claim, task, "interrupted", None);
     report(name, false, None, end)
 }
 
 fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
-    std::fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|m| m >= t)
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|m| m >= t)
 }
 
 fn retry_scheduled(deferred: &Path, worker: &str, retry_count: u32) -> bool {
@@ -458,7 +537,9 @@ fn persist<T>(ctx: &Context, mut publish: impl FnMut() -> Result<T>) -> Option<T
 fn wait_or_abort(abort: &Latch, delay: Duration) -> bool {
     let ms = delay.as_millis().min(i32::MAX as u128) as i32;
     let mut fds = [PollFd::new(abort.fd(), PollFlags::POLLIN)];
-    let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+    let _ = poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    );
     abort.is_fired()
 }
-

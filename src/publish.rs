@@ -123,7 +123,13 @@ mod tests {
     #[test]
     fn numbered_names_count_up_on_clash() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(publish_numbered(dir.path(), "t", 7, b"a").unwrap(), "t_7.json");
-        assert_eq!(publish_numbered(dir.path(), "t", 7, b"b").unwrap(), "t_7-2.json");
+        assert_eq!(
+            publish_numbered(dir.path(), "t", 7, b"a").unwrap(),
+            "t_7.json"
+        );
+        assert_eq!(
+            publish_numbered(dir.path(), "t", 7, b"b").unwrap(),
+            "t_7-2.json"
+        );
     }
 }

@@ -21,7 +21,9 @@ impl PendingQueue {
     /// Adds a task file by name, unless it is queued already.
     pub fn push(&mut self, name: OsString, priority: Priority, written: SystemTime) {
         if self.queued.insert(name.clone()) {
-            let ns = written.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let ns = written
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
             self.seq += 1;
             self.heap.push(Reverse((priority, ns, self.seq, name)));
         }
@@ -64,7 +66,8 @@ pub struct DeferredSchedule {
 impl DeferredSchedule {
     /// Schedules (or reschedules) a deferred task file.
     pub fn insert(&mut self, name: OsString, entry: Deferred) {
-        self.heap.push(Reverse((millis(entry.not_before), name.clone())));
+        self.heap
+            .push(Reverse((millis(entry.not_before), name.clone())));
         self.entries.insert(name, entry);
     }
 

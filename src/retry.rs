@@ -35,7 +35,9 @@ mod tests {
             backoff: 2.0,
             initial_delay: Duration::from_secs(1),
         };
-        let d: Vec<_> = (0..4).map(|k| p.next_delay(k).map(|d| d.as_secs())).collect();
+        let d: Vec<_> = (0..4)
+            .map(|k| p.next_delay(k).map(|d| d.as_secs()))
+            .collect();
         assert_eq!(d, [Some(1), Some(2), Some(4), None]);
     }
 }

@@ -47,7 +47,13 @@ impl AgentCommand {
     /// `-p DESCRIPTION` appended. The description is always one element.
     pub fn argv(&self, description: &str) -> Vec<String> {
         if self.words.iter().any(|w| w == "{}") {
-            let fill = |w: &String| if w == "{}" { description.to_string() } else { w.clone() };
+            let fill = |w: &String| {
+                if w == "{}" {
+                    description.to_string()
+                } else {
+                    w.clone()
+                }
+            };
             return self.words.iter().map(fill).collect();
         }
         let mut argv = self.words.clone();
@@ -200,7 +206,9 @@ struct Supervisor<'a> {
 enum Phase {
     Running,
     /// SIGTERM sent at the deadline; SIGKILL follows at `until`.
-    Terminating { until: Instant },
+    Terminating {
+        until: Instant,
+    },
     Killed,
 }
 
@@ -236,7 +244,9 @@ impl<'a> Supervisor<'a> {
                 Phase::Running if now >= deadline => {
                     self.out.error = Some("timeout".into());
                     self.signal(Signal::SIGTERM);
-                    Phase::Terminating { until: now + self.limits.kill_grace }
+                    Phase::Terminating {
+                        until: now + self.limits.kill_grace,
+                    }
                 }
                 Phase::Terminating { until } if now >= until || self.abort.is_fired() => {
                     self.signal(Signal::SIGKILL);
@@ -324,10 +334,18 @@ impl<'a> Supervisor<'a> {
             (ready(slots[0]), ready(slots[1]))
         };
         if out_ready {
-            read_some(&mut self.stdout, &mut self.out.stdout, self.limits.max_output);
+            read_some(
+                &mut self.stdout,
+                &mut self.out.stdout,
+                self.limits.max_output,
+            );
         }
         if err_ready {
-            read_some(&mut self.stderr, &mut self.out.stderr, self.limits.max_output);
+            read_some(
+                &mut self.stderr,
+                &mut self.out.stderr,
+                self.limits.max_output,
+            );
         }
     }
 
@@ -335,7 +353,10 @@ impl<'a> Supervisor<'a> {
     fn drain(&mut self, until: Instant) {
         while (self.stdout.is_some() || self.stderr.is_some()) && Instant::now() < until {
             let mut fds: Vec<PollFd> = Vec::with_capacity(2);
-            let streams = [self.stdout.as_ref().map(|s| s.as_fd()), self.stderr.as_ref().map(|s| s.as_fd())];
+            let streams = [
+                self.stdout.as_ref().map(|s| s.as_fd()),
+                self.stderr.as_ref().map(|s| s.as_fd()),
+            ];
             let present: Vec<BorrowedFd> = streams.iter().flatten().copied().collect();
             for fd in &present {
                 fds.push(PollFd::new(*fd, PollFlags::POLLIN));
@@ -343,8 +364,16 @@ impl<'a> Supervisor<'a> {
             if poll(&mut fds, millis_until(until)).unwrap_or(0) == 0 {
                 break;
             }
-            read_some(&mut self.stdout, &mut self.out.stdout, self.limits.max_output);
-            read_some(&mut self.stderr, &mut self.out.stderr, self.limits.max_output);
+            read_some(
+                &mut self.stdout,
+                &mut self.out.stdout,
+                self.limits.max_output,
+            );
+            read_some(
+                &mut self.stderr,
+                &mut self.out.stderr,
+                self.limits.max_output,
+            );
         }
     }
 }
@@ -405,7 +434,17 @@ mod tests {
     #[test]
     fn argv_appends_prompt_or_fills_placeholder() {
         let c = AgentCommand::parse("claude --x", Some("s.txt".into())).unwrap();
-        assert_eq!(c.argv("a b"), ["claude", "--x", "--system-prompt-file", "s.txt", "-p", "a b"]);
+        assert_eq!(
+            c.argv("a b"),
+            [
+                "claude",
+                "--x",
+                "--system-prompt-file",
+                "s.txt",
+                "-p",
+                "a b"
+            ]
+        );
         let c = AgentCommand::parse("echo {} end", Some("s.txt".into())).unwrap();
         assert_eq!(c.argv("a; b"), ["echo", "a; b", "end"]);
         assert!(AgentCommand::parse("  ", None).is_none());

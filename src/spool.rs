@@ -4,8 +4,8 @@
 
 use std::env;
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::fs::DirBuilder;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -171,7 +171,9 @@ pub fn create_dir(dir: &Path) -> Result<()> {
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
-    env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+    env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Worker names and task ids: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.

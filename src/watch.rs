@@ -51,7 +51,8 @@ impl Watcher {
     /// Adds the watch (before the caller's first scan, so nothing written
     /// in between is missed) and starts the thread that reads events.
     pub fn start(dir: &Path, notices: Sender<Notice>, stop: Latch) -> Result<Watcher> {
-        let mut inotify = Inotify::init().map_err(|e| Error::io("cannot start inotify for", dir, e))?;
+        let mut inotify =
+            Inotify::init().map_err(|e| Error::io("cannot start inotify for", dir, e))?;
         let watches = inotify.watches();
         let mut watcher = Watcher {
             dir: dir.to_path_buf(),
@@ -119,10 +120,9 @@ fn read_loop(dir: &Path, inotify: &mut Inotify, notices: &Sender<Notice>, stop: 
                     for event in events {
                         if event.mask.contains(EventMask::Q_OVERFLOW) {
                             notice = notice.or(Some(Notice::Rescan));
-                        } else if event
-                            .mask
-                            .intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF)
-                        {
+                        } else if event.mask.intersects(
+                            EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF,
+                        ) {
                             notice = Some(Notice::Rewatch);
                         } else if let Some(name) = event.name.filter(|n| is_task_file(n)) {
                             // A regular file being created is still being

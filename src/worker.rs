@@ -23,13 +23,14 @@ use crate::clock;
 use crate::config::WorkerConfig;
 use crate::deps::{self, DepState};
 use crate::error::{Error, Result};
-use crate::heartbeat::{self, Heartbeat, HeartbeatStats};
+use crate::heartbeat::{self, Heartbeat};
+use crate::http::MetricsServer;
 use crate::latch::Latch;
+use crate::metrics::Metrics;
 use crate::pool::{Context, End, Job, Pool, Report};
 use crate::publish::{self, json_line, rename_noreplace};
 use crate::queue::{Deferred, DeferredSchedule, PendingQueue};
 use crate::spool::is_task_file;
-use crate::stats::Stats;
 use crate::task::{peek_priority, Invalid, Priority, Task};
 use crate::watch::{Notice, Watcher};
 
@@ -67,16 +68,26 @@ pub fn run(config: WorkerConfig) -> Result<()> {
             }
         })
         .map_err(|e| Error::io("cannot start the signal thread", "".as_ref(), e))?;
-    let stats = Arc::new(Stats::default());
-    let poll = config.poll.or_else(|| network_fs(&pending).then_some(NETWORK_FS_POLL));
+    let metrics = Arc::new(Metrics::new(&config.name));
+    let server = match config.metrics {
+        Some((ip, port)) => Some(MetricsServer::start(ip, port, metrics.clone())?),
+        None => None,
+    };
+    if let Some(s) = &server {
+        log::info!(metrics_addr = s.addr.to_string(); "Metrics on http://{}/metrics", s.addr);
+    }
+    let poll = config
+        .poll
+        .or_else(|| network_fs(&pending).then_some(NETWORK_FS_POLL));
     let context = Arc::new(Context {
         config: config.clone(),
-        stats: stats.clone(),
+        metrics: metrics.clone(),
         abort: abort.clone(),
     });
     let pool = Pool::start(context, jobs, report_tx)
         .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;
-    let mut d = Dispatcher::new(config, stats, job_tx, watcher, poll);
+    let metrics_addr = server.as_ref().map(|s| s.addr.to_string());
+    let mut d = Dispatcher::new(config, metrics, job_tx, watcher, poll, metrics_addr);
     d.start();
     d.serve(&notices, &reports, &signal_rx, &abort);
     drop(d.jobs.take());
@@ -85,6 +96,9 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     d.watcher.join();
     signal_handle.close();
     let _ = signal_thread.join();
+    if let Some(s) = server {
+        s.stop();
+    }
     d.write_heartbeat("stopped");
     log::info!(uptime_seconds = d.started.elapsed().as_secs(); "Worker stopped");
     Ok(())
@@ -106,7 +120,8 @@ fn network_fs(dir: &std::path::Path) -> bool {
 
 struct Dispatcher {
     cfg: WorkerConfig,
-    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<String>,
     jobs: Option<Sender<Job>>,
     watcher: Watcher,
     queue: PendingQueue,
@@ -127,14 +142,23 @@ struct Dispatcher {
     poll: Option<Duration>,
     next_poll: Option<Instant>,
     /// After an I/O error claiming, nothing is claimed until then.
-    claim_pause: Option<(Instant, Duration)>,
+    claim_pause: Option<Instant>,
+    /// The next pause, doubled at each error in a row (up to 5 s).
+    claim_backoff: Duration,
     /// Set at the first signal: the time by which running tasks must end.
     stopping: Option<Instant>,
     aborted: bool,
 }
 
 impl Dispatcher {
-    fn new(cfg: WorkerConfig, stats: Arc<Stats>, jobs: Sender<Job>, watcher: Watcher, poll: Option<Duration>) -> Self {
+    fn new(
+        cfg: WorkerConfig,
+        metrics: Arc<Metrics>,
+        jobs: Sender<Job>,
+        watcher: Watcher,
+        poll: Option<Duration>,
+        metrics_addr: Option<String>,
+    ) -> Self {
         let now = Instant::now();
         let poll = poll.filter(|p| !p.is_zero());
         Dispatcher {
@@ -142,7 +166,8 @@ impl Dispatcher {
             next_heartbeat: now + cfg.heartbeat_interval,
             next_poll: poll.map(|p| now + p),
             cfg,
-            stats,
+            metrics,
+            metrics_addr,
             jobs: Some(jobs),
             watcher,
             queue: PendingQueue::default(),
@@ -155,6 +180,7 @@ impl Dispatcher {
             started: now,
             poll,
             claim_pause: None,
+            claim_backoff: Duration::from_millis(100),
             stopping: None,
             aborted: false,
         }
@@ -175,7 +201,13 @@ impl Dispatcher {
         );
     }
 
-    fn serve(&mut self, notices: &Receiver<Notice>, reports: &Receiver<Report>, signals: &Receiver<i32>, abort: &Latch) {
+    fn serve(
+        &mut self,
+        notices: &Receiver<Notice>,
+        reports: &Receiver<Report>,
+        signals: &Receiver<i32>,
+        abort: &Latch,
+    ) {
         loop {
             self.dispatch();
             if self.stopping.is_some() && self.running == 0 {
@@ -201,14 +233,16 @@ impl Dispatcher {
         };
         consider(self.next_poll);
         consider(self.settling.iter().map(|(t, _)| *t).min());
-        consider(self.claim_pause.map(|(t, _)| t));
+        consider(self.claim_pause);
         consider(self.stopping.filter(|_| !self.aborted));
         if !self.queue.is_empty() {
             consider(self.breaker.reopens_at());
         }
         if let Some(due) = self.deferred.next_due() {
             let secs = (due - clock::unix_now()).max(0.0);
-            consider(Some(Instant::now() + Duration::from_secs_f64(secs.min(1e6))));
+            consider(Some(
+                Instant::now() + Duration::from_secs_f64(secs.min(1e6)),
+            ));
         }
         wake
     }
@@ -227,8 +261,8 @@ impl Dispatcher {
             self.rescan();
             self.next_poll = self.poll.map(|p| now + p);
         }
-        if self.claim_pause.is_some_and(|(t, _)| now >= t) {
-            self.claim_pause = self.claim_pause.map(|(_, d)| (now, d));
+        if self.claim_pause.is_some_and(|t| now >= t) {
+            self.claim_pause = None;
         }
         let (due, later): (Vec<_>, Vec<_>) = self.settling.drain(..).partition(|(t, _)| now >= *t);
         self.settling = later;
@@ -284,7 +318,11 @@ impl Dispatcher {
     }
 
     fn watcher_dir(&self) -> String {
-        self.cfg.spool.pending_dir(&self.cfg.name).display().to_string()
+        self.cfg
+            .spool
+            .pending_dir(&self.cfg.name)
+            .display()
+            .to_string()
     }
 
     fn on_signal(&mut self, signal: i32, abort: &Latch) {
@@ -295,6 +333,7 @@ impl Dispatcher {
         }
         log::info!(signal = signal, running = self.running; "Shutting down: no new claims");
         self.stopping = Some(Instant::now() + self.cfg.shutdown_timeout);
+        self.metrics.set_stopping();
         self.recovered.clear();
         self.write_heartbeat("stopping");
     }
@@ -323,12 +362,12 @@ impl Dispatcher {
             let name = self.busy.swap_remove(i);
             self.push_peeked(name);
         }
-        Stats::set(&self.stats.queue_size, self.queue.len() as u64);
+        self.update_gauges();
     }
 
     /// Claims while slots are free, the breaker admits, and tasks wait.
     fn dispatch(&mut self) {
-        if self.stopping.is_some() || self.claim_pause.is_some_and(|(t, _)| Instant::now() < t) {
+        if self.stopping.is_some() || self.claim_pause.is_some() {
             return;
         }
         while self.running < self.cfg.max_concurrent {
@@ -339,7 +378,9 @@ impl Dispatcher {
             if self.queue.is_empty() {
                 break;
             }
-            let Some(probe) = self.breaker.admit(Instant::now()) else { break };
+            let Some(probe) = self.breaker.admit(Instant::now()) else {
+                break;
+            };
             let Some(name) = self.queue.pop() else { break };
             match self.claim(name.clone(), probe) {
                 Ok(Some(job)) => {
@@ -348,7 +389,7 @@ impl Dispatcher {
                         self.breaker.probe_void();
                     }
                     self.send(job);
-                    self.claim_pause = None;
+                    self.claim_backoff = Duration::from_millis(100);
                 }
                 Ok(None) if probe => self.breaker.probe_void(),
                 Ok(None) => {}
@@ -361,7 +402,7 @@ impl Dispatcher {
                 }
             }
         }
-        Stats::set(&self.stats.queue_size, self.queue.len() as u64);
+        self.update_gauges();
     }
 
     fn send(&mut self, job: Job) {
@@ -376,9 +417,9 @@ impl Dispatcher {
     /// An I/O error while claiming: the task stays pending, claims pause
     /// with back-off (up to 5 s) and resume by themselves.
     fn pause_claims(&mut self, e: &Error, name: OsString) {
-        log::error!("{e}; claims paused");
-        let delay = self.claim_pause.map_or(Duration::from_millis(100), |(_, d)| (d * 2).min(Duration::from_secs(5)));
-        self.claim_pause = Some((Instant::now() + delay, delay));
+        log::error!("{e}; claims paused for {:?}", self.claim_backoff);
+        self.claim_pause = Some(Instant::now() + self.claim_backoff);
+        self.claim_backoff = (self.claim_backoff * 2).min(Duration::from_secs(5));
         self.push_peeked(name);
     }
 
@@ -399,12 +440,19 @@ impl Dispatcher {
         let task = match Task::parse(&bytes, &self.cfg.name) {
             Err(Invalid::Json(_)) if !announced && young(locked.written) => {
                 // Perhaps written in place and not finished: look again later.
-                let age = SystemTime::now().duration_since(locked.written).unwrap_or_default();
-                self.settling.push((Instant::now() + SETTLE.saturating_sub(age), name));
+                let age = SystemTime::now()
+                    .duration_since(locked.written)
+                    .unwrap_or_default();
+                self.settling
+                    .push((Instant::now() + SETTLE.saturating_sub(age), name));
                 return Ok(None);
             }
             Err(invalid) => {
-                return self.activate(locked, |claim| Job::Invalid { claim, bytes, invalid });
+                return self.activate(locked, |claim| Job::Invalid {
+                    claim,
+                    bytes,
+                    invalid,
+                });
             }
             Ok(task) => task,
         };
@@ -417,16 +465,25 @@ impl Dispatcher {
                 let deps = task.dependencies.clone();
                 self.defer(locked, &task, deps)
             }
-            DepState::Failed(dependency) => {
-                self.activate(locked, |claim| Job::DependencyFailed { claim, task, dependency })
-            }
+            DepState::Failed(dependency) => self.activate(locked, |claim| Job::DependencyFailed {
+                claim,
+                task,
+                dependency,
+            }),
         }
     }
 
     fn activate(&mut self, claim: Claim, job: impl FnOnce(Claim) -> Job) -> Result<Option<Job>> {
         let name = claim.name.clone();
         match claim.activate(&self.cfg.spool.active_dir(&self.cfg.name))? {
-            Activated::Active(claim) => Ok(Some(job(claim))),
+            Activated::Active(claim) => {
+                let latency = claim
+                    .claimed
+                    .duration_since(claim.written)
+                    .unwrap_or_default();
+                self.metrics.pickup.observe(latency);
+                Ok(Some(job(claim)))
+            }
             Activated::Busy => {
                 log::warn!(file = name.to_string_lossy(); "A task of that name is running: this one waits");
                 self.busy.push(name);
@@ -438,9 +495,19 @@ impl Dispatcher {
 
     /// Moves a locked pending task (not yet due, or waiting for its
     /// dependencies) into `.deferred/` as it is, and schedules it.
-    fn defer(&mut self, claim: Claim, task: &Task, dependencies: Vec<String>) -> Result<Option<Job>> {
-        let to = self.cfg.spool.deferred_dir(&self.cfg.name).join(&claim.name);
-        fs::rename(&claim.path, &to).map_err(|e| Error::io2("cannot rename", &claim.path, &to, e))?;
+    fn defer(
+        &mut self,
+        claim: Claim,
+        task: &Task,
+        dependencies: Vec<String>,
+    ) -> Result<Option<Job>> {
+        let to = self
+            .cfg
+            .spool
+            .deferred_dir(&self.cfg.name)
+            .join(&claim.name);
+        fs::rename(&claim.path, &to)
+            .map_err(|e| Error::io2("cannot rename", &claim.path, &to, e))?;
         let recheck = clock::unix_now() + DEPENDENCY_RECHECK;
         let not_before = match task.not_before {
             Some(t) if dependencies.is_empty() => t,
@@ -515,20 +582,24 @@ impl Dispatcher {
                 self.push_peeked(name);
             }
         }
-        Stats::set(&self.stats.queue_size, self.queue.len() as u64);
+        self.update_gauges();
     }
 
     /// Loads deferred tasks the schedule does not know (after a restart, or
     /// written by another process for the same worker).
     fn load_deferred(&mut self) {
         let dir = self.cfg.spool.deferred_dir(&self.cfg.name);
-        let Ok(entries) = fs::read_dir(&dir) else { return };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             if !is_task_file(&name) || self.deferred.contains(&name) {
                 continue;
             }
-            let task = fs::read(entry.path()).ok().and_then(|b| Task::parse(&b, &self.cfg.name).ok());
+            let task = fs::read(entry.path())
+                .ok()
+                .and_then(|b| Task::parse(&b, &self.cfg.name).ok());
             let entry = match task {
                 Some(t) => Deferred {
                     not_before: t.not_before.unwrap_or(0.0),
@@ -549,7 +620,9 @@ impl Dispatcher {
     /// Takes the lock of every `.active/` entry whose claimer is gone.
     fn probe_active(&mut self) {
         let dir = self.cfg.spool.active_dir(&self.cfg.name);
-        let Ok(entries) = fs::read_dir(&dir) else { return };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             if !is_task_file(&name) || self.recovered.iter().any(|c| c.name == name) {
@@ -563,27 +636,27 @@ impl Dispatcher {
         }
     }
 
+    fn update_gauges(&self) {
+        self.metrics.set_queue_size(self.queue.len());
+        self.metrics.set_active(self.running);
+        self.metrics.set_breaker(self.breaker.gauge());
+    }
+
     fn write_heartbeat(&self, status: &str) {
-        let s = &self.stats;
         let beat = Heartbeat {
             worker: self.cfg.name.clone(),
             timestamp: clock::now_rfc3339(),
-            uptime_seconds: (self.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            uptime_seconds: self.started.elapsed().as_secs(),
             queue_size: self.queue.len() as u64,
             active_tasks: self.running as u64,
             circuit_breaker_state: self.breaker.name().into(),
-            stats: HeartbeatStats {
-                tasks_processed: Stats::get(&s.processed),
-                tasks_failed: Stats::get(&s.failed),
-                tasks_retried: Stats::get(&s.retried),
-                tasks_dlq: Stats::get(&s.dlq),
-            },
+            stats: self.metrics.heartbeat_stats(),
             status: status.into(),
             pid: std::process::id(),
             hostname: heartbeat::hostname(),
             version: env!("CARGO_PKG_VERSION").into(),
             heartbeat_interval: self.cfg.heartbeat_interval.as_secs_f64(),
-            metrics_addr: None,
+            metrics_addr: self.metrics_addr.clone(),
         };
         let dir = &self.cfg.spool.heartbeats;
         let name = crate::spool::json_name(&self.cfg.name);
@@ -594,7 +667,9 @@ impl Dispatcher {
 }
 
 fn young(written: SystemTime) -> bool {
-    SystemTime::now().duration_since(written).map_or(true, |age| age < SETTLE)
+    SystemTime::now()
+        .duration_since(written)
+        .map_or(true, |age| age < SETTLE)
 }
 
 /// A pending file's priority and write time, without claiming it.

@@ -34,12 +34,15 @@ Options (each overrides its environment variable):
       --max-task-bytes BYTES    larger task files are dead-lettered (1M)
       --log-level LEVEL         DEBUG, INFO, WARNING, ERROR (LOG_LEVEL; INFO)
       --log-format FORMAT       json or text (LOG_FORMAT; json)
+      --metrics-addr IP         serve /metrics, /healthz here (METRICS_ADDR; 127.0.0.1)
+      --metrics-port PORT       0 picks a free port (METRICS_PORT; 9090)
+      --no-metrics              no HTTP listener (ENABLE_METRICS=false)
   -h, --help                    this text
   -V, --version                 the version
 
 Durations are seconds (fractions allowed) or take s, m, h, d; sizes take K, M, G.
-Exit status: 0 stopped by a signal, 64 usage, 73 cannot create a spool
-folder, 74 I/O error, 78 bad configuration. See hw-worker(8), hookwatch(5).
+Exit status: 0 stopped by a signal, 64 usage, 69 metrics port in use,
+73 cannot create a spool folder, 74 I/O error, 78 bad configuration. See hw-worker(8), hookwatch(5).
 ";
 
 enum Command {
@@ -74,6 +77,12 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
             Long("max-task-bytes") => &mut f.max_task_bytes,
             Long("log-level") => &mut f.log_level,
             Long("log-format") => &mut f.log_format,
+            Long("metrics-port") => &mut f.metrics_port,
+            Long("metrics-addr") => &mut f.metrics_addr,
+            Long("no-metrics") => {
+                f.no_metrics = true;
+                continue;
+            }
             Value(name) if f.name.is_none() => {
                 f.name = Some(name.string()?);
                 continue;

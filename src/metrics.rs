@@ -1,0 +1,418 @@
+//! The worker's counters and gauges, shared by the dispatcher, the pool,
+//! the heartbeat and the HTTP thread without locks (atomics only, so a
+//! scrape never waits for a task), and their Prometheus text rendering
+//! (format 0.0.4) with the metric names of the system hookwatch replaces.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::heartbeat::HeartbeatStats;
+
+/// Why an attempt failed, as `watcher_tasks_failed_total{reason}` says it.
+pub const FAILURE_REASONS: [&str; 5] = [
+    "exit_status",
+    "timeout",
+    "spawn_failed",
+    "agent_reported_error",
+    "interrupted",
+];
+
+/// Why a dead letter was written, as `watcher_tasks_dlq_total{reason}` says it.
+pub const DLQ_REASONS: [&str; 6] = [
+    "max_retries_exceeded",
+    "invalid_json",
+    "invalid_task",
+    "task_too_large",
+    "not_a_regular_file",
+    "dependency_failed",
+];
+
+const DURATION_BUCKETS: [f64; 13] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
+const PICKUP_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A histogram of seconds with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket, not cumulative; the last one is +Inf.
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, count) in self.counts.iter().enumerate() {
+            cumulative += count.load(Relaxed);
+            let le = self
+                .bounds
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    worker: String,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    attempt_failures: [AtomicU64; FAILURE_REASONS.len()],
+    retried: AtomicU64,
+    dead_letters: [AtomicU64; DLQ_REASONS.len()],
+    pub duration: Histogram,
+    pub pickup: Histogram,
+    queue_size: AtomicU64,
+    active: AtomicU64,
+    breaker: AtomicU64,
+    /// Set once the worker stops claiming (health turns 503).
+    stopping: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new(worker: &str) -> Metrics {
+        Metrics {
+            worker: worker.to_string(),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            attempt_failures: Default::default(),
+            retried: AtomicU64::new(0),
+            dead_letters: Default::default(),
+            duration: Histogram::new(&DURATION_BUCKETS),
+            pickup: Histogram::new(&PICKUP_BUCKETS),
+            queue_size: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            breaker: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub fn completed(&self) {
+        self.completed.fetch_add(1, Relaxed);
+    }
+
+    /// A task's final result is failed.
+    pub fn failed(&self) {
+        self.failed.fetch_add(1, Relaxed);
+    }
+
+    /// One failed attempt; `reason` is one of `FAILURE_REASONS`.
+    pub fn attempt_failed(&self, reason: &str) {
+        let i = FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.attempt_failures[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn retried(&self) {
+        self.retried.fetch_add(1, Relaxed);
+    }
+
+    /// A dead letter; `reason` is one of `DLQ_REASONS`.
+    pub fn dead_lettered(&self, reason: &str) {
+        if let Some(i) = DLQ_REASONS.iter().position(|r| *r == reason) {
+            self.dead_letters[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn set_queue_size(&self, n: usize) {
+        self.queue_size.store(n as u64, Relaxed);
+    }
+
+    pub fn set_active(&self, n: usize) {
+        self.active.store(n as u64, Relaxed);
+    }
+
+    /// 0 closed, 1 open, 2 half-open.
+    pub fn set_breaker(&self, gauge: u8) {
+        self.breaker.store(u64::from(gauge), Relaxed);
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    /// Ready: running, and the breaker closed.
+    pub fn healthy(&self) -> bool {
+        !self.stopping.load(Relaxed) && self.breaker.load(Relaxed) == 0
+    }
+
+    pub fn heartbeat_stats(&self) -> HeartbeatStats {
+        let completed = self.completed.load(Relaxed);
+        let failed = self.failed.load(Relaxed);
+        HeartbeatStats {
+            tasks_processed: completed + failed,
+            tasks_failed: failed,
+            tasks_retried: self.retried.load(Relaxed),
+            tasks_dlq: self.dead_letters.iter().map(|c| c.load(Relaxed)).sum(),
+        }
+    }
+
+    /// The whole exposition, worker metrics then process metrics.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let w = format!("worker=\"{}\"", escape_label(&self.worker));
+        let counter = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        counter(
+            &mut out,
+            "watcher_tasks_processed_total",
+            "Tasks that reached a terminal result.",
+        );
+        for (status, c) in [("completed", &self.completed), ("failed", &self.failed)] {
+            let _ = writeln!(
+                out,
+                "watcher_tasks_processed_total{{{w},status=\"{status}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "watcher_tasks_failed_total",
+            "Failed attempts, by reason.",
+        );
+        for (reason, c) in FAILURE_REASONS.iter().zip(&self.attempt_failures) {
+            let _ = writeln!(
+                out,
+                "watcher_tasks_failed_total{{{w},reason=\"{reason}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "watcher_tasks_retried_total",
+            "Failed attempts scheduled for a retry.",
+        );
+        let _ = writeln!(
+            out,
+            "watcher_tasks_retried_total{{{w}}} {}",
+            self.retried.load(Relaxed)
+        );
+        counter(
+            &mut out,
+            "watcher_tasks_dlq_total",
+            "Dead letters written, by reason.",
+        );
+        for (reason, c) in DLQ_REASONS.iter().zip(&self.dead_letters) {
+            let _ = writeln!(
+                out,
+                "watcher_tasks_dlq_total{{{w},reason=\"{reason}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP watcher_task_duration_seconds Duration of attempts.\n# TYPE watcher_task_duration_seconds histogram"
+        );
+        self.duration
+            .render(&mut out, "watcher_task_duration_seconds", &w);
+        let _ = writeln!(
+            out,
+            "# HELP watcher_task_pickup_latency_seconds From a task file's last write to its claim.\n# TYPE watcher_task_pickup_latency_seconds histogram"
+        );
+        self.pickup
+            .render(&mut out, "watcher_task_pickup_latency_seconds", &w);
+        gauge(
+            &mut out,
+            "watcher_task_queue_size",
+            "Pending tasks on disk.",
+        );
+        let _ = writeln!(
+            out,
+            "watcher_task_queue_size{{{w}}} {}",
+            self.queue_size.load(Relaxed)
+        );
+        gauge(&mut out, "watcher_active_tasks", "Tasks running now.");
+        let _ = writeln!(
+            out,
+            "watcher_active_tasks{{{w}}} {}",
+            self.active.load(Relaxed)
+        );
+        gauge(
+            &mut out,
+            "watcher_circuit_breaker_state",
+            "0 closed, 1 open, 2 half-open.",
+        );
+        let _ = writeln!(
+            out,
+            "watcher_circuit_breaker_state{{{w}}} {}",
+            self.breaker.load(Relaxed)
+        );
+        render_process(&mut out);
+        out
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+pub fn escape_label(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The standard `process_*` metrics, read from /proc.
+fn render_process(out: &mut String) {
+    let Some(p) = ProcessStats::read() else {
+        return;
+    };
+    let rows: [(&str, &str, &str, f64); 6] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.rss_bytes,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.vsize_bytes,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            p.max_fds,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+}
+
+struct ProcessStats {
+    cpu_seconds: f64,
+    rss_bytes: f64,
+    vsize_bytes: f64,
+    open_fds: f64,
+    max_fds: f64,
+    start_time: f64,
+}
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which may hold spaces, in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        // SAFETY: sysconf only reads a system constant.
+        let (tick, page) = unsafe {
+            (
+                nix::libc::sysconf(nix::libc::_SC_CLK_TCK) as f64,
+                nix::libc::sysconf(nix::libc::_SC_PAGESIZE) as f64,
+            )
+        };
+        // Field numbers of proc(5), minus 3 (pid, comm and state are gone).
+        let (utime, stime, start, vsize, rss) = (num(11)?, num(12)?, num(19)?, num(20)?, num(21)?);
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })?;
+        let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64;
+        let max_fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(0.0, |(soft, _)| soft as f64);
+        Some(ProcessStats {
+            cpu_seconds: (utime + stime) / tick,
+            rss_bytes: rss * page,
+            vsize_bytes: vsize,
+            open_fds,
+            max_fds,
+            start_time: boot + start / tick,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_with_inf() {
+        let m = Metrics::new("marie");
+        m.duration.observe(Duration::from_millis(5));
+        m.duration.observe(Duration::from_secs(1000));
+        let text = m.render();
+        assert!(
+            text.contains("watcher_task_duration_seconds_bucket{worker=\"marie\",le=\"0.01\"} 1")
+        );
+        assert!(
+            text.contains("watcher_task_duration_seconds_bucket{worker=\"marie\",le=\"600\"} 1")
+        );
+        assert!(
+            text.contains("watcher_task_duration_seconds_bucket{worker=\"marie\",le=\"+Inf\"} 2")
+        );
+        assert!(text.contains("watcher_task_duration_seconds_count{worker=\"marie\"} 2"));
+        assert!(text.contains("process_resident_memory_bytes "));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,14 @@
+mod common;
+use common::*;
+
+#[test]
+fn a_task_present_before_start_is_run() {
+    let spool = Spool::new();
+    let agent = spool.script("agent.sh", r#"echo "ran: $2""#);
+    spool.drop_simple("marie", "pre", "hello");
+    let mut w = Daemon::worker(&spool, "marie", &agent, &[]);
+    let r = spool.wait_result("marie", "pre");
+    assert_eq!(r["status"], "completed");
+    assert_eq!(r["stdout"], "ran: hello\n");
+    assert!(w.stop().success());
+}
