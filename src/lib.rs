@@ -28,6 +28,7 @@ pub mod result;
 pub mod retry;
 pub mod run;
 pub mod spool;
+pub mod status;
 pub mod task;
 pub mod watch;
 pub mod worker;

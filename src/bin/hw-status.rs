@@ -1,0 +1,193 @@
+//! hw-status: one screen of system state per worker, or one JSON object;
+//! its exit status follows the monitoring-plugin convention.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hookwatch::config::parse_duration;
+use hookwatch::error::Error;
+use hookwatch::exit;
+use hookwatch::spool::{valid_name, Spool};
+use hookwatch::status::{self, Overall};
+
+const USAGE: &str = "\
+Usage: hw-status [OPTIONS]
+       hw-status --init NAME[,NAME...]
+
+Shows each worker's heartbeat status and age, its pending, active,
+deferred, completed and failed tasks and dead letters (counted in the
+spool), its breaker, uptime and metrics address.
+
+Options:
+  -r, --root DIR          spool root (HW_ROOT; /shared)
+  -w, --workers LIST      the workers to expect, comma-separated (WORKERS;
+                          default: every worker with a tasks folder or heartbeat)
+  -j, --json              one JSON object instead of the table
+      --watch [SECS]      redraw every SECS (2) until SIGINT
+      --init NAMES        create the spool layout for these workers and exit
+  -h, --help              this text
+  -V, --version           the version
+
+Exit status: 0 all healthy; 1 warning (degraded, stale, stopped, or dead
+letters present); 2 critical (a worker has no heartbeat, or there are no
+workers); 3 unknown (the spool cannot be read); 64 usage. See hw-status(1).
+";
+
+struct Args {
+    root: Option<String>,
+    workers: Option<String>,
+    json: bool,
+    watch: Option<Duration>,
+    init: Option<String>,
+}
+
+enum Command {
+    Show(Args),
+    Help,
+    Version,
+}
+
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut a = Args {
+        root: None,
+        workers: None,
+        json: false,
+        watch: None,
+        init: None,
+    };
+    let mut after_watch = false;
+    while let Some(arg) = parser.next()? {
+        let was_watch = std::mem::take(&mut after_watch);
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('r') | Long("root") => a.root = Some(parser.value()?.string()?),
+            Short('w') | Long("workers") => a.workers = Some(parser.value()?.string()?),
+            Short('j') | Long("json") => a.json = true,
+            Long("init") => a.init = Some(parser.value()?.string()?),
+            Long("watch") => {
+                let secs = match parser.optional_value() {
+                    Some(v) => Some(watch_interval(&v.string()?)?),
+                    None => None,
+                };
+                a.watch = Some(secs.unwrap_or(Duration::from_secs(2)));
+                after_watch = secs.is_none();
+            }
+            // `--watch 5`: the interval may also be the next word.
+            Value(v) if was_watch => a.watch = Some(watch_interval(&v.string()?)?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Command::Show(a))
+}
+
+fn watch_interval(s: &str) -> Result<Duration, lexopt::Error> {
+    parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("invalid value {s:?} for --watch: not a positive duration").into())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(lexopt::Parser::from_env()) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("hw-status {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Show(a)) => a,
+        Err(e) => return exit::report("hw-status", &Error::usage(format!("{e} (see --help)"))),
+    };
+    let spool = Spool::from_env(args.root.clone().map(Into::into));
+    if let Some(names) = &args.init {
+        return match names_of(names).and_then(|n| status::init(&spool, &n)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => exit::report("hw-status", &e),
+        };
+    }
+    let expected = match args
+        .workers
+        .clone()
+        .or_else(|| std::env::var("WORKERS").ok())
+    {
+        Some(list) if !list.trim().is_empty() => match names_of(&list) {
+            Ok(n) => n,
+            Err(e) => return exit::report("hw-status", &e),
+        },
+        _ => Vec::new(),
+    };
+    match args.watch {
+        Some(every) => watch(&spool, &expected, &args, every),
+        None => ExitCode::from(show(&spool, &expected, &args, false)),
+    }
+}
+
+/// Comma-separated worker names, each checked.
+fn names_of(list: &str) -> Result<Vec<String>, Error> {
+    let names: Vec<String> = list
+        .split(',')
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    match names.iter().find(|n| !valid_name(n)) {
+        Some(bad) => Err(Error::usage(format!("invalid worker name {bad:?}"))),
+        None if names.is_empty() => Err(Error::usage("no worker names given")),
+        None => Ok(names),
+    }
+}
+
+/// Prints one report; returns its exit status.
+fn show(spool: &Spool, expected: &[String], args: &Args, clear: bool) -> u8 {
+    let report = match status::collect(spool, expected) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hw-status: {e}");
+            if args.json {
+                let unknown = serde_json::json!({
+                    "timestamp": hookwatch::clock::now_rfc3339(),
+                    "overall": "unknown", "workers": {}, "error": e.to_string(),
+                });
+                println!("{unknown}");
+            }
+            return Overall::Unknown.exit_status();
+        }
+    };
+    let text = match args.json {
+        true => format!(
+            "{}\n",
+            serde_json::to_string(&report).expect("a report serializes")
+        ),
+        false => status::render_table(&report),
+    };
+    let screen = if clear {
+        format!("\x1b[H\x1b[2J{text}")
+    } else {
+        text
+    };
+    // A closed stdout (`| head`) is not an error worth a message.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), screen.as_bytes());
+    report.overall.exit_status()
+}
+
+/// Redraws until SIGINT or SIGTERM; exits with the last verdict.
+fn watch(spool: &Spool, expected: &[String], args: &Args, every: Duration) -> ExitCode {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return ExitCode::from(exit::IO_ERR);
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = tx.send(());
+        }
+    });
+    loop {
+        let code = show(spool, expected, args, !args.json);
+        if rx.recv_timeout(every).is_ok() {
+            return ExitCode::from(code);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! hw-status: the state of every worker, read from the spool itself (the
+//! folders are counted, so the numbers are true even for a dead worker)
+//! and from each heartbeat, with a verdict in the monitoring-plugin
+//! convention: ok, warning, critical, unknown.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::heartbeat::Heartbeat;
+use crate::spool::{is_task_file, valid_name, Spool};
+
+/// A worker is stale when its heartbeat is older than this many of the
+/// intervals the heartbeat itself names.
+pub const STALE_INTERVALS: f64 = 3.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overall {
+    Ok,
+    Warning,
+    Critical,
+    Unknown,
+}
+
+impl Overall {
+    /// The exit status of a monitoring plugin.
+    pub fn exit_status(self) -> u8 {
+        match self {
+            Overall::Ok => 0,
+            Overall::Warning => 1,
+            Overall::Critical => 2,
+            Overall::Unknown => 3,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overall::Ok => "ok",
+            Overall::Warning => "warning",
+            Overall::Critical => "critical",
+            Overall::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerStatus {
+    /// The heartbeat's status, or `stale`, or `missing`.
+    pub status: String,
+    pub heartbeat_age_seconds: Option<f64>,
+    pub pending: u64,
+    pub active: u64,
+    pub deferred: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub dlq: u64,
+    pub circuit_breaker_state: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub uptime_seconds: Option<u64>,
+}
+
+impl WorkerStatus {
+    fn verdict(&self) -> Overall {
+        match self.status.as_str() {
+            "missing" => Overall::Critical,
+            "healthy" if self.dlq == 0 => Overall::Ok,
+            _ => Overall::Warning,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub timestamp: String,
+    pub overall: Overall,
+    pub workers: BTreeMap<String, WorkerStatus>,
+    /// Why the verdict is not ok, one phrase each (not in the JSON).
+    #[serde(skip)]
+    pub reasons: Vec<String>,
+}
+
+/// Reads the state of `expected` workers (none: every worker with a tasks
+/// folder or a heartbeat). An unreadable spool is an error (unknown).
+pub fn collect(spool: &Spool, expected: &[String]) -> Result<StatusReport> {
+    let now = clock::unix_now();
+    fs::metadata(&spool.root).map_err(|e| Error::io("cannot read the spool", &spool.root, e))?;
+    let mut names: Vec<String> = expected.to_vec();
+    if names.is_empty() {
+        names = spool.worker_names()?;
+        for name in heartbeat_names(spool)? {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names.sort();
+    }
+    let mut report = StatusReport {
+        timestamp: clock::rfc3339(clock::from_unix(now)),
+        overall: Overall::Ok,
+        workers: BTreeMap::new(),
+        reasons: Vec::new(),
+    };
+    if names.is_empty() {
+        report.overall = Overall::Critical;
+        report.reasons.push("no workers and no heartbeats".into());
+    }
+    for name in names {
+        let status = worker_status(spool, &name, now)?;
+        let verdict = status.verdict();
+        if verdict > Overall::Ok {
+            report.reasons.push(reason(&name, &status));
+        }
+        report.overall = report.overall.max(verdict);
+        report.workers.insert(name, status);
+    }
+    Ok(report)
+}
+
+fn reason(name: &str, s: &WorkerStatus) -> String {
+    match s.status.as_str() {
+        "healthy" => format!("{name}: {} dead letters", s.dlq),
+        "missing" => format!("{name}: no heartbeat"),
+        "degraded" => format!(
+            "{name}: breaker {}",
+            s.circuit_breaker_state.as_deref().unwrap_or("?")
+        ),
+        other => format!("{name}: {other}"),
+    }
+}
+
+fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
+    let beat = read_heartbeat(&spool.heartbeat_path(name));
+    let age = beat
+        .as_ref()
+        .and_then(|b| clock::parse_rfc3339(&b.timestamp))
+        .map(|t| ((now - t).max(0.0) * 10.0).round() / 10.0);
+    let status = match (&beat, age) {
+        (Some(b), Some(age))
+            if b.status != "stopped" && age > STALE_INTERVALS * b.interval().as_secs_f64() =>
+        {
+            "stale".to_string()
+        }
+        (Some(b), Some(_)) => b.status.clone(),
+        _ => "missing".to_string(),
+    };
+    let (completed, failed) = count_results(&spool.result_dir(name))?;
+    Ok(WorkerStatus {
+        status,
+        heartbeat_age_seconds: age,
+        pending: count_tasks(&spool.pending_dir(name))?,
+        active: count_tasks(&spool.active_dir(name))?,
+        deferred: count_tasks(&spool.deferred_dir(name))?,
+        completed,
+        failed,
+        dlq: count_tasks(&spool.dlq_dir(name))?,
+        circuit_breaker_state: beat.as_ref().map(|b| b.circuit_breaker_state.clone()),
+        metrics_addr: beat.as_ref().and_then(|b| b.metrics_addr.clone()),
+        uptime_seconds: beat.as_ref().map(|b| b.uptime_seconds),
+    })
+}
+
+/// A heartbeat that cannot be read or parsed counts as none.
+fn read_heartbeat(path: &Path) -> Option<Heartbeat> {
+    let bytes = fs::read(path).ok()?;
+    if bytes.len() > 1 << 20 {
+        return None;
+    }
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn heartbeat_names(spool: &Spool) -> Result<Vec<String>> {
+    Ok(list(&spool.heartbeats)?
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".json").map(String::from))
+        .filter(|n| valid_name(n))
+        .collect())
+}
+
+/// Entry names of a folder; a missing folder has none.
+fn list(dir: &Path) -> Result<Vec<String>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("cannot list", dir, e)),
+    }
+}
+
+fn count_tasks(dir: &Path) -> Result<u64> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .flatten()
+            .filter(|e| is_task_file(&e.file_name()))
+            .count() as u64),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io("cannot list", dir, e)),
+    }
+}
+
+/// Completed and failed results, by each result's `status`.
+fn count_results(dir: &Path) -> Result<(u64, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: String,
+    }
+    let (mut completed, mut failed) = (0, 0);
+    for name in list(dir)?
+        .iter()
+        .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
+    {
+        let status = fs::read(dir.join(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Status>(&b).ok());
+        match status.as_ref().map(|s| s.status.as_str()) {
+            Some("completed") => completed += 1,
+            Some("failed") => failed += 1,
+            _ => {}
+        }
+    }
+    Ok((completed, failed))
+}
+
+/// The human screen: one row per worker, then the verdict.
+pub fn render_table(report: &StatusReport) -> String {
+    let header = [
+        "WORKER",
+        "STATUS",
+        "AGE",
+        "PENDING",
+        "ACTIVE",
+        "DEFERRED",
+        "COMPLETED",
+        "FAILED",
+        "DLQ",
+        "BREAKER",
+        "UPTIME",
+        "METRICS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for (name, w) in &report.workers {
+        let dash = || "-".to_string();
+        rows.push(vec![
+            name.clone(),
+            w.status.clone(),
+            w.heartbeat_age_seconds
+                .map_or_else(dash, |a| format!("{a:.1}s")),
+            w.pending.to_string(),
+            w.active.to_string(),
+            w.deferred.to_string(),
+            w.completed.to_string(),
+            w.failed.to_string(),
+            w.dlq.to_string(),
+            w.circuit_breaker_state.clone().unwrap_or_else(dash),
+            w.uptime_seconds.map_or_else(dash, human_duration),
+            w.metrics_addr.clone().unwrap_or_else(dash),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    let _ = write!(out, "overall: {}", report.overall.as_str());
+    if !report.reasons.is_empty() {
+        let _ = write!(out, " ({})", report.reasons.join("; "));
+    }
+    out.push('\n');
+    out
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        s => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+/// `hw-status --init`: the layout for these workers, and the listener's
+/// folder, created where missing (0750 less umask).
+pub fn init(spool: &Spool, workers: &[String]) -> Result<()> {
+    for w in workers {
+        spool.create_worker_dirs(w)?;
+    }
+    crate::spool::create_dir(&spool.orchestrator_dir())
+}
