@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::log::{LogConfig, LogFormat};
 use crate::retry::RetryPolicy;
 use crate::run::AgentCommand;
-use crate::spool::{valid_name, Spool};
+use crate::spool::{valid_worker_name, Spool};
 
 /// Longest accepted duration: a hundred years is "forever" here.
 const MAX_SECS: f64 = 100.0 * 365.0 * 86_400.0;
@@ -42,6 +42,15 @@ fn invalid(raw: &Raw, why: &str) -> Error {
         "invalid value {:?} for {}: {why}",
         raw.value, raw.origin
     ))
+}
+
+/// Why a worker name is refused, for every tool's message.
+pub fn invalid_worker_name(name: &str) -> String {
+    format!(
+        "invalid worker name {name:?}: up to 128 letters, digits, '.', '_' and '-', \
+         starting with a letter or digit, and not \"{}\"",
+        crate::spool::ORCHESTRATOR
+    )
 }
 
 /// Seconds with fractions, or a number with `s`, `m`, `h` or `d`.
@@ -172,15 +181,8 @@ impl WorkerConfig {
             .name
             .clone()
             .ok_or_else(|| Error::usage("missing worker NAME"))?;
-        if name == crate::spool::ORCHESTRATOR {
-            return Err(Error::usage(format!(
-                "invalid worker name {name:?}: reserved for the listener's triggers"
-            )));
-        }
-        if !valid_name(&name) {
-            return Err(Error::usage(format!(
-                "invalid worker name {name:?}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
-            )));
+        if !valid_worker_name(&name) {
+            return Err(Error::usage(invalid_worker_name(&name)));
         }
         let spool = Spool::from_env(pick(&f.root, "--root", None).map(|r| r.value.into()));
         let command_raw = pick(&f.command, "--command", Some("CLAUDE_COMMAND"));

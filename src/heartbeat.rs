@@ -14,10 +14,14 @@ pub struct HeartbeatStats {
     pub tasks_dlq: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Read leniently: a heartbeat of the Python system (fractional uptime,
+/// fields missing) is still a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct Heartbeat {
     pub worker: String,
     pub timestamp: String,
+    #[serde(deserialize_with = "whole_seconds")]
     pub uptime_seconds: u64,
     pub queue_size: u64,
     pub active_tasks: u64,
@@ -32,10 +36,22 @@ pub struct Heartbeat {
     pub metrics_addr: Option<String>,
 }
 
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    Ok(n.as_u64()
+        .unwrap_or_else(|| n.as_f64().unwrap_or(0.0).max(0.0) as u64))
+}
+
 impl Heartbeat {
     /// The interval it promises, for staleness checks.
+    /// The interval it promises (10 s when it names none), for staleness.
     pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.heartbeat_interval.clamp(0.001, 1e9))
+        let secs = if self.heartbeat_interval > 0.0 {
+            self.heartbeat_interval
+        } else {
+            10.0
+        };
+        Duration::from_secs_f64(secs.clamp(0.001, 1e9))
     }
 }
 

@@ -153,7 +153,7 @@ impl Spool {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if valid_name(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if valid_worker_name(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
                 names.push(name.to_string());
             }
         }
@@ -185,6 +185,11 @@ pub fn valid_name(s: &str) -> bool {
         && b[0].is_ascii_alphanumeric()
         && b.iter()
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A worker name: a valid name that is not the listener's folder.
+pub fn valid_worker_name(s: &str) -> bool {
+    valid_name(s) && s != ORCHESTRATOR
 }
 
 /// A pending task's file name: `*.json`, not a dot-file (staging files are

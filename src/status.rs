@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::heartbeat::Heartbeat;
-use crate::spool::{is_task_file, valid_name, Spool};
+use crate::spool::{is_task_file, valid_worker_name, Spool};
 
 /// A worker is stale when its heartbeat is older than this many of the
 /// intervals the heartbeat itself names.
@@ -124,6 +124,7 @@ pub fn collect(spool: &Spool, expected: &[String]) -> Result<StatusReport> {
 
 fn reason(name: &str, s: &WorkerStatus) -> String {
     match s.status.as_str() {
+        "healthy" if s.dlq == 1 => format!("{name}: 1 dead letter"),
         "healthy" => format!("{name}: {} dead letters", s.dlq),
         "missing" => format!("{name}: no heartbeat"),
         "degraded" => format!(
@@ -178,7 +179,7 @@ fn heartbeat_names(spool: &Spool) -> Result<Vec<String>> {
     Ok(list(&spool.heartbeats)?
         .into_iter()
         .filter_map(|n| n.strip_suffix(".json").map(String::from))
-        .filter(|n| valid_name(n))
+        .filter(|n| valid_worker_name(n))
         .collect())
 }
 
@@ -228,7 +229,8 @@ fn count_results(dir: &Path) -> Result<(u64, u64)> {
     Ok((completed, failed))
 }
 
-/// The human screen: one row per worker, then the verdict.
+/// The human screen: the verdict first (a monitoring plugin's summary
+/// line), then one row per worker.
 pub fn render_table(report: &StatusReport) -> String {
     let header = [
         "WORKER",
@@ -266,7 +268,11 @@ pub fn render_table(report: &StatusReport) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    let mut out = String::new();
+    let mut out = format!("overall: {}", report.overall.as_str());
+    if !report.reasons.is_empty() {
+        let _ = write!(out, " ({})", report.reasons.join("; "));
+    }
+    out.push('\n');
     for row in &rows {
         let cells: Vec<String> = row
             .iter()
@@ -275,11 +281,6 @@ pub fn render_table(report: &StatusReport) -> String {
             .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
-    let _ = write!(out, "overall: {}", report.overall.as_str());
-    if !report.reasons.is_empty() {
-        let _ = write!(out, " ({})", report.reasons.join("; "));
-    }
-    out.push('\n');
     out
 }
 

@@ -1,13 +1,15 @@
 //! hw-status: one screen of system state per worker, or one JSON object;
 //! its exit status follows the monitoring-plugin convention.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use hookwatch::config::invalid_worker_name;
 use hookwatch::config::parse_duration;
 use hookwatch::error::Error;
 use hookwatch::exit;
-use hookwatch::spool::{valid_name, Spool};
+use hookwatch::spool::{valid_worker_name, Spool};
 use hookwatch::status::{self, Overall};
 
 const USAGE: &str = "\
@@ -30,14 +32,16 @@ Options:
 
 Exit status: 0 all healthy; 1 warning (degraded, stale, stopped, or dead
 letters present); 2 critical (a worker has no heartbeat, or there are no
-workers); 3 unknown (the spool cannot be read); 64 usage. See hw-status(1).
+workers); 3 unknown (the spool cannot be read); 64 usage; 78 a bad value
+(--watch, --workers, WORKERS, --init). See hw-status(1).
 ";
 
 struct Args {
     root: Option<String>,
     workers: Option<String>,
     json: bool,
-    watch: Option<Duration>,
+    /// `--watch`, with the interval as given (`None` inside: the default).
+    watch: Option<Option<String>>,
     init: Option<String>,
 }
 
@@ -67,25 +71,16 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
             Short('j') | Long("json") => a.json = true,
             Long("init") => a.init = Some(parser.value()?.string()?),
             Long("watch") => {
-                let secs = match parser.optional_value() {
-                    Some(v) => Some(watch_interval(&v.string()?)?),
-                    None => None,
-                };
-                a.watch = Some(secs.unwrap_or(Duration::from_secs(2)));
+                let secs = parser.optional_value().map(|v| v.string()).transpose()?;
                 after_watch = secs.is_none();
+                a.watch = Some(secs);
             }
             // `--watch 5`: the interval may also be the next word.
-            Value(v) if was_watch => a.watch = Some(watch_interval(&v.string()?)?),
+            Value(v) if was_watch => a.watch = Some(Some(v.string()?)),
             _ => return Err(arg.unexpected()),
         }
     }
     Ok(Command::Show(a))
-}
-
-fn watch_interval(s: &str) -> Result<Duration, lexopt::Error> {
-    parse_duration(s)
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("invalid value {s:?} for --watch: not a positive duration").into())
 }
 
 fn main() -> ExitCode {
@@ -101,46 +96,62 @@ fn main() -> ExitCode {
         Ok(Command::Show(a)) => a,
         Err(e) => return exit::report("hw-status", &Error::usage(format!("{e} (see --help)"))),
     };
-    let spool = Spool::from_env(args.root.clone().map(Into::into));
-    if let Some(names) = &args.init {
-        return match names_of(names).and_then(|n| status::init(&spool, &n)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => exit::report("hw-status", &e),
-        };
-    }
-    let expected = match args
-        .workers
-        .clone()
-        .or_else(|| std::env::var("WORKERS").ok())
-    {
-        Some(list) if !list.trim().is_empty() => match names_of(&list) {
-            Ok(n) => n,
-            Err(e) => return exit::report("hw-status", &e),
-        },
-        _ => Vec::new(),
-    };
-    match args.watch {
-        Some(every) => watch(&spool, &expected, &args, every),
-        None => ExitCode::from(show(&spool, &expected, &args, false)),
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => exit::report("hw-status", &e),
     }
 }
 
-/// Comma-separated worker names, each checked.
-fn names_of(list: &str) -> Result<Vec<String>, Error> {
+fn run(args: &Args) -> Result<ExitCode, Error> {
+    let spool = Spool::from_env(args.root.clone().map(Into::into));
+    if let Some(names) = &args.init {
+        status::init(&spool, &names_of(names, "--init")?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let workers = match &args.workers {
+        Some(list) => Some((list.clone(), "--workers")),
+        None => std::env::var("WORKERS").ok().map(|l| (l, "WORKERS")),
+    };
+    let expected = match workers {
+        Some((list, origin)) if !list.trim().is_empty() => names_of(&list, origin)?,
+        _ => Vec::new(),
+    };
+    Ok(match &args.watch {
+        Some(given) => watch(&spool, &expected, args, watch_interval(given)?),
+        None => ExitCode::from(show(&spool, &expected, args, false).unwrap_or(0)),
+    })
+}
+
+fn watch_interval(given: &Option<String>) -> Result<Duration, Error> {
+    let Some(s) = given else {
+        return Ok(Duration::from_secs(2));
+    };
+    parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
+        Error::config(format!(
+            "invalid value {s:?} for --watch: not a positive duration"
+        ))
+    })
+}
+
+/// Comma-separated worker names, each checked; a bad one is a bad value
+/// of the flag or variable it came from.
+fn names_of(list: &str, origin: &str) -> Result<Vec<String>, Error> {
     let names: Vec<String> = list
         .split(',')
         .map(|n| n.trim().to_string())
         .filter(|n| !n.is_empty())
         .collect();
-    match names.iter().find(|n| !valid_name(n)) {
-        Some(bad) => Err(Error::usage(format!("invalid worker name {bad:?}"))),
-        None if names.is_empty() => Err(Error::usage("no worker names given")),
+    let bad = |why: String| Error::config(format!("invalid value {list:?} for {origin}: {why}"));
+    match names.iter().find(|n| !valid_worker_name(n)) {
+        Some(name) => Err(bad(invalid_worker_name(name))),
+        None if names.is_empty() => Err(bad("no worker names".into())),
         None => Ok(names),
     }
 }
 
-/// Prints one report; returns its exit status.
-fn show(spool: &Spool, expected: &[String], args: &Args, clear: bool) -> u8 {
+/// Prints one report; returns its exit status, or `None` when stdout is
+/// closed (`| head`), which ends a watch quietly.
+fn show(spool: &Spool, expected: &[String], args: &Args, clear: bool) -> Option<u8> {
     let report = match status::collect(spool, expected) {
         Ok(r) => r,
         Err(e) => {
@@ -152,7 +163,7 @@ fn show(spool: &Spool, expected: &[String], args: &Args, clear: bool) -> u8 {
                 });
                 println!("{unknown}");
             }
-            return Overall::Unknown.exit_status();
+            return Some(Overall::Unknown.exit_status());
         }
     };
     let text = match args.json {
@@ -167,12 +178,15 @@ fn show(spool: &Spool, expected: &[String], args: &Args, clear: bool) -> u8 {
     } else {
         text
     };
-    // A closed stdout (`| head`) is not an error worth a message.
-    let _ = std::io::Write::write_all(&mut std::io::stdout(), screen.as_bytes());
-    report.overall.exit_status()
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_all(screen.as_bytes())
+        .and_then(|()| stdout.flush());
+    written.ok().map(|()| report.overall.exit_status())
 }
 
-/// Redraws until SIGINT or SIGTERM; exits with the last verdict.
+/// Redraws until SIGINT or SIGTERM (or a closed stdout); exits with the
+/// last verdict.
 fn watch(spool: &Spool, expected: &[String], args: &Args, every: Duration) -> ExitCode {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
@@ -185,7 +199,9 @@ fn watch(spool: &Spool, expected: &[String], args: &Args, every: Duration) -> Ex
         }
     });
     loop {
-        let code = show(spool, expected, args, !args.json);
+        let Some(code) = show(spool, expected, args, !args.json) else {
+            return ExitCode::SUCCESS;
+        };
         if rx.recv_timeout(every).is_ok() {
             return ExitCode::from(code);
         }
