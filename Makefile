@@ -6,7 +6,7 @@ MANDIR ?= $(PREFIX)/share/man
 CARGO ?= cargo
 INSTALL ?= install
 
-BINS = hw-worker
+BINS = hw-worker hw-status
 MANS = $(wildcard man/*.[1-8])
 
 all: build
@@ -29,6 +29,15 @@ lint:
 	else \
 		echo "lint: mandoc not installed, man pages not checked"; \
 	fi
+	@if command -v promtool >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory check-metrics; \
+	else \
+		echo "lint: promtool not installed, /metrics not checked"; \
+	fi
+
+# A live worker's /metrics through `promtool check metrics`.
+check-metrics: build
+	bash examples/promtool-check.sh
 
 # Installs what `make` built; it does not build (so `sudo make install`
 # runs no cargo as root).
@@ -55,4 +64,4 @@ uninstall:
 clean:
 	$(CARGO) clean
 
-.PHONY: all build test demo lint install uninstall clean
+.PHONY: all build test demo lint check-metrics install uninstall clean

@@ -2,27 +2,33 @@
 # demo.sh: hookwatch end to end on a throwaway spool, in a few seconds.
 #
 # Starts three workers (marie, anga, fabien) running examples/agent.sh in
-# place of the Claude CLI, enqueues a dozen tasks with the producer protocol
-# (dot-file, then mv), waits until every task has its result, stops the
-# workers with SIGTERM and prints the results, the dead letters and the
-# final heartbeats.  Only bash, POSIX tools, setsid(1) and /proc: fields
-# are read from the compact JSON with grep and sed.
+# place of the Claude CLI, each with its metrics on a free port, enqueues a
+# dozen tasks with the producer protocol (dot-file, then mv), waits until
+# every task has its result, shows a few lines of marie's /metrics and
+# takes hw-status's table, stops the workers with SIGTERM and prints the
+# results, the dead letters, the final heartbeats and that table.  Only
+# bash, POSIX tools, setsid(1) and /proc (python3, when present, fetches
+# /metrics): fields are read from the compact JSON with grep and sed.
 #
 #   make demo            build, then run this
 #   KEEP=1 make demo     keep the spool afterwards and print its path
-#   BIN_DIR=DIR          where hw-worker is (default: target/release)
+#   BIN_DIR=DIR          where hw-worker and hw-status are (default: target/release)
 
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-hw=${BIN_DIR:-$repo/target/release}/hw-worker
+bin=${BIN_DIR:-$repo/target/release}
+hw=$bin/hw-worker
+hw_status=$bin/hw-status
 agent=$repo/examples/agent.sh
 workers=(marie anga fabien)
 deadline_s=40
 
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
-[[ -x $hw ]] || die "$hw not found: run 'cargo build --release' (or 'make demo')"
+for b in "$hw" "$hw_status"; do
+	[[ -x $b ]] || die "$b not found: run 'cargo build --release' (or 'make demo')"
+done
 # CLAUDE_COMMAND is split on whitespace, so the agent's path must have none.
 [[ $agent != *[[:space:]]* ]] || die "the repository path contains white space: $repo"
 
@@ -83,6 +89,9 @@ trap 'exit 143' TERM HUP
 export HW_ROOT=$spool
 export CLAUDE_COMMAND=$agent HEARTBEAT_INTERVAL=1 INITIAL_RETRY_DELAY=0.2 \
 	MAX_RETRIES=2 LOG_FORMAT=text
+# Three workers cannot share the default port 9090: each asks for a free
+# one, which its heartbeat reports.
+export ENABLE_METRICS=true METRICS_ADDR=127.0.0.1 METRICS_PORT=0
 unset TASK_DIR TRIGGER_DIR RESULT_DIR HEARTBEAT_DIR DLQ_DIR RUST_LOG
 
 # start WORKER [FLAG...]: one worker in its own session and process group
@@ -109,6 +118,13 @@ enqueue() {
 }
 expected=()
 
+# jget FILE KEY: the first top-level-looking "KEY":value of a compact JSON
+# file, string quotes removed.  Enough for ids, statuses and numbers.
+jget() {
+	{ grep -o -E "\"$2\":(\"[^\"]*\"|[^,}]*)" "$1" || true; } | head -n 1 |
+		sed -E "s/^\"$2\"://; s/^\"(.*)\"\$/\\1/"
+}
+
 echo "spool: $spool"
 
 # anga's tasks wait on disk before anga starts; it runs one at a time, so
@@ -131,6 +147,8 @@ for w in "${workers[@]}"; do
 		((SECONDS - start_s < 10)) || die "no heartbeat from $w after 10s"
 		sleep 0.1
 	done
+	printf '  %-7s pid %-7s metrics on http://%s/metrics\n' "$w" "${pid[$w]}" \
+		"$(jget "$spool/heartbeats/$w.json" metrics_addr)"
 done
 enqueue marie  m-report   normal "draft the weekly report"
 enqueue marie  m-index    normal "rebuild the search index"
@@ -159,7 +177,24 @@ while :; do
 	fi
 	sleep 0.1
 done
-echo "all results in after $((SECONDS - start_s))s; stopping the workers (SIGTERM)"
+echo "all results in after $((SECONDS - start_s))s"
+
+# While the workers still run: a few lines of marie's /metrics (the
+# non-zero task series), then hw-status's table, shown at the end.
+addr=$(jget "$spool/heartbeats/marie.json" metrics_addr)
+if [[ -n $addr ]] && command -v python3 >/dev/null 2>&1; then
+	echo
+	echo "== marie's metrics (http://$addr/metrics, non-zero task series)"
+	python3 -c 'import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+		"http://$addr/metrics" 2>/dev/null |
+		awk '/^watcher_/ && !/_bucket\{/ && $NF != 0' | sed 's/^/  /' || true
+fi
+status_rc=0
+status_table=$("$hw_status") || status_rc=$?
+
+echo
+echo "stopping the workers (SIGTERM)"
 
 declare -A wpid=()
 for w in "${!pid[@]}"; do wpid[$w]=${pid[$w]}; done
@@ -170,13 +205,6 @@ for w in "${workers[@]}"; do
 	wait "${wpid[$w]}" || rc=$?
 	((rc == 0)) || echo "demo: warning: worker $w exited with status $rc" >&2
 done
-
-# jget FILE KEY: the first top-level-looking "KEY":value of a compact JSON
-# file, string quotes removed.  Enough for ids, statuses and numbers.
-jget() {
-	{ grep -o -E "\"$2\":(\"[^\"]*\"|[^,}]*)" "$1" || true; } | head -n 1 |
-		sed -E "s/^\"$2\"://; s/^\"(.*)\"\$/\\1/"
-}
 
 echo
 echo "== results (per worker, in the order they finished)"
@@ -213,6 +241,11 @@ for w in "${workers[@]}"; do
 	printf '  %-7s %-8s breaker=%-7s %s\n' "$w" "$(jget "$f" status)" \
 		"$(jget "$f" circuit_breaker_state)" "$stats"
 done
+
+echo
+echo "== hw-status, taken while the workers still ran (exit status $status_rc:" \
+	"0 ok, 1 warning, 2 critical)"
+printf '%s\n' "$status_table" | sed 's/^/  /'
 
 echo
 if [[ ${KEEP:-0} == 1 ]]; then

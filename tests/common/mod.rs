@@ -316,7 +316,22 @@ pub fn run_tool(spool: &Spool, tool: &str, args: &[&str], env: &[(&str, &str)]) 
     out
 }
 
-/// Processes still alive in process group `pgid` (excluding zombies).
+/// Processes still alive in process group `pgid`, zombies not counted
+/// (this machine's init may reap orphans late).
 pub fn group_alive(pgid: i32) -> bool {
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok();
+    };
+    let pgid = pgid.to_string();
+    procs.flatten().any(|p| {
+        let Ok(stat) = fs::read_to_string(p.path().join("stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parens.
+        let Some(rest) = stat.rfind(") ").map(|i| &stat[i + 2..]) else {
+            return false;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.len() > 2 && !matches!(f[0], "Z" | "X") && f[2] == pgid
+    })
 }
