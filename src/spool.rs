@@ -144,22 +144,52 @@ impl Spool {
     /// The workers this spool knows of: every valid name with a tasks
     /// folder, sorted.
     pub fn worker_names(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        let entries = match std::fs::read_dir(&self.tasks) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
-            Err(e) => return Err(Error::io("cannot list", &self.tasks, e)),
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if valid_worker_name(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
-                names.push(name.to_string());
-            }
-        }
-        names.sort();
-        Ok(names)
+        worker_folders(&self.tasks)
     }
+
+    /// The workers with a dead-letter folder, sorted.
+    pub fn dlq_worker_names(&self) -> Result<Vec<String>> {
+        worker_folders(&self.dlq)
+    }
+
+    /// Where a task named `<id>.json` sits while it is pending, active or
+    /// deferred.
+    pub fn queued_paths(&self, worker: &str, id: &str) -> [PathBuf; 3] {
+        let name = json_name(id);
+        [
+            self.pending_dir(worker).join(&name),
+            self.active_dir(worker).join(&name),
+            self.deferred_dir(worker).join(&name),
+        ]
+    }
+
+    /// The entry a dead letter's `rejected_path` names, when it is exactly
+    /// `.rejected/NAME`: nothing outside the worker's `.rejected/` folder
+    /// (no `..`, no deeper `/`) is ever reached through it.
+    pub fn rejected_entry(&self, worker: &str, rejected_path: &str) -> Option<PathBuf> {
+        let name = rejected_path.strip_prefix(REJECTED)?.strip_prefix('/')?;
+        let fine = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']);
+        fine.then(|| self.rejected_dir(worker).join(name))
+    }
+}
+
+/// Every valid worker name with a folder in `dir`, sorted.
+fn worker_folders(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if valid_worker_name(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 pub fn create_dir(dir: &Path) -> Result<()> {
@@ -204,6 +234,45 @@ pub fn json_name(stem: &str) -> String {
     format!("{stem}.json")
 }
 
+/// The task id of a dead letter's file name `<id>_<unix>[-n].json`.
+pub fn dead_letter_id(file_name: &str) -> Option<&str> {
+    let stem = file_name.strip_suffix(".json")?;
+    let (id, when) = stem.rsplit_once('_')?;
+    let digits = when.split_once('-').map_or(when, |(unix, _)| unix);
+    let numbered = !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit());
+    (numbered && valid_name(id) && !file_name.starts_with('.')).then_some(id)
+}
+
+/// A dead letter's file name, `<stem>_<unix>[-n].json`, taken apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterName<'a> {
+    pub stem: &'a str,
+    /// Seconds since the epoch when it was written.
+    pub unix: u64,
+    /// 1, or the `-n` that a name clash added.
+    pub n: u32,
+}
+
+/// Takes a dead letter's file name apart; `None` for any other name.
+pub fn parse_dead_letter_name(file_name: &str) -> Option<DeadLetterName<'_>> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    let base = file_name.strip_suffix(".json")?;
+    let (stem, when) = base.rsplit_once('_')?;
+    let (unix, n) = match when.split_once('-') {
+        Some((unix, n)) if digits(n) => (unix, n.parse().ok().filter(|&n| n >= 2)?),
+        Some(_) => return None,
+        None => (when, 1),
+    };
+    if stem.is_empty() || file_name.starts_with('.') || !digits(unix) {
+        return None;
+    }
+    Some(DeadLetterName {
+        stem,
+        unix: unix.parse().ok()?,
+        n,
+    })
+}
+
 /// The stem of a file name, made safe to be part of a dead letter's name:
 /// anything outside the name alphabet becomes `_`, and it is cut to fit.
 pub fn safe_stem(file_name: &str) -> String {
@@ -239,6 +308,46 @@ mod tests {
         assert!(!valid_name(".."));
         assert!(!valid_name(&"a".repeat(129)));
         assert!(valid_name(&"a".repeat(128)));
+    }
+
+    #[test]
+    fn dead_letter_ids() {
+        assert_eq!(dead_letter_id("t-1_1795865691.json"), Some("t-1"));
+        assert_eq!(dead_letter_id("a_b_1795865691-2.json"), Some("a_b"));
+        assert_eq!(dead_letter_id("t_x.json"), None);
+        assert_eq!(dead_letter_id(".t_1.json"), None);
+    }
+
+    #[test]
+    fn dead_letter_names_come_apart() {
+        let name = |stem, unix, n| Some(DeadLetterName { stem, unix, n });
+        assert_eq!(parse_dead_letter_name("t_17.json"), name("t", 17, 1));
+        assert_eq!(parse_dead_letter_name("a_b_17-3.json"), name("a_b", 17, 3));
+        assert_eq!(parse_dead_letter_name("t_17-1.json"), None);
+        assert_eq!(parse_dead_letter_name("t_x.json"), None);
+        assert_eq!(parse_dead_letter_name("_17.json"), None);
+        assert_eq!(parse_dead_letter_name(".t_17.json"), None);
+        assert_eq!(parse_dead_letter_name("t_17.txt"), None);
+    }
+
+    #[test]
+    fn rejected_paths_stay_in_rejected() {
+        let spool = Spool::at(Path::new("/s"));
+        assert_eq!(
+            spool.rejected_entry("w", ".rejected/x.json"),
+            Some(PathBuf::from("/s/dlq/w/.rejected/x.json"))
+        );
+        for bad in [
+            ".rejected/../x",
+            ".rejected/..",
+            ".rejected/a/b",
+            ".rejected/",
+            "x.json",
+            "/etc/passwd",
+            ".rejectedx/y",
+        ] {
+            assert_eq!(spool.rejected_entry("w", bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,0 +1,355 @@
+//! hw-enqueue: writes tasks into a worker's tasks folder and prints their
+//! ids (or, with --wait, their terminal records).
+
+use std::io::{BufRead, BufWriter, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use hookwatch::config::{invalid_worker_name, parse_duration};
+use hookwatch::enqueue::{check_id, Enqueuer, Prepared, Template};
+use hookwatch::error::{Error, Kind};
+use hookwatch::exit;
+use hookwatch::spool::{valid_worker_name, Spool};
+use hookwatch::task::Priority;
+use hookwatch::wait::{WaitEnd, Waiter};
+
+const USAGE: &str = "\
+Usage: hw-enqueue [OPTIONS] WORKER [DESCRIPTION...]
+
+Writes a task for WORKER atomically into its tasks folder and prints its
+id. The words of DESCRIPTION make one description; without any, reads one
+description per line from standard input (empty lines skipped).
+
+Options:
+  -r, --root DIR            spool root (HW_ROOT; /shared)
+      --id ID               the task id (default: generated, sortable by time)
+  -p, --priority P          high, normal or low
+  -t, --timeout SECS        the task's time limit per attempt
+  -d, --depends-on ID       run only after task ID completed (repeatable)
+  -m, --meta KEY=VALUE      metadata (repeatable)
+  -b, --batch-id ID         metadata.batch_id
+  -n, --count N             N copies of the one description
+  -j, --json                standard input holds one task object per line
+  -w, --wait                print each task's result (or dead letter) as a
+                            JSON line when it ends, instead of its id
+      --wait-timeout SECS   give up waiting after SECS (exit 124)
+  -h, --help                this text
+  -V, --version             the version
+
+Durations are seconds or take s, m, h, d; they are stored in seconds.
+Exit status: 0 enqueued (with --wait: all completed); 1 with --wait, a
+task failed or was dead-lettered; 64 usage or a bad WORKER; 65 bad input
+(a bad line, named by its number; the lines before it are enqueued), or a
+bad --id or --depends-on; 73 the id exists for that worker; 74 I/O error;
+78 a bad option value; 124 --wait-timeout passed. See hw-enqueue(1).
+";
+
+#[derive(Default)]
+struct Args {
+    root: Option<String>,
+    worker: Option<String>,
+    words: Vec<String>,
+    id: Option<String>,
+    priority: Option<String>,
+    timeout: Option<String>,
+    depends_on: Vec<String>,
+    meta: Vec<String>,
+    batch_id: Option<String>,
+    count: Option<String>,
+    json: bool,
+    wait: bool,
+    wait_timeout: Option<String>,
+}
+
+enum Command {
+    Enqueue(Box<Args>),
+    Help,
+    Version,
+}
+
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut a = Args::default();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('r') | Long("root") => a.root = Some(parser.value()?.string()?),
+            Long("id") => a.id = Some(parser.value()?.string()?),
+            Short('p') | Long("priority") => a.priority = Some(parser.value()?.string()?),
+            Short('t') | Long("timeout") => a.timeout = Some(parser.value()?.string()?),
+            Short('d') | Long("depends-on") => a.depends_on.push(parser.value()?.string()?),
+            Short('m') | Long("meta") => a.meta.push(parser.value()?.string()?),
+            Short('b') | Long("batch-id") => a.batch_id = Some(parser.value()?.string()?),
+            Short('n') | Long("count") => a.count = Some(parser.value()?.string()?),
+            Short('j') | Long("json") => a.json = true,
+            Short('w') | Long("wait") => a.wait = true,
+            Long("wait-timeout") => a.wait_timeout = Some(parser.value()?.string()?),
+            Value(v) if a.worker.is_none() => a.worker = Some(v.string()?),
+            Value(v) => a.words.push(v.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Command::Enqueue(Box::new(a)))
+}
+
+/// The validated invocation.
+struct Plan {
+    spool: Spool,
+    worker: String,
+    template: Template,
+    id: Option<String>,
+    /// The one description of the command line, and how many copies.
+    description: Option<(String, u64)>,
+    json: bool,
+    wait: Option<Option<Duration>>,
+}
+
+fn bad_value(flag: &str, value: &str, why: &str) -> Error {
+    Error::config(format!("invalid value {value:?} for {flag}: {why}"))
+}
+
+fn plan(a: &Args) -> Result<Plan, Error> {
+    let worker = a
+        .worker
+        .clone()
+        .ok_or_else(|| Error::usage("missing WORKER"))?;
+    if !valid_worker_name(&worker) {
+        return Err(Error::usage(invalid_worker_name(&worker)));
+    }
+    for id in a.id.iter().chain(&a.depends_on) {
+        check_id(id)?;
+    }
+    let priority = match &a.priority {
+        None => None,
+        Some(p) => Some(
+            Priority::parse(p)
+                .ok_or_else(|| bad_value("--priority", p, "not high, normal or low"))?,
+        ),
+    };
+    let seconds = |flag: &str, v: &Option<String>| -> Result<Option<Duration>, Error> {
+        match v {
+            None => Ok(None),
+            Some(s) => match parse_duration(s) {
+                Some(d) if !d.is_zero() => Ok(Some(d)),
+                _ => Err(bad_value(
+                    flag,
+                    s,
+                    "not a positive duration (seconds, or with s, m, h or d)",
+                )),
+            },
+        }
+    };
+    let mut meta = Vec::new();
+    for kv in &a.meta {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => meta.push((k.to_string(), v.to_string())),
+            _ => return Err(bad_value("--meta", kv, "not KEY=VALUE")),
+        }
+    }
+    let count = match &a.count {
+        None => 1,
+        Some(n) => n
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| bad_value("--count", n, "not a whole number from 1 to 1000000"))?,
+    };
+    let description = (!a.words.is_empty()).then(|| (a.words.join(" "), count));
+    if a.json && description.is_some() {
+        return Err(Error::usage(
+            "--json reads tasks from standard input: give no DESCRIPTION",
+        ));
+    }
+    if a.count.is_some() && description.is_none() {
+        return Err(Error::usage(
+            "--count copies the one DESCRIPTION given as arguments",
+        ));
+    }
+    if a.id.is_some() && count > 1 {
+        return Err(Error::usage(
+            "--id names one task: it cannot go with --count",
+        ));
+    }
+    if description
+        .as_ref()
+        .is_some_and(|(d, _)| d.trim().is_empty())
+    {
+        return Err(Error::new(Kind::Data, "the description is empty"));
+    }
+    let wait_timeout = seconds("--wait-timeout", &a.wait_timeout)?;
+    Ok(Plan {
+        spool: Spool::from_env(a.root.clone().map(Into::into)),
+        template: Template {
+            priority,
+            timeout: seconds("--timeout", &a.timeout)?.map(|d| d.as_secs_f64()),
+            depends_on: a.depends_on.clone(),
+            meta,
+            batch_id: a.batch_id.clone(),
+        },
+        worker,
+        id: a.id.clone(),
+        description,
+        json: a.json,
+        wait: a.wait.then_some(wait_timeout),
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(lexopt::Parser::from_env()) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("hw-enqueue {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Enqueue(a)) => a,
+        Err(e) => return exit::report("hw-enqueue", &Error::usage(format!("{e} (see --help)"))),
+    };
+    match plan(&args).and_then(|p| run(&p)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => exit::report("hw-enqueue", &e),
+    }
+}
+
+fn run(p: &Plan) -> Result<u8, Error> {
+    let mut enqueuer = Enqueuer::new(&p.spool, &p.worker)?;
+    // Watching starts before anything is published, so no record is missed.
+    let mut waiter = match p.wait {
+        Some(_) => Some(Waiter::new(&p.spool, &p.worker)?),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut sink = |ids: Vec<String>| {
+        for id in ids {
+            match waiter.as_mut() {
+                Some(w) => w.expect(id),
+                None => {
+                    let _ = writeln!(out, "{id}");
+                }
+            }
+        }
+        let _ = out.flush();
+    };
+    let fed = match &p.description {
+        Some((d, count)) => feed_arguments(p, &mut enqueuer, d, *count, &mut sink),
+        None => feed_stdin(p, &mut enqueuer, &mut sink),
+    };
+    drop(sink);
+    fed?;
+    let (Some(w), Some(timeout)) = (waiter.as_mut(), p.wait) else {
+        return Ok(exit::OK);
+    };
+    let mut out = std::io::stdout().lock();
+    Ok(match w.run(timeout.map(|t| started + t), &mut out)? {
+        WaitEnd::Done {
+            all_completed: true,
+        } => exit::OK,
+        WaitEnd::Done {
+            all_completed: false,
+        } => exit::FAILED,
+        WaitEnd::TimedOut => exit::TIMED_OUT,
+    })
+}
+
+fn feed_arguments(
+    p: &Plan,
+    enqueuer: &mut Enqueuer,
+    description: &str,
+    count: u64,
+    sink: &mut impl FnMut(Vec<String>),
+) -> Result<(), Error> {
+    let mut batch = Vec::new();
+    for _ in 0..count {
+        batch.push(enqueuer.from_description(description, p.id.as_deref(), &p.template)?);
+        if batch.len() == BATCH {
+            publish(enqueuer, std::mem::take(&mut batch), sink)?;
+        }
+    }
+    publish(enqueuer, batch, sink)
+}
+
+/// Tasks already read are published when the input pauses or a batch is
+/// full, so a slow producer's tasks are not held back.
+const BATCH: usize = 1024;
+
+fn feed_stdin(
+    p: &Plan,
+    enqueuer: &mut Enqueuer,
+    sink: &mut impl FnMut(Vec<String>),
+) -> Result<(), Error> {
+    // Our own buffer, to know when what was read so far is used up.
+    let mut input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+    let mut batch: Vec<Prepared> = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0u64;
+    let mut tasks = 0u64;
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io("cannot read", "standard input".as_ref(), e))?;
+        if n == 0 {
+            break;
+        }
+        number += 1;
+        let prepared = prepare_line(p, enqueuer, &line, &mut tasks);
+        match prepared {
+            Ok(Some(task)) => batch.push(task),
+            Ok(None) => {}
+            Err(e) => {
+                publish(enqueuer, batch, sink)?;
+                return Err(Error::new(e.kind, format!("line {number}: {e}")));
+            }
+        }
+        if batch.len() >= BATCH || (!batch.is_empty() && input.buffer().is_empty()) {
+            publish(enqueuer, std::mem::take(&mut batch), sink)?;
+        }
+    }
+    publish(enqueuer, batch, sink)
+}
+
+/// One line of input as a task; `None` for an empty line.
+fn prepare_line(
+    p: &Plan,
+    enqueuer: &mut Enqueuer,
+    line: &[u8],
+    tasks: &mut u64,
+) -> Result<Option<Prepared>, Error> {
+    let text = std::str::from_utf8(line).map_err(|_| Error::new(Kind::Data, "not UTF-8"))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    *tasks += 1;
+    if p.id.is_some() && *tasks > 1 {
+        return Err(Error::usage(
+            "--id names one task, and the input holds more",
+        ));
+    }
+    let task = match p.json {
+        true => enqueuer.from_json(text.as_bytes(), &p.template)?,
+        false => enqueuer.from_description(text, p.id.as_deref(), &p.template)?,
+    };
+    Ok(Some(task))
+}
+
+fn publish(
+    enqueuer: &mut Enqueuer,
+    batch: Vec<Prepared>,
+    sink: &mut impl FnMut(Vec<String>),
+) -> Result<(), Error> {
+    match enqueuer.publish(batch) {
+        Ok(ids) => {
+            sink(ids);
+            Ok(())
+        }
+        Err((ids, e)) => {
+            sink(ids);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `hw-enqueue --wait`: block until each task has its terminal record, the
+//! result or else the dead letter, with inotify on the worker's results and
+//! dead-letter folders (watched before the tasks are published, so nothing
+//! is missed), and print each as one JSON line in the order they finish.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use inotify::{EventMask, Inotify, WatchMask};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::error::{Error, Result};
+use crate::spool::{create_dir, dead_letter_id, Spool};
+
+/// How a wait ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Every task has its record; `all_completed` is false when one failed
+    /// or was dead-lettered.
+    Done {
+        all_completed: bool,
+    },
+    TimedOut,
+}
+
+pub struct Waiter {
+    inotify: Inotify,
+    results: PathBuf,
+    dlq: PathBuf,
+    waiting: HashSet<String>,
+    all_completed: bool,
+}
+
+impl Waiter {
+    /// Watches the worker's results and dead-letter folders.
+    pub fn new(spool: &Spool, worker: &str) -> Result<Waiter> {
+        let results = spool.result_dir(worker);
+        let dlq = spool.dlq_dir(worker);
+        let inotify =
+            Inotify::init().map_err(|e| Error::io("cannot start inotify for", &results, e))?;
+        for dir in [&results, &dlq] {
+            create_dir(dir)?;
+            inotify
+                .watches()
+                .add(dir, WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE)
+                .map_err(|e| Error::io("cannot watch", dir, e))?;
+        }
+        Ok(Waiter {
+            inotify,
+            results,
+            dlq,
+            waiting: HashSet::new(),
+            all_completed: true,
+        })
+    }
+
+    pub fn expect(&mut self, id: String) {
+        self.waiting.insert(id);
+    }
+
+    /// Prints records as they come until none is awaited or `deadline`.
+    pub fn run(&mut self, deadline: Option<Instant>, out: &mut impl Write) -> Result<WaitEnd> {
+        self.look_everywhere(out)?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        while !self.waiting.is_empty() {
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                    if ms == 0 {
+                        return Ok(WaitEnd::TimedOut);
+                    }
+                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut fds, timeout).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut names = Vec::new();
+            let mut overflow = false;
+            match self.inotify.read_events(&mut buffer) {
+                Ok(events) => {
+                    for e in events {
+                        overflow |= e.mask.contains(EventMask::Q_OVERFLOW);
+                        if let Some(n) = e.name.and_then(|n| n.to_str()) {
+                            names.push(n.to_string());
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot read inotify events for",
+                        &self.results,
+                        e,
+                    ))
+                }
+            }
+            if overflow {
+                self.look_everywhere(out)?;
+            }
+            for name in names {
+                self.consider(&name, out)?;
+            }
+        }
+        Ok(WaitEnd::Done {
+            all_completed: self.all_completed,
+        })
+    }
+
+    /// Looks for every awaited task's record (at start, and after an overflow).
+    fn look_everywhere(&mut self, out: &mut impl Write) -> Result<()> {
+        let ids: Vec<String> = self.waiting.iter().cloned().collect();
+        for id in ids {
+            self.consider(&crate::spool::json_name(&id), out)?;
+        }
+        let letters: Vec<String> = fs::read_dir(&self.dlq)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in letters {
+            self.consider(&name, out)?;
+        }
+        Ok(())
+    }
+
+    /// A file appeared: a result `<id>.json`, or a dead letter `<id>_<unix>.json`.
+    fn consider(&mut self, name: &str, out: &mut impl Write) -> Result<()> {
+        if let Some(id) = name
+            .strip_suffix(".json")
+            .filter(|id| self.waiting.contains(*id))
+        {
+            if let Some(record) = read_record(&self.results.join(name)) {
+                let completed = record.get("status").and_then(|s| s.as_str()) == Some("completed");
+                return self.emit(id.to_string(), &record, completed, out);
+            }
+        }
+        let Some(id) = dead_letter_id(name).filter(|id| self.waiting.contains(*id)) else {
+            return Ok(());
+        };
+        let Some(record) = read_record(&self.dlq.join(name)) else {
+            return Ok(());
+        };
+        // A task out of attempts gets a failed result right after its dead
+        // letter: that result is the record to print.
+        if record.get("dlq_reason").and_then(|r| r.as_str()) == Some("max_retries_exceeded") {
+            return Ok(());
+        }
+        self.emit(id.to_string(), &record, false, out)
+    }
+
+    fn emit(
+        &mut self,
+        id: String,
+        record: &serde_json::Value,
+        completed: bool,
+        out: &mut impl Write,
+    ) -> Result<()> {
+        self.waiting.remove(&id);
+        self.all_completed &= completed;
+        let line = format!("{record}\n");
+        // A closed stdout ends the wait's purpose, not the tasks: say nothing.
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+        Ok(())
+    }
+}
+
+fn read_record(path: &std::path::Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
