@@ -238,7 +238,6 @@ fn run(p: &Plan) -> Result<u8, Error> {
         Some((d, count)) => feed_arguments(p, &mut enqueuer, d, *count, &mut sink),
         None => feed_stdin(p, &mut enqueuer, &mut sink),
     };
-    drop(sink);
     fed?;
     let (Some(w), Some(timeout)) = (waiter.as_mut(), p.wait) else {
         return Ok(exit::OK);
