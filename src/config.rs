@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::listen::ListenConfig;
 use crate::log::{LogConfig, LogFormat};
 use crate::retry::RetryPolicy;
 use crate::run::AgentCommand;
@@ -292,6 +293,85 @@ impl WorkerConfig {
                 log_format.map(|r| (r.value, r.origin)),
             )?,
             name,
+        })
+    }
+}
+
+/// The raw values of hw-listen's flags.
+#[derive(Debug, Default)]
+pub struct ListenFlags {
+    pub root: Option<String>,
+    pub workers: Option<String>,
+    pub state_file: Option<String>,
+    pub completion_timeout: Option<String>,
+    pub stale_after: Option<String>,
+    pub disconnect_after: Option<String>,
+    pub exec: Option<String>,
+    pub exec_timeout: Option<String>,
+    pub retain: Option<String>,
+    pub once: bool,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+}
+
+impl ListenConfig {
+    pub fn resolve(f: &ListenFlags) -> Result<ListenConfig> {
+        let mut spool = Spool::from_env(pick(&f.root, "--root", None).map(|r| r.value.into()));
+        if let Some(raw) = pick(&f.state_file, "--state-file", None) {
+            spool.state_file = raw.value.into();
+        }
+        let workers = match pick(&f.workers, "--workers", Some("WORKERS")) {
+            None => None,
+            Some(raw) => {
+                let names: Vec<String> = raw
+                    .value
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if let Some(bad) = names.iter().find(|n| !valid_worker_name(n)) {
+                    return Err(invalid(&raw, &invalid_worker_name(bad)));
+                }
+                Some(names).filter(|n| !n.is_empty())
+            }
+        };
+        let optional = |raw: Option<Raw>| -> Result<Option<Duration>> {
+            match raw {
+                None => Ok(None),
+                raw => Ok(Some(duration(raw, 0.0, true)?)),
+            }
+        };
+        let exec = match pick(&f.exec, "--exec", None) {
+            None => None,
+            Some(raw) => Some(
+                AgentCommand::parse(&raw.value, None)
+                    .ok_or_else(|| invalid(&raw, "an empty command"))?,
+            ),
+        };
+        let log_level = pick(&f.log_level, "--log-level", Some("LOG_LEVEL"));
+        let log_format = pick(&f.log_format, "--log-format", Some("LOG_FORMAT"));
+        Ok(ListenConfig {
+            spool,
+            workers,
+            completion_timeout: duration(
+                pick(
+                    &f.completion_timeout,
+                    "--completion-timeout",
+                    Some("COMPLETION_TIMEOUT"),
+                ),
+                600.0,
+                true,
+            )?,
+            stale_after: optional(pick(&f.stale_after, "--stale-after", None))?,
+            disconnect_after: optional(pick(&f.disconnect_after, "--disconnect-after", None))?,
+            exec,
+            exec_timeout: duration(pick(&f.exec_timeout, "--exec-timeout", None), 30.0, true)?,
+            once: f.once,
+            retain: duration(pick(&f.retain, "--retain", None), 7.0 * 86_400.0, true)?,
+            log: LogConfig::resolve(
+                log_level.map(|r| (r.value, r.origin)),
+                log_format.map(|r| (r.value, r.origin)),
+            )?,
         })
     }
 }

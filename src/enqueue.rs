@@ -9,17 +9,16 @@
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{Map, Value};
 
 use crate::clock;
 use crate::error::{Error, Kind, Result};
-use crate::publish::{rename_noreplace, sync_dir};
+use crate::publish::{rename_noreplace, sync_dir, sync_filesystem};
 use crate::spool::{json_name, valid_name, Spool};
 use crate::task::{Priority, Task};
 
@@ -258,7 +257,7 @@ impl<'a> Enqueuer<'a> {
             }
         }
         if let Some((_, first)) = staged.first() {
-            if let Err(e) = syncfs(first) {
+            if let Err(e) = sync_filesystem(first) {
                 return Err(self.abandon(staged, e));
             }
         }
@@ -311,13 +310,6 @@ impl<'a> Enqueuer<'a> {
 
 fn data(message: String) -> Error {
     Error::new(Kind::Data, message)
-}
-
-/// Flushes the file system that holds `path` (one flush for a batch).
-fn syncfs(path: &Path) -> Result<()> {
-    let f = fs::File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
-    nix::unistd::syncfs(f.as_raw_fd())
-        .map_err(|e| Error::io("cannot sync", path, io::Error::from(e)))
 }
 
 /// A task id given on the command line (`--id`, `--depends-on`).

@@ -23,7 +23,7 @@ use crate::latch::Latch;
 use crate::metrics::Metrics;
 use crate::publish::{self, json_line};
 use crate::result::{TaskResult, Trigger};
-use crate::run::{self, Limits, Outcome};
+use crate::run::{self, Invocation, Limits, Outcome};
 use crate::task::{Invalid, Task};
 
 /// Work handed to a pool thread; every variant but `Irregular` holds the
@@ -221,7 +221,14 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
         kill_grace: cfg.kill_grace,
         max_output: cfg.max_output,
     };
-    let outcome = run::run(&argv, &env, &cfg.workdir, limits, &ctx.abort);
+    let invocation = Invocation {
+        argv: &argv,
+        env: &env,
+        workdir: &cfg.workdir,
+        stdin: None,
+        limits,
+    };
+    let outcome = run::run(invocation, &ctx.abort);
     let name = claim.name.clone();
     if outcome.aborted {
         return report(name, probe, None, return_to_pending(ctx, claim));

@@ -18,7 +18,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `name` in `dir` atomically, replacing what was there.
 pub fn publish(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let target = dir.join(name);
-    let tmp = write_temp(dir, name, bytes)?;
+    let tmp = write_temp(dir, name, bytes, true)?;
     if let Err(e) = std::fs::rename(&tmp, &target) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io2("cannot rename", &tmp, &target, e));
@@ -31,7 +31,7 @@ pub fn publish(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
 /// kind is `CannotCreate` and nothing was changed).
 pub fn publish_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let target = dir.join(name);
-    let tmp = write_temp(dir, name, bytes)?;
+    let tmp = write_temp(dir, name, bytes, true)?;
     let moved = rename_noreplace(&tmp, &target);
     if let Err(e) = moved {
         let _ = std::fs::remove_file(&tmp);
@@ -44,7 +44,25 @@ pub fn publish_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
 /// Publishes `<stem>_<unix>.json`, or on a clash `<stem>_<unix>-2.json`,
 /// `-3`…, and returns the name it took (dead letters are named so).
 pub fn publish_numbered(dir: &Path, stem: &str, unix: u64, bytes: &[u8]) -> Result<String> {
-    let tmp = write_temp(dir, stem, bytes)?;
+    let name = numbered(dir, stem, unix, bytes, true)?;
+    sync_dir(dir)?;
+    Ok(name)
+}
+
+/// `publish_numbered` without any fsync: atomic and complete for readers,
+/// durable only once the caller syncs the file system (one `syncfs` for
+/// a whole burst of listener events).
+pub fn publish_numbered_unsynced(
+    dir: &Path,
+    stem: &str,
+    unix: u64,
+    bytes: &[u8],
+) -> Result<String> {
+    numbered(dir, stem, unix, bytes, false)
+}
+
+fn numbered(dir: &Path, stem: &str, unix: u64, bytes: &[u8], sync: bool) -> Result<String> {
+    let tmp = write_temp(dir, stem, bytes, sync)?;
     for n in 1u32.. {
         let name = match n {
             1 => format!("{stem}_{unix}.json"),
@@ -52,10 +70,7 @@ pub fn publish_numbered(dir: &Path, stem: &str, unix: u64, bytes: &[u8]) -> Resu
         };
         let target = dir.join(&name);
         match rename_noreplace(&tmp, &target) {
-            Ok(()) => {
-                sync_dir(dir)?;
-                return Ok(name);
-            }
+            Ok(()) => return Ok(name),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => continue,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -78,7 +93,15 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("cannot fsync folder", dir, e))
 }
 
-fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+/// Flushes the file system that holds `path`: one flush makes a whole
+/// batch of unsynced writes durable.
+pub fn sync_filesystem(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f))
+        .map_err(|e| Error::io("cannot sync the file system of", path, io::Error::from(e)))
+}
+
+fn write_temp(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBuf> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let written = OpenOptions::new()
@@ -88,7 +111,10 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
-            f.sync_all()
+            if sync {
+                f.sync_all()?;
+            }
+            Ok(())
         });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);

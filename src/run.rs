@@ -4,6 +4,7 @@
 //! a time limit enforced with SIGTERM then SIGKILL to the whole group, and
 //! the verdict: exit status, and the Claude CLI's `is_error` report.
 
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -40,6 +41,11 @@ impl AgentCommand {
             words,
             system_prompt_file,
         })
+    }
+
+    /// The command's own words, as given (for hooks, which get no prompt).
+    pub fn words(&self) -> Vec<String> {
+        self.words.clone()
     }
 
     /// The argv for one task: `{}` replaced by the description (xargs
@@ -122,27 +128,34 @@ impl Captured {
     }
 }
 
-/// Runs `argv` once. `abort` fired means: kill it now, the worker stops.
-pub fn run(
-    argv: &[String],
-    env: &[(&str, String)],
-    workdir: &Path,
-    limits: Limits,
-    abort: &Latch,
-) -> Outcome {
+/// One command to run: what, where, with what around it.
+pub struct Invocation<'a> {
+    pub argv: &'a [String],
+    /// Added to the worker's environment (less systemd's variables).
+    pub env: &'a [(&'a str, String)],
+    pub workdir: &'a Path,
+    /// Standard input; `/dev/null` when `None`.
+    pub stdin: Option<File>,
+    pub limits: Limits,
+}
+
+/// Runs a command once. `abort` fired means: kill it now, we stop.
+pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
     let started = Instant::now();
-    let mut command = std::process::Command::new(&argv[0]);
+    let mut command = std::process::Command::new(&inv.argv[0]);
+    let stdin = inv.stdin.map_or_else(Stdio::null, Stdio::from);
     command
-        .args(&argv[1..])
-        .stdin(Stdio::null())
+        .args(&inv.argv[1..])
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .current_dir(workdir)
+        .current_dir(inv.workdir)
         .process_group(0);
     for var in ENV_REMOVED {
         command.env_remove(var);
     }
-    command.envs(env.iter().map(|(k, v)| (k, v)));
+    command.envs(inv.env.iter().map(|(k, v)| (k, v)));
+    let limits = inv.limits;
     let mut outcome = match command.spawn() {
         Ok(child) => Supervisor::new(child, limits, abort).run(),
         Err(e) => spawn_failed(&e),

@@ -1,0 +1,181 @@
+//! The listener's events (SPEC section 4): each one a JSON line on stdout
+//! and a trigger file `triggers/orchestrator/<event>_<ms>.json`, both
+//! complete, and optionally the input of an `--exec` hook. Trigger files of
+//! a burst are made durable together by one `syncfs`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Sender};
+use serde_json::Value;
+
+use crate::clock;
+use crate::error::Result;
+use crate::latch::Latch;
+use crate::publish::{json_line, publish_numbered_unsynced, sync_dir, sync_filesystem};
+use crate::run::{self, AgentCommand, Invocation, Limits};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_type: &'static str,
+    pub timestamp: String,
+    pub data: Value,
+}
+
+impl Event {
+    pub fn new(event_type: &'static str, data: Value) -> Event {
+        Event {
+            event_type,
+            timestamp: clock::now_rfc3339(),
+            data,
+        }
+    }
+
+    /// One JSON line, keys in the order SPEC section 4 shows them.
+    pub fn to_line(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            event_type: &'a str,
+            timestamp: &'a str,
+            data: &'a Value,
+        }
+        json_line(&Line {
+            event_type: self.event_type,
+            timestamp: &self.timestamp,
+            data: &self.data,
+        })
+    }
+}
+
+/// Writes events where the orchestrator looks for them.
+pub struct Emitter {
+    dir: PathBuf,
+    hooks: Option<Hooks>,
+    unsynced: bool,
+}
+
+impl Emitter {
+    pub fn new(dir: &Path, hooks: Option<Hooks>) -> Result<Emitter> {
+        crate::spool::create_dir(dir)?;
+        Ok(Emitter {
+            dir: dir.to_path_buf(),
+            hooks,
+            unsynced: false,
+        })
+    }
+
+    /// The trigger file first (so a reader of stdout finds it), then the
+    /// line on stdout, then the hook.
+    pub fn emit(&mut self, event: &Event) -> Result<()> {
+        let bytes = event.to_line();
+        let ms = (clock::parse_rfc3339(&event.timestamp).unwrap_or_else(clock::unix_now) * 1000.0)
+            as u64;
+        let name = publish_numbered_unsynced(&self.dir, event.event_type, ms, &bytes)?;
+        self.unsynced = true;
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not stop the listener: the trigger is written.
+        let _ = out.write_all(&bytes).and_then(|()| out.flush());
+        if let Some(h) = &self.hooks {
+            h.run(event.event_type, self.dir.join(name));
+        }
+        Ok(())
+    }
+
+    /// Makes every trigger written since the last call durable.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            sync_filesystem(&self.dir)?;
+            sync_dir(&self.dir)?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Waits for the hooks still queued (each one bounded by its timeout).
+    pub fn finish(self) {
+        if let Some(h) = self.hooks {
+            h.finish();
+        }
+    }
+}
+
+/// `--exec CMD`: CMD once per event, in order, on its own thread, with the
+/// event on stdin and `HW_EVENT` set. A failing or slow hook is logged and
+/// cut off at its timeout; it never stops the listener.
+pub struct Hooks {
+    queue: Option<Sender<(&'static str, PathBuf)>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Hooks {
+    pub fn start(
+        command: AgentCommand,
+        timeout: Duration,
+        workdir: PathBuf,
+    ) -> std::io::Result<Hooks> {
+        let (tx, rx) = unbounded::<(&'static str, PathBuf)>();
+        let never = Latch::new()?;
+        let thread = thread::Builder::new().name("exec".into()).spawn(move || {
+            for (event_type, trigger) in rx {
+                run_hook(&command, event_type, &trigger, timeout, &workdir, &never);
+            }
+        })?;
+        Ok(Hooks {
+            queue: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn run(&self, event_type: &'static str, trigger: PathBuf) {
+        if let Some(q) = &self.queue {
+            let _ = q.send((event_type, trigger));
+        }
+    }
+
+    fn finish(mut self) {
+        drop(self.queue.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_hook(
+    command: &AgentCommand,
+    event_type: &str,
+    trigger: &Path,
+    timeout: Duration,
+    workdir: &Path,
+    never: &Latch,
+) {
+    let Ok(stdin) = File::open(trigger) else {
+        log::warn!(event = event_type; "Hook skipped: the trigger file is gone");
+        return;
+    };
+    let argv = command.words();
+    let env = [
+        ("HW_EVENT", event_type.to_string()),
+        ("HW_TRIGGER_FILE", trigger.display().to_string()),
+    ];
+    let limits = Limits {
+        timeout,
+        kill_grace: Duration::from_secs(1),
+        max_output: 64 * 1024,
+    };
+    let outcome = run::run(
+        Invocation {
+            argv: &argv,
+            env: &env,
+            workdir,
+            stdin: Some(stdin),
+            limits,
+        },
+        never,
+    );
+    if outcome.exit_code != 0 || outcome.error.is_some() {
+        log::warn!(event = event_type, exit_code = outcome.exit_code; "Hook failed: {}", outcome.describe());
+    }
+}

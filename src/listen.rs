@@ -1,0 +1,782 @@
+//! hw-listen: the orchestrator's listener. It follows every worker's
+//! pending tasks (to learn when each was enqueued), results, dead letters
+//! and heartbeats with inotify, and turns them into events: each emitted
+//! once, also across restarts (see `listen_state`). A timer only drives
+//! heartbeat ages and completion timeouts.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde_json::{json, Value};
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::event::{Emitter, Event, Hooks};
+use crate::heartbeat::Heartbeat;
+use crate::latch::Latch;
+use crate::listen_state::{BatchState, Health, State, TaskState};
+use crate::log::LogConfig;
+use crate::run::AgentCommand;
+use crate::spool::{
+    create_dir, dead_letter_id, is_task_file, valid_name, valid_worker_name, Spool,
+};
+
+/// Task files larger than this are not read for their id and batch.
+const MAX_TASK_READ: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub spool: Spool,
+    /// The workers to follow; `None`: every worker found, now and later.
+    pub workers: Option<Vec<String>>,
+    pub completion_timeout: Duration,
+    /// `None`: three of the heartbeat's own intervals.
+    pub stale_after: Option<Duration>,
+    /// `None`: ten of the heartbeat's own intervals.
+    pub disconnect_after: Option<Duration>,
+    pub exec: Option<AgentCommand>,
+    pub exec_timeout: Duration,
+    pub once: bool,
+    pub retain: Duration,
+    pub log: LogConfig,
+}
+
+/// What a watch descriptor watches.
+#[derive(Debug, Clone)]
+enum Watched {
+    /// `tasks/`, `results/` or `dlq/`: new workers appear here.
+    Root,
+    Heartbeats,
+    Pending(String),
+    Results(String),
+    DeadLetters(String),
+}
+
+/// The last heartbeat seen of a worker.
+#[derive(Debug, Clone)]
+struct Beat {
+    at: f64,
+    interval: f64,
+    status: String,
+}
+
+struct Listener {
+    cfg: ListenConfig,
+    state: State,
+    emitter: Emitter,
+    inotify: Inotify,
+    watches: HashMap<WatchDescriptor, Watched>,
+    followed: BTreeSet<String>,
+    beats: HashMap<String, Beat>,
+    /// Completion deadlines (Unix ms) of tasks not yet terminal.
+    deadlines: BinaryHeap<Reverse<(u64, String)>>,
+    /// Batches with a task that ended in this burst: judged at its end,
+    /// when every member the burst revealed is known.
+    touched: BTreeSet<String>,
+    emitted: u64,
+}
+
+/// Runs the listener until SIGTERM or SIGINT (or, with `--once`, until
+/// it has caught up).
+pub fn run(cfg: ListenConfig) -> Result<()> {
+    let stop = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
+    let signals = watch_signals(stop.clone())?;
+    let mut l = Listener::new(cfg)?;
+    l.catch_up()?;
+    l.tick()?;
+    l.flush();
+    if !l.cfg.once {
+        log::info!(workers = l.followed.len(), emitted = l.emitted; "Listening");
+        l.serve(&stop)?;
+    }
+    let emitted = l.emitted;
+    l.finish()?;
+    log::info!(emitted = emitted; "Listener stopped");
+    signals.close();
+    Ok(())
+}
+
+fn watch_signals(stop: Latch) -> Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| Error::io("cannot install signal handlers", "".as_ref(), e))?;
+    let handle = signals.handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                stop.fire();
+            }
+        })
+        .map_err(|e| Error::io("cannot start the signal thread", "".as_ref(), e))?;
+    Ok(handle)
+}
+
+impl Listener {
+    fn new(cfg: ListenConfig) -> Result<Listener> {
+        let state = State::load(&cfg.spool.state_file)?;
+        let hooks = match &cfg.exec {
+            Some(cmd) => Some(
+                Hooks::start(cmd.clone(), cfg.exec_timeout, cfg.spool.root.clone())
+                    .map_err(|e| Error::io("cannot start the exec thread", "".as_ref(), e))?,
+            ),
+            None => None,
+        };
+        let emitter = Emitter::new(&cfg.spool.orchestrator_dir(), hooks)?;
+        let inotify = Inotify::init()
+            .map_err(|e| Error::io("cannot start inotify for", &cfg.spool.root, e))?;
+        let mut l = Listener {
+            cfg,
+            state,
+            emitter,
+            inotify,
+            watches: HashMap::new(),
+            followed: BTreeSet::new(),
+            beats: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            touched: BTreeSet::new(),
+            emitted: 0,
+        };
+        let s = l.cfg.spool.clone();
+        for root in [&s.tasks, &s.results, &s.dlq] {
+            create_dir(root)?;
+            if l.cfg.workers.is_none() {
+                l.watch(
+                    root,
+                    Watched::Root,
+                    WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR,
+                )?;
+            }
+        }
+        create_dir(&s.heartbeats)?;
+        l.watch(
+            &s.heartbeats,
+            Watched::Heartbeats,
+            WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO,
+        )?;
+        for key in l
+            .state
+            .snap
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect::<Vec<_>>()
+        {
+            l.schedule_deadline(&key);
+        }
+        Ok(l)
+    }
+
+    fn watch(&mut self, dir: &Path, what: Watched, mask: WatchMask) -> Result<()> {
+        let wd = self
+            .inotify
+            .watches()
+            .add(dir, mask)
+            .map_err(|e| Error::io("cannot watch", dir, e))?;
+        self.watches.insert(wd, what);
+        Ok(())
+    }
+
+    /// Every worker's folders, read once: what happened while we were away.
+    fn catch_up(&mut self) -> Result<()> {
+        for worker in self.worker_names() {
+            self.follow(&worker);
+        }
+        if self.state.snap.horizon.is_none() {
+            // The first catch-up emitted everything there was; from now on
+            // records older than the retention are old news.
+            let horizon = clock::unix_now() - self.cfg.retain.as_secs_f64();
+            self.state.set_horizon(horizon)?;
+        }
+        Ok(())
+    }
+
+    fn worker_names(&self) -> Vec<String> {
+        if let Some(w) = &self.cfg.workers {
+            return w.clone();
+        }
+        let s = &self.cfg.spool;
+        let mut names = BTreeSet::new();
+        for root in [&s.tasks, &s.results, &s.dlq] {
+            for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if let Some(n) = entry
+                    .file_name()
+                    .to_str()
+                    .filter(|n| is_dir && valid_worker_name(n))
+                {
+                    names.insert(n.to_string());
+                }
+            }
+        }
+        for entry in fs::read_dir(&s.heartbeats).into_iter().flatten().flatten() {
+            if let Some(n) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+            {
+                if valid_worker_name(n) {
+                    names.insert(n.to_string());
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// Starts following a worker (idempotent): watch its folders, then read
+    /// them, so nothing between the two is missed.
+    fn follow(&mut self, worker: &str) {
+        let s = self.cfg.spool.clone();
+        let mask = WatchMask::CLOSE_WRITE | WatchMask::MOVED_TO;
+        let folders = [
+            (s.pending_dir(worker), Watched::Pending(worker.to_string())),
+            (s.result_dir(worker), Watched::Results(worker.to_string())),
+            (s.dlq_dir(worker), Watched::DeadLetters(worker.to_string())),
+        ];
+        for (dir, what) in folders {
+            if let Err(e) = create_dir(&dir).and_then(|()| self.watch(&dir, what, mask)) {
+                log::error!("{e}");
+            }
+        }
+        self.followed.insert(worker.to_string());
+        for dir in [
+            s.pending_dir(worker),
+            s.deferred_dir(worker),
+            s.active_dir(worker),
+        ] {
+            for name in list(&dir) {
+                self.on_pending(worker, &dir.join(name));
+            }
+        }
+        let dlq = s.dlq_dir(worker);
+        for name in list(&dlq) {
+            self.on_dead_letter(worker, &name);
+        }
+        let results = s.result_dir(worker);
+        for name in list(&results) {
+            self.on_result(worker, &name);
+        }
+        self.on_heartbeat(worker);
+    }
+
+    fn serve(&mut self, stop: &Latch) -> Result<()> {
+        let mut buffer = vec![0u8; 256 * 1024];
+        while !stop.is_fired() {
+            let timeout = self.next_wake();
+            let mut fds = [
+                PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.fd(), PollFlags::POLLIN),
+            ];
+            let _ = poll(&mut fds, timeout);
+            if stop.is_fired() {
+                break;
+            }
+            self.read_events(&mut buffer)?;
+            self.tick()?;
+            self.flush();
+        }
+        Ok(())
+    }
+
+    fn next_wake(&mut self) -> PollTimeout {
+        let now = clock::unix_now();
+        let mut wake: Option<f64> = self
+            .deadlines
+            .peek()
+            .map(|Reverse((ms, _))| *ms as f64 / 1000.0);
+        for (w, beat) in &self.beats {
+            let health = self
+                .state
+                .snap
+                .workers
+                .get(w)
+                .map(|s| s.health)
+                .unwrap_or_default();
+            let at = match health {
+                Health::Healthy | Health::Unknown => beat.at + self.stale_after(beat),
+                Health::Unhealthy => beat.at + self.disconnect_after(beat),
+                Health::Disconnected => continue,
+            };
+            wake = Some(wake.map_or(at, |x| x.min(at)));
+        }
+        match wake {
+            None => PollTimeout::NONE,
+            Some(at) => {
+                let ms = ((at - now).max(0.0) * 1000.0).ceil() as i64 + 1;
+                PollTimeout::try_from(ms.min(i32::MAX as i64) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        }
+    }
+
+    fn read_events(&mut self, buffer: &mut [u8]) -> Result<()> {
+        let mut todo = Vec::new();
+        let mut overflow = false;
+        match self.inotify.read_events(buffer) {
+            Ok(events) => {
+                for e in events {
+                    if e.mask.contains(EventMask::Q_OVERFLOW) {
+                        overflow = true;
+                    } else if e.mask.contains(EventMask::IGNORED) {
+                        self.watches.remove(&e.wd);
+                    } else if let (Some(what), Some(name)) = (self.watches.get(&e.wd), e.name) {
+                        todo.push((what.clone(), name.to_string_lossy().into_owned()));
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => {
+                return Err(Error::io(
+                    "cannot read inotify events for",
+                    &self.cfg.spool.root,
+                    e,
+                ))
+            }
+        }
+        if overflow {
+            log::warn!("inotify queue overflowed: reading every folder again");
+            let workers: Vec<String> = self.followed.iter().cloned().collect();
+            for w in workers.iter().chain(self.worker_names().iter()) {
+                self.follow(w);
+            }
+        }
+        for (what, name) in todo {
+            self.on_file(what, &name);
+        }
+        Ok(())
+    }
+
+    fn on_file(&mut self, what: Watched, name: &str) {
+        let s = &self.cfg.spool;
+        match what {
+            Watched::Root if valid_worker_name(name) && !self.followed.contains(name) => {
+                log::info!(worker = name; "Following a new worker");
+                self.follow(name);
+            }
+            Watched::Root => {}
+            Watched::Heartbeats => {
+                let Some(w) = name.strip_suffix(".json").filter(|w| valid_worker_name(w)) else {
+                    return;
+                };
+                if !self.followed.contains(w) && self.cfg.workers.is_none() {
+                    self.follow(w);
+                } else if self.followed.contains(w) {
+                    self.on_heartbeat(w);
+                }
+            }
+            Watched::Pending(w) => {
+                let path = s.pending_dir(&w).join(name);
+                self.on_pending(&w, &path);
+            }
+            Watched::Results(w) => self.on_result(&w, name),
+            Watched::DeadLetters(w) => self.on_dead_letter(&w, name),
+        }
+    }
+
+    /// A task file seen pending (or in flight at catch-up): learn when it
+    /// was enqueued and its batch.
+    fn on_pending(&mut self, worker: &str, path: &Path) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        if !meta.is_file()
+            || meta.len() > MAX_TASK_READ
+            || !path.file_name().is_some_and(is_task_file)
+        {
+            return;
+        }
+        let Some(task) = fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            return;
+        };
+        let Some(id) = task
+            .get("task_id")
+            .and_then(Value::as_str)
+            .filter(|i| valid_name(i))
+        else {
+            return;
+        };
+        let key = format!("{worker}/{id}");
+        let written = meta
+            .modified()
+            .map(clock::to_unix)
+            .unwrap_or_else(|_| clock::unix_now());
+        let mut t = self.state.snap.tasks.get(&key).cloned().unwrap_or_default();
+        let rerun = t.ended.is_some_and(|e| written > e);
+        if t.enqueued.is_some() && !rerun {
+            return;
+        }
+        if rerun {
+            // Replayed from the DLQ: a new run, followed afresh.
+            t.status = None;
+            t.dead_lettered = false;
+            t.timed_out = false;
+            t.ended = None;
+        }
+        t.enqueued = Some(written);
+        t.batch = t.batch.or_else(|| batch_of(&task));
+        self.save_task(&key, t);
+        self.schedule_deadline(&key);
+    }
+
+    fn schedule_deadline(&mut self, key: &str) {
+        if let Some(enqueued) = self.state.snap.tasks.get(key).and_then(|t| t.enqueued) {
+            let at = enqueued + self.cfg.completion_timeout.as_secs_f64();
+            self.deadlines
+                .push(Reverse(((at * 1000.0) as u64, key.to_string())));
+        }
+    }
+
+    fn on_result(&mut self, worker: &str, name: &str) {
+        let Some(id) = name
+            .strip_suffix(".json")
+            .filter(|i| valid_name(i) && !name.starts_with('.'))
+        else {
+            return;
+        };
+        let path = self.cfg.spool.result_path(worker, id);
+        let Some(mtime) = mtime(&path) else { return };
+        let key = format!("{worker}/{id}");
+        let known = self.state.snap.tasks.get(&key).cloned();
+        let mut t = known.clone().unwrap_or_default();
+        if t.result == Some(mtime) || (known.is_none() && self.is_old(mtime)) {
+            return;
+        }
+        let Some(record) = read_json(&path) else {
+            return;
+        };
+        let status = record
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("failed")
+            .to_string();
+        let duration = t
+            .enqueued
+            .map(|e| ((mtime - e).max(0.0) * 1000.0).round() / 1000.0);
+        self.emit(Event::new(
+            "task_completed",
+            json!({"task_id": id, "worker": worker, "status": status,
+                   "result_file": path.display().to_string(), "duration_seconds": duration}),
+        ));
+        t.result = Some(mtime);
+        t.status = Some(status.clone());
+        t.ended = Some(clock::unix_now());
+        t.batch = t.batch.or_else(|| batch_of(&record));
+        let mut totals = self
+            .state
+            .snap
+            .workers
+            .get(worker)
+            .cloned()
+            .unwrap_or_default();
+        match status.as_str() {
+            "completed" => totals.completed += 1,
+            _ => totals.failed += 1,
+        }
+        self.save_worker(worker, totals);
+        self.touched.extend(t.batch.clone());
+        self.save_task(&key, t);
+    }
+
+    fn on_dead_letter(&mut self, worker: &str, name: &str) {
+        let Some(id) = dead_letter_id(name) else {
+            return;
+        };
+        let path = self.cfg.spool.dlq_dir(worker).join(name);
+        let key = format!("{worker}/{id}");
+        let known = self.state.snap.tasks.get(&key).cloned();
+        let mut t = known.clone().unwrap_or_default();
+        if t.dead_letters.iter().any(|d| d == name) {
+            return;
+        }
+        let Some(mtime) = mtime(&path) else { return };
+        if known.is_none() && self.is_old(mtime) {
+            return;
+        }
+        let Some(record) = read_json(&path) else {
+            return;
+        };
+        let reason = record
+            .get("dlq_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string();
+        self.emit(Event::new(
+            "task_dead_lettered",
+            json!({"task_id": id, "worker": worker, "dlq_reason": reason,
+                   "dlq_file": path.display().to_string(),
+                   "last_error": record.get("last_error").cloned().unwrap_or(Value::Null)}),
+        ));
+        t.dead_letters.push(name.to_string());
+        t.batch = t.batch.or_else(|| batch_of(&record));
+        // A task out of attempts also gets a failed result, which ends it.
+        if reason != "max_retries_exceeded" && t.status.is_none() {
+            t.dead_lettered = true;
+            t.ended = Some(clock::unix_now());
+        }
+        let mut totals = self
+            .state
+            .snap
+            .workers
+            .get(worker)
+            .cloned()
+            .unwrap_or_default();
+        totals.dead_lettered += 1;
+        self.save_worker(worker, totals);
+        self.touched.extend(t.batch.clone());
+        self.save_task(&key, t);
+    }
+
+    /// Not known, and older than the horizon: emitted long ago, or forgotten.
+    fn is_old(&self, mtime: f64) -> bool {
+        self.state.snap.horizon.is_some_and(|h| mtime < h)
+    }
+
+    /// `batch_completed` once every known task of the batch has ended.
+    fn check_batch(&mut self, b: String) {
+        if self.state.snap.batches.get(&b).is_some_and(|s| s.emitted) {
+            return;
+        }
+        let Some(members) = self.state.members.get(&b) else {
+            return;
+        };
+        let (mut completed, mut failed, mut dead) = (0, 0, 0);
+        for key in members {
+            let Some(t) = self.state.snap.tasks.get(key) else {
+                continue;
+            };
+            match (t.status.as_deref(), t.dead_lettered) {
+                (Some("completed"), _) => completed += 1,
+                (Some(_), _) => failed += 1,
+                (None, true) => dead += 1,
+                (None, false) => return,
+            }
+        }
+        let total = completed + failed + dead;
+        self.emit(Event::new(
+            "batch_completed",
+            json!({"batch_id": b, "total": total, "completed": completed,
+                   "failed": failed, "dead_lettered": dead}),
+        ));
+        if let Err(e) = self.state.set_batch(&b, BatchState { emitted: true }) {
+            log::error!("{e}");
+        }
+    }
+
+    fn on_heartbeat(&mut self, worker: &str) {
+        let path = self.cfg.spool.heartbeat_path(worker);
+        let beat = fs::read(&path)
+            .ok()
+            .filter(|b| b.len() < 1 << 20)
+            .and_then(|b| serde_json::from_slice::<Heartbeat>(&b).ok())
+            .and_then(|h| {
+                let at = clock::parse_rfc3339(&h.timestamp)?;
+                Some(Beat {
+                    at,
+                    interval: h.interval().as_secs_f64(),
+                    status: h.status,
+                })
+            });
+        match beat {
+            Some(b) => {
+                self.beats.insert(worker.to_string(), b);
+            }
+            None => {
+                self.beats.remove(worker);
+            }
+        }
+        self.judge(worker, clock::unix_now());
+    }
+
+    fn stale_after(&self, beat: &Beat) -> f64 {
+        self.cfg
+            .stale_after
+            .map_or(3.0 * beat.interval, |d| d.as_secs_f64())
+    }
+
+    fn disconnect_after(&self, beat: &Beat) -> f64 {
+        self.cfg
+            .disconnect_after
+            .map_or(10.0 * beat.interval, |d| d.as_secs_f64())
+    }
+
+    /// A worker's health now, and the event when it changed.
+    fn judge(&mut self, worker: &str, now: f64) {
+        let beat = self.beats.get(worker).cloned();
+        let (health, why) = match &beat {
+            None => (Health::Disconnected, "no heartbeat"),
+            Some(b) if b.status == "stopped" => (Health::Disconnected, "stopped"),
+            Some(b) if now - b.at > self.disconnect_after(b) => {
+                (Health::Disconnected, "heartbeat too old")
+            }
+            Some(b) if now - b.at > self.stale_after(b) => (Health::Unhealthy, "heartbeat stale"),
+            Some(_) => (Health::Healthy, "heartbeat fresh"),
+        };
+        let mut state = self
+            .state
+            .snap
+            .workers
+            .get(worker)
+            .cloned()
+            .unwrap_or_default();
+        let before = state.health;
+        if before == health {
+            return;
+        }
+        let age = beat.as_ref().map(|b| ((now - b.at) * 10.0).round() / 10.0);
+        let event = match (before, health) {
+            (Health::Unhealthy | Health::Disconnected, Health::Healthy) => Some(Event::new(
+                "worker_recovered",
+                json!({"worker": worker, "heartbeat_age_seconds": age}),
+            )),
+            (Health::Healthy | Health::Unknown, Health::Unhealthy) => Some(Event::new(
+                "worker_unhealthy",
+                json!({"worker": worker, "reason": why, "heartbeat_age_seconds": age}),
+            )),
+            (_, Health::Disconnected) => Some(Event::new(
+                "worker_disconnected",
+                json!({"worker": worker, "reason": why, "heartbeat_age_seconds": age,
+                       "active_task_ids": self.active_ids(worker)}),
+            )),
+            _ => None,
+        };
+        if let Some(e) = event {
+            self.emit(e);
+        }
+        state.health = health;
+        self.save_worker(worker, state);
+    }
+
+    /// The ids of the tasks in a worker's `.active/`.
+    fn active_ids(&self, worker: &str) -> Vec<String> {
+        let dir = self.cfg.spool.active_dir(worker);
+        let mut ids: Vec<String> = list(&dir)
+            .into_iter()
+            .filter_map(|name| {
+                let task = fs::read(dir.join(&name))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+                let id = task
+                    .as_ref()
+                    .and_then(|t| t.get("task_id"))
+                    .and_then(Value::as_str)
+                    .map(String::from);
+                id.or_else(|| name.strip_suffix(".json").map(String::from))
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The timer's work: completion timeouts and heartbeat ages.
+    fn tick(&mut self) -> Result<()> {
+        let now = clock::unix_now();
+        while let Some(Reverse((ms, key))) = self.deadlines.peek().cloned() {
+            if ms as f64 / 1000.0 > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(mut t) = self.state.snap.tasks.get(&key).cloned() else {
+                continue;
+            };
+            if t.is_terminal() || t.timed_out {
+                continue;
+            }
+            let (worker, id) = key.split_once('/').unwrap_or(("", &key));
+            let enqueued = t.enqueued.map(|e| clock::rfc3339(clock::from_unix(e)));
+            self.emit(Event::new(
+                "task_timeout",
+                json!({"task_id": id, "worker": worker, "enqueued_at": enqueued,
+                       "timeout_seconds": self.cfg.completion_timeout.as_secs_f64()}),
+            ));
+            t.timed_out = true;
+            self.save_task(&key, t);
+        }
+        let workers: Vec<String> = self.followed.iter().cloned().collect();
+        for w in workers {
+            self.judge(&w, now);
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, event: Event) {
+        match self.emitter.emit(&event) {
+            Ok(()) => self.emitted += 1,
+            Err(e) => log::error!(event = event.event_type; "{e}"),
+        }
+    }
+
+    fn save_task(&mut self, key: &str, t: TaskState) {
+        if let Err(e) = self.state.set_task(key, t) {
+            log::error!("{e}");
+        }
+    }
+
+    fn save_worker(&mut self, worker: &str, w: crate::listen_state::WorkerState) {
+        if let Err(e) = self.state.set_worker(worker, w) {
+            log::error!("{e}");
+        }
+    }
+
+    /// The end of a burst: batches judged, then triggers and state made
+    /// durable.
+    fn flush(&mut self) {
+        for b in std::mem::take(&mut self.touched) {
+            self.check_batch(b);
+        }
+        if let Err(e) = self.emitter.sync().and_then(|()| self.state.sync()) {
+            log::error!("{e}");
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.flush();
+        self.state
+            .forget_before(clock::unix_now() - self.cfg.retain.as_secs_f64());
+        self.state.save()?;
+        self.emitter.finish();
+        Ok(())
+    }
+}
+
+fn batch_of(record: &Value) -> Option<String> {
+    let b = record.get("metadata")?.get("batch_id")?;
+    match b {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn mtime(path: &Path) -> Option<f64> {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(clock::to_unix)
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Visible file names of a folder (no dot-files), sorted; none if missing.
+fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}

@@ -1,0 +1,311 @@
+//! The listener's memory (`STATE_FILE`): what it has seen and emitted, so
+//! that each event goes out once, also across restarts. A snapshot is
+//! written atomically now and then; between snapshots every change is
+//! appended to a journal beside it (`.<state file>.journal`), one JSON line
+//! per change, written before the next event goes out. Loading reads the
+//! snapshot, then replays the journal. Terminal tasks older than the
+//! retention are forgotten, and records older than the horizon are not
+//! emitted again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Kind, Result};
+use crate::publish::{json_line, publish};
+
+/// Journal lines before a fresh snapshot is written.
+const SNAPSHOT_EVERY: usize = 20_000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TaskState {
+    /// When the task was first seen pending (its file's mtime), Unix s.
+    pub enqueued: Option<f64>,
+    pub batch: Option<String>,
+    /// The mtime of the result whose event went out.
+    pub result: Option<f64>,
+    /// That result's status.
+    pub status: Option<String>,
+    /// Dead-letter files whose events went out.
+    pub dead_letters: Vec<String>,
+    /// A dead letter that no result will follow (not max_retries_exceeded).
+    pub dead_lettered: bool,
+    pub timed_out: bool,
+    /// When it reached its terminal state, Unix s.
+    pub ended: Option<f64>,
+}
+
+impl TaskState {
+    pub fn is_terminal(&self) -> bool {
+        self.status.is_some() || self.dead_lettered
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+    Disconnected,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WorkerState {
+    pub health: Health,
+    pub completed: u64,
+    pub failed: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BatchState {
+    pub emitted: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Snapshot {
+    pub version: u32,
+    /// Unix s; terminal records older than this are not emitted. `None`
+    /// until the first catch-up is done (which emits everything).
+    pub horizon: Option<f64>,
+    /// Keyed `<worker>/<task id>`.
+    pub tasks: BTreeMap<String, TaskState>,
+    pub batches: BTreeMap<String, BatchState>,
+    pub workers: BTreeMap<String, WorkerState>,
+}
+
+/// One journal line: the new value of one entry.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Change {
+    Task(String, TaskState),
+    Batch(String, BatchState),
+    Worker(String, WorkerState),
+    Horizon(f64),
+}
+
+pub struct State {
+    pub snap: Snapshot,
+    /// Members of each batch, by task key.
+    pub members: BTreeMap<String, BTreeSet<String>>,
+    path: PathBuf,
+    journal_path: PathBuf,
+    journal: Option<File>,
+    journaled: usize,
+}
+
+impl State {
+    /// Loads the snapshot and replays the journal. A state file that
+    /// cannot be parsed is an error (exit 65): guessing would re-emit or
+    /// lose events.
+    pub fn load(path: &Path) -> Result<State> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let journal_path = path.with_file_name(format!(".{name}.journal"));
+        let snap = match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::new(
+                    Kind::Data,
+                    format!("cannot parse the state file {}: {e}", path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot {
+                version: 1,
+                ..Snapshot::default()
+            },
+            Err(e) => return Err(Error::io("cannot read", path, e)),
+        };
+        let mut state = State {
+            snap,
+            members: BTreeMap::new(),
+            path: path.to_path_buf(),
+            journal_path,
+            journal: None,
+            journaled: 0,
+        };
+        state.replay_journal()?;
+        for (key, t) in &state.snap.tasks {
+            if let Some(b) = &t.batch {
+                state
+                    .members
+                    .entry(b.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        Ok(state)
+    }
+
+    fn replay_journal(&mut self) -> Result<()> {
+        let file = match File::open(&self.journal_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("cannot read", &self.journal_path, e)),
+        };
+        // A torn last line (a crash mid-write) is the only one that can
+        // fail to parse: it is skipped.
+        for line in BufReader::new(file).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(change) = serde_json::from_str::<Change>(&line) {
+                self.apply(change);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Task(k, t) => {
+                self.snap.tasks.insert(k, t);
+            }
+            Change::Batch(k, b) => {
+                self.snap.batches.insert(k, b);
+            }
+            Change::Worker(k, w) => {
+                self.snap.workers.insert(k, w);
+            }
+            Change::Horizon(h) => self.snap.horizon = Some(h),
+        }
+    }
+
+    pub fn set_task(&mut self, key: &str, task: TaskState) -> Result<()> {
+        if let Some(b) = &task.batch {
+            self.members
+                .entry(b.clone())
+                .or_default()
+                .insert(key.to_string());
+        }
+        self.record(Change::Task(key.to_string(), task))
+    }
+
+    pub fn set_batch(&mut self, id: &str, batch: BatchState) -> Result<()> {
+        self.record(Change::Batch(id.to_string(), batch))
+    }
+
+    pub fn set_worker(&mut self, name: &str, worker: WorkerState) -> Result<()> {
+        self.record(Change::Worker(name.to_string(), worker))
+    }
+
+    pub fn set_horizon(&mut self, horizon: f64) -> Result<()> {
+        self.record(Change::Horizon(horizon))
+    }
+
+    /// Appends the change to the journal, then applies it.
+    fn record(&mut self, change: Change) -> Result<()> {
+        if self.journal.is_none() {
+            let file = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(&self.journal_path)
+                .map_err(|e| Error::io("cannot open", &self.journal_path, e))?;
+            self.journal = Some(file);
+        }
+        let line = json_line(&change);
+        if let Some(j) = self.journal.as_mut() {
+            j.write_all(&line)
+                .map_err(|e| Error::io("cannot write", &self.journal_path, e))?;
+        }
+        self.journaled += 1;
+        self.apply(change);
+        Ok(())
+    }
+
+    /// Makes the journal durable; writes a snapshot when it has grown.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(j) = &self.journal {
+            j.sync_data()
+                .map_err(|e| Error::io("cannot fsync", &self.journal_path, e))?;
+        }
+        if self.journaled >= SNAPSHOT_EVERY {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Forgets terminal tasks that ended before `cutoff` (and their
+    /// batches); the next `save` makes it so on disk.
+    pub fn forget_before(&mut self, cutoff: f64) {
+        let old: Vec<String> = self
+            .snap
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.is_terminal() && t.ended.is_some_and(|e| e < cutoff))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in old {
+            if let Some(b) = self.snap.tasks.remove(&key).and_then(|t| t.batch) {
+                if let Some(m) = self.members.get_mut(&b) {
+                    m.remove(&key);
+                    if m.is_empty() {
+                        self.members.remove(&b);
+                        self.snap.batches.remove(&b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the snapshot atomically and starts an empty journal.
+    pub fn save(&mut self) -> Result<()> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        crate::spool::create_dir(dir)?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        publish(dir, &name, &json_line(&self.snap))?;
+        // The snapshot holds everything the journal said.
+        self.journal = None;
+        match fs::remove_file(&self.journal_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot remove", &self.journal_path, e)),
+        }
+        self.journaled = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_survives_a_crash_and_snapshot_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = State::load(&path).unwrap();
+        let t = TaskState {
+            status: Some("completed".into()),
+            batch: Some("b".into()),
+            ..TaskState::default()
+        };
+        s.set_task("w/a", t.clone()).unwrap();
+        drop(s); // a crash: no snapshot
+        let mut s = State::load(&path).unwrap();
+        assert_eq!(s.snap.tasks["w/a"], t);
+        assert!(s.members["b"].contains("w/a"));
+        s.save().unwrap();
+        let s = State::load(&path).unwrap();
+        assert_eq!(s.snap.tasks["w/a"], t);
+        assert!(!dir.path().join(".state.json.journal").exists());
+    }
+}
