@@ -6,7 +6,7 @@ MANDIR ?= $(PREFIX)/share/man
 CARGO ?= cargo
 INSTALL ?= install
 
-BINS = hw-worker hw-status
+BINS = hw-worker hw-listen hw-enqueue hw-dlq hw-status
 MANS = $(wildcard man/*.[1-8])
 
 all: build

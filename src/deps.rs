@@ -55,15 +55,10 @@ fn result_status(spool: &Spool, workers: &[String], id: &str) -> Option<String> 
 
 /// A record `<id>_<unix>[-n].json` in any worker's DLQ folder.
 fn dead_lettered(spool: &Spool, id: &str) -> bool {
-    let prefix = format!("{id}_");
     list(&spool.dlq).iter().any(|w| {
-        list(&spool.dlq_dir(w)).iter().any(|name| {
-            name.strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix(".json"))
-                .is_some_and(|n| {
-                    !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit() || c == b'-')
-                })
-        })
+        list(&spool.dlq_dir(w))
+            .iter()
+            .any(|name| crate::spool::dead_letter_id(name) == Some(id))
     })
 }
 
