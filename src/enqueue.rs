@@ -124,8 +124,8 @@ pub struct Enqueuer<'a> {
     ids: IdGenerator,
     /// Ids of the worker's dead letters, read once when first needed.
     dead_letters: Option<HashSet<String>>,
-    /// Ids published by this run (a batch must not hold one twice).
-    published: HashSet<String>,
+    /// Given ids of this run (the input must not hold one twice).
+    taken: HashSet<String>,
 }
 
 impl<'a> Enqueuer<'a> {
@@ -139,7 +139,7 @@ impl<'a> Enqueuer<'a> {
             pending,
             ids: IdGenerator::new(),
             dead_letters: None,
-            published: HashSet::new(),
+            taken: HashSet::new(),
         })
     }
 
@@ -187,6 +187,7 @@ impl<'a> Enqueuer<'a> {
         // A generated id is new by construction; a given one is looked up.
         if check_unique {
             self.refuse_existing(&task.id)?;
+            self.taken.insert(task.id.clone());
         }
         Ok(Prepared { id: task.id, bytes })
     }
@@ -214,7 +215,7 @@ impl<'a> Enqueuer<'a> {
         if let Some(p) = found {
             return Err(exists(p.display().to_string()));
         }
-        if self.published.contains(id) {
+        if self.taken.contains(id) {
             return Err(exists("given twice in this input".into()));
         }
         if self.dead_letter_ids().contains(id) {
@@ -274,7 +275,6 @@ impl<'a> Enqueuer<'a> {
                 let _ = sync_dir(&self.pending);
                 return Err((done, err));
             }
-            self.published.insert(id.clone());
             done.push(id);
         }
         if !done.is_empty() {

@@ -236,11 +236,9 @@ pub fn json_name(stem: &str) -> String {
 
 /// The task id of a dead letter's file name `<id>_<unix>[-n].json`.
 pub fn dead_letter_id(file_name: &str) -> Option<&str> {
-    let stem = file_name.strip_suffix(".json")?;
-    let (id, when) = stem.rsplit_once('_')?;
-    let digits = when.split_once('-').map_or(when, |(unix, _)| unix);
-    let numbered = !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit());
-    (numbered && valid_name(id) && !file_name.starts_with('.')).then_some(id)
+    parse_dead_letter_name(file_name)
+        .map(|d| d.stem)
+        .filter(|stem| valid_name(stem))
 }
 
 /// A dead letter's file name, `<stem>_<unix>[-n].json`, taken apart.

@@ -18,6 +18,9 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub fn bin(tool: &str) -> PathBuf {
     match tool {
         "hw-worker" => PathBuf::from(env!("CARGO_BIN_EXE_hw-worker")),
+        "hw-enqueue" => PathBuf::from(env!("CARGO_BIN_EXE_hw-enqueue")),
+        "hw-dlq" => PathBuf::from(env!("CARGO_BIN_EXE_hw-dlq")),
+        "hw-listen" => PathBuf::from(env!("CARGO_BIN_EXE_hw-listen")),
         other => panic!("unknown tool {other}"),
     }
 }
