@@ -75,7 +75,8 @@ fn seconds_value(t: f64) -> Value {
     }
 }
 
-/// Task ids: `<unix ms, 13 digits>-<8 hex random per process>-<counter>`,
+/// Task ids: `<unix ms, 13 digits>-<8 hex random per process>-<counter,
+/// 6 digits>`,
 /// unique across processes and hosts, and sortable by time.
 pub struct IdGenerator {
     nonce: u32,
@@ -100,7 +101,7 @@ impl IdGenerator {
     pub fn next(&self) -> String {
         let ms = (clock::unix_now() * 1000.0) as u64;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{ms:013}-{:08x}-{n:04}", self.nonce)
+        format!("{ms:013}-{:08x}-{n:06}", self.nonce)
     }
 }
 

@@ -166,6 +166,14 @@ fn plan(a: &Args) -> Result<Plan, Error> {
             "--count copies the one DESCRIPTION given as arguments",
         ));
     }
+    if a.id.is_some() && a.json {
+        return Err(Error::usage(
+            "--id names one task: with --json, put task_id in the line",
+        ));
+    }
+    if a.wait_timeout.is_some() && !a.wait {
+        return Err(Error::usage("--wait-timeout goes with --wait"));
+    }
     if a.id.is_some() && count > 1 {
         return Err(Error::usage(
             "--id names one task: it cannot go with --count",
@@ -238,12 +246,15 @@ fn run(p: &Plan) -> Result<u8, Error> {
         Some((d, count)) => feed_arguments(p, &mut enqueuer, d, *count, &mut sink),
         None => feed_stdin(p, &mut enqueuer, &mut sink),
     };
-    fed?;
     let (Some(w), Some(timeout)) = (waiter.as_mut(), p.wait) else {
-        return Ok(exit::OK);
+        return fed.map(|()| exit::OK);
     };
+    // After a bad line, what was enqueued before it is still waited for
+    // and printed, so the caller knows exactly what happened.
     let mut out = std::io::stdout().lock();
-    Ok(match w.run(timeout.map(|t| started + t), &mut out)? {
+    let end = w.run(timeout.map(|t| started + t), &mut out)?;
+    fed?;
+    Ok(match end {
         WaitEnd::Done {
             all_completed: true,
         } => exit::OK,
