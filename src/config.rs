@@ -150,6 +150,10 @@ pub struct WorkerFlags {
     pub metrics_addr: Option<String>,
     /// `--no-metrics`: no listener at all.
     pub no_metrics: bool,
+    pub max_memory: Option<String>,
+    pub max_cpu: Option<String>,
+    /// `--allow-shared-spool`: start on a folder others may write to.
+    pub allow_shared_spool: bool,
 }
 
 /// Everything hw-worker needs, validated.
@@ -174,6 +178,11 @@ pub struct WorkerConfig {
     pub log: LogConfig,
     /// Where to serve /metrics and the health checks; `None`: nowhere.
     pub metrics: Option<(IpAddr, u16)>,
+    /// RLIMIT_AS of each agent.
+    pub max_memory: Option<u64>,
+    /// RLIMIT_CPU of each agent.
+    pub max_cpu: Option<Duration>,
+    pub allow_shared_spool: bool,
 }
 
 impl WorkerConfig {
@@ -288,6 +297,15 @@ impl WorkerConfig {
             max_output: bytes(pick(&f.max_output, "--max-output", None), 1 << 20)? as usize,
             max_task_bytes: bytes(pick(&f.max_task_bytes, "--max-task-bytes", None), 1 << 20)?,
             metrics: metrics_endpoint(f)?,
+            max_memory: match pick(&f.max_memory, "--max-memory", None) {
+                None => None,
+                raw => Some(bytes(raw, 0)?),
+            },
+            max_cpu: match pick(&f.max_cpu, "--max-cpu", None) {
+                None => None,
+                raw => Some(duration(raw, 0.0, true)?),
+            },
+            allow_shared_spool: f.allow_shared_spool,
             log: LogConfig::resolve(
                 log_level.map(|r| (r.value, r.origin)),
                 log_format.map(|r| (r.value, r.origin)),

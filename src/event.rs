@@ -164,6 +164,8 @@ fn run_hook(
         timeout,
         kill_grace: Duration::from_secs(1),
         max_output: 64 * 1024,
+        max_memory: None,
+        max_cpu: None,
     };
     let outcome = run::run(
         Invocation {

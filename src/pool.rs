@@ -203,7 +203,6 @@ fn report(name: OsString, probe: bool, attempt: Option<bool>, end: End) -> Repor
 
 fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     let cfg = &ctx.config;
-    write_trigger(ctx, &task);
     let attempt = task.retry_count + 1;
     log::info!(task_id = task.id, attempt = attempt; "Task started");
     let argv = cfg.command.argv(&task.description);
@@ -220,6 +219,8 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
             .map_or(cfg.task_timeout, |t| Duration::from_secs_f64(t.min(1e9))),
         kill_grace: cfg.kill_grace,
         max_output: cfg.max_output,
+        max_memory: cfg.max_memory,
+        max_cpu: cfg.max_cpu,
     };
     let invocation = Invocation {
         argv: &argv,
@@ -228,7 +229,11 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
         stdin: None,
         limits,
     };
-    let outcome = run::run(invocation, &ctx.abort);
+    // The receipt's two fsyncs happen while the agent starts, not before.
+    let outcome = std::thread::scope(|s| {
+        s.spawn(|| write_trigger(ctx, &task));
+        run::run(invocation, &ctx.abort)
+    });
     let name = claim.name.clone();
     if outcome.aborted {
         return report(name, probe, None, return_to_pending(ctx, claim));
@@ -340,6 +345,7 @@ fn result_of(
         dlq_file,
         stdout_truncated: o.stdout.truncated,
         stderr_truncated: o.stderr.truncated,
+        resource_limit: o.resource_limit.map(String::from),
     }
 }
 

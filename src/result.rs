@@ -30,6 +30,9 @@ pub struct TaskResult {
     pub stdout_truncated: bool,
     #[serde(default, skip_serializing_if = "is_false")]
     pub stderr_truncated: bool,
+    /// `memory` or `cpu`: the attempt hit `--max-memory` or `--max-cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_limit: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -79,6 +79,10 @@ pub struct Limits {
     pub timeout: Duration,
     pub kill_grace: Duration,
     pub max_output: usize,
+    /// RLIMIT_AS of the agent, bytes.
+    pub max_memory: Option<u64>,
+    /// RLIMIT_CPU of the agent (SIGXCPU at this, SIGKILL a second later).
+    pub max_cpu: Option<Duration>,
 }
 
 /// What one attempt did.
@@ -92,6 +96,9 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Cut short by shutdown: not the task's fault, no attempt is charged.
     pub aborted: bool,
+    /// `memory` or `cpu` when the attempt hit a `--max-memory` or
+    /// `--max-cpu` limit.
+    pub resource_limit: Option<&'static str>,
 }
 
 impl Outcome {
@@ -151,20 +158,56 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
         .stderr(Stdio::piped())
         .current_dir(inv.workdir)
         .process_group(0);
+    let limits = inv.limits;
+    if limits.max_memory.is_some() || limits.max_cpu.is_some() {
+        let (memory, cpu) = (
+            limits.max_memory,
+            limits.max_cpu.map(|d| d.as_secs().max(1)),
+        );
+        // SAFETY: only setrlimit(2), async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(move || set_limits(memory, cpu));
+        }
+    }
     for var in ENV_REMOVED {
         command.env_remove(var);
     }
     command.envs(inv.env.iter().map(|(k, v)| (k, v)));
-    let limits = inv.limits;
     let mut outcome = match command.spawn() {
         Ok(child) => Supervisor::new(child, limits, abort).run(),
         Err(e) => spawn_failed(&e),
     };
     outcome.duration = started.elapsed();
+    if let (Some(limit), None) = (outcome.resource_limit, &outcome.error) {
+        outcome.error = Some(format!("{limit}_limit_exceeded"));
+    }
     if outcome.exit_code == 0 && outcome.error.is_none() && reports_error(&outcome.stdout.bytes) {
         outcome.error = Some("agent_reported_error".into());
     }
     outcome
+}
+
+/// In the child, before exec: the resource limits of `--max-memory` and
+/// `--max-cpu`.
+fn set_limits(memory: Option<u64>, cpu: Option<u64>) -> io::Result<()> {
+    let set = |resource, soft: u64, hard: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit with a valid rlimit value.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if let Some(bytes) = memory {
+        set(libc::RLIMIT_AS, bytes, bytes)?;
+    }
+    if let Some(secs) = cpu {
+        set(libc::RLIMIT_CPU, secs, secs + 1)?;
+    }
+    Ok(())
 }
 
 fn spawn_failed(e: &io::Error) -> Outcome {
@@ -277,7 +320,8 @@ impl<'a> Supervisor<'a> {
         // What is left of the task's process group goes with it.
         self.signal(Signal::SIGKILL);
         self.drain(Instant::now() + DRAIN_BOUND);
-        let _ = self.child.wait();
+        let cpu = self.reap();
+        self.out.resource_limit = self.limit_hit(status, cpu);
         self.out.exit_code = match (&self.out.error, status.code(), status.signal()) {
             (Some(e), _, _) if e == "timeout" => 124,
             (_, Some(code), _) => code,
@@ -307,6 +351,49 @@ impl<'a> Supervisor<'a> {
             _ => status & 0x7f,
         };
         Ok(Some(std::process::ExitStatus::from_raw(raw)))
+    }
+
+    /// Reaps the child; returns the CPU time it used.
+    fn reap(&mut self) -> Duration {
+        let mut status = 0;
+        // SAFETY: rusage is plain data that wait4 fills.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 on our own child, which has exited (waitid said so).
+        let rc = unsafe { libc::wait4(self.child.id() as i32, &mut status, 0, &mut usage) };
+        if rc <= 0 {
+            return Duration::ZERO;
+        }
+        let secs = |t: libc::timeval| {
+            Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) * 1000) as u32)
+        };
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    }
+
+    /// Which limit, if any, ended the attempt. CPU: SIGXCPU, or SIGKILL
+    /// with the CPU time used up. Memory (an educated guess, as a process
+    /// out of address space fails in its own way): a failed attempt that
+    /// died of SIGSEGV, SIGBUS, SIGABRT or SIGKILL, or said so on stderr.
+    fn limit_hit(&self, status: std::process::ExitStatus, cpu: Duration) -> Option<&'static str> {
+        let failed = !status.success() && self.out.error.is_none() && !self.out.aborted;
+        let sig = status.signal();
+        if let Some(max) = self.limits.max_cpu {
+            let used_up = cpu + Duration::from_millis(50) >= max;
+            if sig == Some(libc::SIGXCPU) || (failed && sig == Some(libc::SIGKILL) && used_up) {
+                return Some("cpu");
+            }
+        }
+        if self.limits.max_memory.is_some() && failed {
+            let deadly = matches!(
+                sig,
+                Some(libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT | libc::SIGKILL)
+            );
+            let stderr = self.out.stderr.text().to_ascii_lowercase();
+            let said = ["memory", "alloc"].iter().any(|w| stderr.contains(w));
+            if deadly || said {
+                return Some("memory");
+            }
+        }
+        None
     }
 
     fn signal(&self, signal: Signal) {

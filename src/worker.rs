@@ -49,6 +49,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
         .map_err(|e| Error::io("cannot install signal handlers", "".as_ref(), e))?;
     let spool = &config.spool;
     spool.create_worker_dirs(&config.name)?;
+    check_access(&spool.pending_dir(&config.name), config.allow_shared_spool)?;
     let (notice_tx, notices) = unbounded();
     let (report_tx, reports) = unbounded();
     let (job_tx, jobs) = unbounded();
@@ -102,6 +103,40 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     d.write_heartbeat("stopped");
     log::info!(uptime_seconds = d.started.elapsed().as_secs(); "Worker stopped");
     Ok(())
+}
+
+/// Whoever can write the tasks folder can make this worker run its agent
+/// with any description: refuse a folder that strangers may write to (by
+/// its mode, or because another user owns it) unless told it is meant.
+fn check_access(dir: &std::path::Path, allowed: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut found = Vec::new();
+    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+        found.push(format!(
+            "writable by others without the sticky bit (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        found.push(format!(
+            "owned by uid {}, neither this user ({me}) nor root",
+            meta.uid()
+        ));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let found = found.join(", and ");
+    if allowed {
+        log::warn!(folder = dir.display().to_string(); "Shared tasks folder allowed: {found}");
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "refusing the tasks folder {}: {found} (--allow-shared-spool starts anyway)",
+        dir.display()
+    )))
 }
 
 /// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by
@@ -293,9 +328,18 @@ impl Dispatcher {
     fn on_notice(&mut self, notice: Notice) {
         match notice {
             Notice::Names(names) => {
+                // With nothing waiting and room for all of them there is no
+                // order to decide: skip the look at their priority.
+                let free = self.cfg.max_concurrent.saturating_sub(self.running);
+                let direct =
+                    self.queue.is_empty() && names.len() <= free && self.breaker.is_closed();
                 for name in names {
                     self.announced.insert(name.clone());
-                    self.push_peeked(name);
+                    if direct {
+                        self.queue.push(name, Priority::Normal, SystemTime::now());
+                    } else {
+                        self.push_peeked(name);
+                    }
                 }
             }
             Notice::Rescan => {

@@ -32,6 +32,9 @@ Options (each overrides its environment variable):
       --shutdown-timeout SECS   grace for running tasks at SIGTERM (30)
       --max-output BYTES        output kept per stream (1M)
       --max-task-bytes BYTES    larger task files are dead-lettered (1M)
+      --max-memory BYTES        address-space limit of each agent (none)
+      --max-cpu SECS            CPU-time limit of each agent (none)
+      --allow-shared-spool      start even if others may write the tasks folder
       --log-level LEVEL         DEBUG, INFO, WARNING, ERROR (LOG_LEVEL; INFO)
       --log-format FORMAT       json or text (LOG_FORMAT; json)
       --metrics-addr IP         serve /metrics, /healthz here (METRICS_ADDR; 127.0.0.1)
@@ -83,6 +86,12 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
                 f.no_metrics = true;
                 continue;
             }
+            Long("allow-shared-spool") => {
+                f.allow_shared_spool = true;
+                continue;
+            }
+            Long("max-memory") => &mut f.max_memory,
+            Long("max-cpu") => &mut f.max_cpu,
             Value(name) if f.name.is_none() => {
                 f.name = Some(name.string()?);
                 continue;
