@@ -139,15 +139,15 @@ impl Waiter {
             .strip_suffix(".json")
             .filter(|id| self.waiting.contains(*id))
         {
-            if let Some(record) = read_record(&self.results.join(name)) {
+            if let Some((record, raw)) = read_record(&self.results.join(name)) {
                 let completed = record.get("status").and_then(|s| s.as_str()) == Some("completed");
-                return self.emit(id.to_string(), &record, completed, out);
+                return self.emit(id.to_string(), &raw, completed, out);
             }
         }
         let Some(id) = dead_letter_id(name).filter(|id| self.waiting.contains(*id)) else {
             return Ok(());
         };
-        let Some(record) = read_record(&self.dlq.join(name)) else {
+        let Some((record, raw)) = read_record(&self.dlq.join(name)) else {
             return Ok(());
         };
         // A task out of attempts gets a failed result right after its dead
@@ -155,25 +155,28 @@ impl Waiter {
         if record.get("dlq_reason").and_then(|r| r.as_str()) == Some("max_retries_exceeded") {
             return Ok(());
         }
-        self.emit(id.to_string(), &record, false, out)
+        self.emit(id.to_string(), &raw, false, out)
     }
 
+    /// Prints a record as the file holds it (one line, its own key order).
     fn emit(
         &mut self,
         id: String,
-        record: &serde_json::Value,
+        raw: &[u8],
         completed: bool,
         out: &mut impl Write,
     ) -> Result<()> {
         self.waiting.remove(&id);
         self.all_completed &= completed;
-        let line = format!("{record}\n");
+        let line = format!("{}\n", String::from_utf8_lossy(raw).trim_end());
         // A closed stdout ends the wait's purpose, not the tasks: say nothing.
         let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         Ok(())
     }
 }
 
-fn read_record(path: &std::path::Path) -> Option<serde_json::Value> {
-    serde_json::from_slice(&fs::read(path).ok()?).ok()
+/// A record parsed, and its bytes.
+fn read_record(path: &std::path::Path) -> Option<(serde_json::Value, Vec<u8>)> {
+    let raw = fs::read(path).ok()?;
+    Some((serde_json::from_slice(&raw).ok()?, raw))
 }
