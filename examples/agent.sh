@@ -5,7 +5,8 @@
 # description when CLAUDE_COMMAND uses the `{}` placeholder), sleeps
 # AGENT_SLEEP seconds (default 0.2), and then:
 #   - description contains FAIL:  an error on stderr, exit 1 (every attempt,
-#     so the task is retried and ends in the dead-letter queue);
+#     so the task is retried and ends in the dead-letter queue), unless
+#     AGENT_FIX_FILE names a file that exists (the fix is in: it succeeds);
 #   - description contains FLAKY: fails on attempt 1 (HW_ATTEMPT), then succeeds;
 #   - otherwise: one line of Claude-style JSON on stdout, exit 0.
 
@@ -24,8 +25,10 @@ sleep "${AGENT_SLEEP:-0.2}"
 
 case $desc in
 *FAIL*)
-	echo "agent.sh: simulated failure (attempt ${HW_ATTEMPT:-?})" >&2
-	exit 1 ;;
+	if [ -z "${AGENT_FIX_FILE:-}" ] || [ ! -e "$AGENT_FIX_FILE" ]; then
+		echo "agent.sh: simulated failure (attempt ${HW_ATTEMPT:-?})" >&2
+		exit 1
+	fi ;;
 *FLAKY*)
 	if [ "${HW_ATTEMPT:-1}" = 1 ]; then
 		echo "agent.sh: simulated transient failure on attempt 1" >&2

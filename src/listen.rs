@@ -315,28 +315,32 @@ impl Listener {
         }
     }
 
+    /// Reads what inotify has queued (up to 64 buffers, so that one burst
+    /// holds everything that happened together), then handles it.
     fn read_events(&mut self, buffer: &mut [u8]) -> Result<()> {
         let mut todo = Vec::new();
         let mut overflow = false;
-        match self.inotify.read_events(buffer) {
-            Ok(events) => {
-                for e in events {
-                    if e.mask.contains(EventMask::Q_OVERFLOW) {
-                        overflow = true;
-                    } else if e.mask.contains(EventMask::IGNORED) {
-                        self.watches.remove(&e.wd);
-                    } else if let (Some(what), Some(name)) = (self.watches.get(&e.wd), e.name) {
-                        todo.push((what.clone(), name.to_string_lossy().into_owned()));
+        for _ in 0..64 {
+            match self.inotify.read_events(buffer) {
+                Ok(events) => {
+                    for e in events {
+                        if e.mask.contains(EventMask::Q_OVERFLOW) {
+                            overflow = true;
+                        } else if e.mask.contains(EventMask::IGNORED) {
+                            self.watches.remove(&e.wd);
+                        } else if let (Some(what), Some(name)) = (self.watches.get(&e.wd), e.name) {
+                            todo.push((what.clone(), name.to_string_lossy().into_owned()));
+                        }
                     }
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => {
-                return Err(Error::io(
-                    "cannot read inotify events for",
-                    &self.cfg.spool.root,
-                    e,
-                ))
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot read inotify events for",
+                        &self.cfg.spool.root,
+                        e,
+                    ));
+                }
             }
         }
         if overflow {
@@ -353,7 +357,6 @@ impl Listener {
     }
 
     fn on_file(&mut self, what: Watched, name: &str) {
-        let s = &self.cfg.spool;
         match what {
             Watched::Root if valid_worker_name(name) && !self.followed.contains(name) => {
                 log::info!(worker = name; "Following a new worker");
@@ -370,39 +373,56 @@ impl Listener {
                     self.on_heartbeat(w);
                 }
             }
-            Watched::Pending(w) => {
-                let path = s.pending_dir(&w).join(name);
-                self.on_pending(&w, &path);
-            }
+            Watched::Pending(w) => self.on_announced(&w, name),
             Watched::Results(w) => self.on_result(&w, name),
             Watched::DeadLetters(w) => self.on_dead_letter(&w, name),
         }
     }
 
-    /// A task file seen pending (or in flight at catch-up): learn when it
-    /// was enqueued and its batch.
-    fn on_pending(&mut self, worker: &str, path: &Path) {
+    /// A task file appeared in a tasks folder. The worker may have claimed
+    /// it, or even finished it, before we look: follow it into `.active/`,
+    /// `.deferred/`, or to its result, so that no task goes unknown (its
+    /// batch would complete early, its timeout never fire).
+    fn on_announced(&mut self, worker: &str, name: &str) {
+        let s = self.cfg.spool.clone();
+        for dir in [
+            s.pending_dir(worker),
+            s.active_dir(worker),
+            s.deferred_dir(worker),
+        ] {
+            if self.on_pending(worker, &dir.join(name)) {
+                return;
+            }
+        }
+        if let Some(id) = name.strip_suffix(".json").filter(|id| valid_name(id)) {
+            self.on_result(worker, &crate::spool::json_name(id));
+        }
+    }
+
+    /// A task file seen pending (or in flight): learn when it was enqueued
+    /// and its batch. False when there is no such task file.
+    fn on_pending(&mut self, worker: &str, path: &Path) -> bool {
         let Ok(meta) = fs::symlink_metadata(path) else {
-            return;
+            return false;
         };
         if !meta.is_file()
             || meta.len() > MAX_TASK_READ
             || !path.file_name().is_some_and(is_task_file)
         {
-            return;
+            return false;
         }
         let Some(task) = fs::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         else {
-            return;
+            return true;
         };
         let Some(id) = task
             .get("task_id")
             .and_then(Value::as_str)
             .filter(|i| valid_name(i))
         else {
-            return;
+            return true;
         };
         let key = format!("{worker}/{id}");
         let written = meta
@@ -412,7 +432,7 @@ impl Listener {
         let mut t = self.state.snap.tasks.get(&key).cloned().unwrap_or_default();
         let rerun = t.ended.is_some_and(|e| written > e);
         if t.enqueued.is_some() && !rerun {
-            return;
+            return true;
         }
         if rerun {
             // Replayed from the DLQ: a new run, followed afresh.
@@ -425,6 +445,7 @@ impl Listener {
         t.batch = t.batch.or_else(|| batch_of(&task));
         self.save_task(&key, t);
         self.schedule_deadline(&key);
+        true
     }
 
     fn schedule_deadline(&mut self, key: &str) {
