@@ -362,8 +362,8 @@ impl ListenConfig {
         let exec = match pick(&f.exec, "--exec", None) {
             None => None,
             Some(raw) => Some(
-                AgentCommand::parse(&raw.value, None)
-                    .ok_or_else(|| invalid(&raw, "an empty command"))?,
+                AgentCommand::parse_quoted(&raw.value)
+                    .ok_or_else(|| invalid(&raw, "an empty command or an open quote"))?,
             ),
         };
         let log_level = pick(&f.log_level, "--log-level", Some("LOG_LEVEL"));

@@ -320,6 +320,7 @@ impl Listener {
     fn read_events(&mut self, buffer: &mut [u8]) -> Result<()> {
         let mut todo = Vec::new();
         let mut overflow = false;
+        let mut lost = BTreeSet::new();
         for _ in 0..64 {
             match self.inotify.read_events(buffer) {
                 Ok(events) => {
@@ -327,7 +328,17 @@ impl Listener {
                         if e.mask.contains(EventMask::Q_OVERFLOW) {
                             overflow = true;
                         } else if e.mask.contains(EventMask::IGNORED) {
-                            self.watches.remove(&e.wd);
+                            // A folder removed or replaced: follow its worker again.
+                            match self.watches.remove(&e.wd) {
+                                Some(
+                                    Watched::Pending(w)
+                                    | Watched::Results(w)
+                                    | Watched::DeadLetters(w),
+                                ) => {
+                                    lost.insert(w);
+                                }
+                                _ => {}
+                            }
                         } else if let (Some(what), Some(name)) = (self.watches.get(&e.wd), e.name) {
                             todo.push((what.clone(), name.to_string_lossy().into_owned()));
                         }
@@ -352,6 +363,10 @@ impl Listener {
         }
         for (what, name) in todo {
             self.on_file(what, &name);
+        }
+        for w in lost {
+            log::warn!(worker = w; "A folder of this worker was removed or replaced: following it again");
+            self.follow(&w);
         }
         Ok(())
     }
@@ -464,11 +479,14 @@ impl Listener {
             return;
         };
         let path = self.cfg.spool.result_path(worker, id);
-        let Some(mtime) = mtime(&path) else { return };
+        let Some(mtime_ns) = mtime_ns(&path) else {
+            return;
+        };
+        let mtime = mtime_ns as f64 / 1e9;
         let key = format!("{worker}/{id}");
         let known = self.state.snap.tasks.get(&key).cloned();
         let mut t = known.clone().unwrap_or_default();
-        if t.result == Some(mtime) || (known.is_none() && self.is_old(mtime)) {
+        if t.result == Some(mtime_ns) || (known.is_none() && self.is_old(mtime)) {
             return;
         }
         let Some(record) = read_json(&path) else {
@@ -487,7 +505,7 @@ impl Listener {
             json!({"task_id": id, "worker": worker, "status": status,
                    "result_file": path.display().to_string(), "duration_seconds": duration}),
         ));
-        t.result = Some(mtime);
+        t.result = Some(mtime_ns);
         t.status = Some(status.clone());
         t.ended = Some(clock::unix_now());
         t.batch = t.batch.or_else(|| batch_of(&record));
@@ -518,7 +536,9 @@ impl Listener {
         if t.dead_letters.iter().any(|d| d == name) {
             return;
         }
-        let Some(mtime) = mtime(&path) else { return };
+        let Some(mtime) = mtime_ns(&path).map(|ns| ns as f64 / 1e9) else {
+            return;
+        };
         if known.is_none() && self.is_old(mtime) {
             return;
         }
@@ -556,9 +576,11 @@ impl Listener {
         self.save_task(&key, t);
     }
 
-    /// Not known, and older than the horizon: emitted long ago, or forgotten.
+    /// After the first catch-up, a record older than the retention that the
+    /// state does not remember was emitted long ago, and forgotten since.
     fn is_old(&self, mtime: f64) -> bool {
-        self.state.snap.horizon.is_some_and(|h| mtime < h)
+        let cutoff = clock::unix_now() - self.cfg.retain.as_secs_f64();
+        self.state.snap.horizon.is_some() && mtime < cutoff
     }
 
     /// `batch_completed` once every known task of the batch has ended.
@@ -748,13 +770,21 @@ impl Listener {
     }
 
     /// The end of a burst: batches judged, then triggers and state made
-    /// durable.
+    /// durable; now and then the journal is folded into a snapshot, after
+    /// forgetting what is older than the retention.
     fn flush(&mut self) {
         for b in std::mem::take(&mut self.touched) {
             self.check_batch(b);
         }
         if let Err(e) = self.emitter.sync().and_then(|()| self.state.sync()) {
             log::error!("{e}");
+        }
+        if self.state.wants_snapshot() {
+            self.state
+                .forget_before(clock::unix_now() - self.cfg.retain.as_secs_f64());
+            if let Err(e) = self.state.save() {
+                log::error!("{e}");
+            }
         }
     }
 
@@ -777,11 +807,10 @@ fn batch_of(record: &Value) -> Option<String> {
     }
 }
 
-fn mtime(path: &Path) -> Option<f64> {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .map(clock::to_unix)
+fn mtime_ns(path: &Path) -> Option<u64> {
+    let t = fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    let since = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
 }
 
 fn read_json(path: &Path) -> Option<Value> {

@@ -27,8 +27,9 @@ pub struct TaskState {
     /// When the task was first seen pending (its file's mtime), Unix s.
     pub enqueued: Option<f64>,
     pub batch: Option<String>,
-    /// The mtime of the result whose event went out.
-    pub result: Option<f64>,
+    /// The mtime, in nanoseconds, of the result whose event went out (an
+    /// integer: a float may not read back equal).
+    pub result: Option<u64>,
     /// That result's status.
     pub status: Option<String>,
     /// Dead-letter files whose events went out.
@@ -75,8 +76,9 @@ pub struct BatchState {
 #[serde(default)]
 pub struct Snapshot {
     pub version: u32,
-    /// Unix s; terminal records older than this are not emitted. `None`
-    /// until the first catch-up is done (which emits everything).
+    /// Unix s, set when the first catch-up is done (that one emits every
+    /// record present); after it, records older than the retention that
+    /// the state does not remember are old news.
     pub horizon: Option<f64>,
     /// Keyed `<worker>/<task id>`.
     pub tasks: BTreeMap<String, TaskState>,
@@ -205,6 +207,7 @@ impl State {
     /// Appends the change to the journal, then applies it.
     fn record(&mut self, change: Change) -> Result<()> {
         if self.journal.is_none() {
+            crate::spool::create_dir(self.dir())?;
             let file = OpenOptions::new()
                 .append(true)
                 .create(true)
@@ -223,16 +226,25 @@ impl State {
         Ok(())
     }
 
-    /// Makes the journal durable; writes a snapshot when it has grown.
+    /// Makes the journal durable.
     pub fn sync(&mut self) -> Result<()> {
         if let Some(j) = &self.journal {
             j.sync_data()
                 .map_err(|e| Error::io("cannot fsync", &self.journal_path, e))?;
         }
-        if self.journaled >= SNAPSHOT_EVERY {
-            self.save()?;
-        }
         Ok(())
+    }
+
+    /// The journal has grown enough to be folded into a snapshot.
+    pub fn wants_snapshot(&self) -> bool {
+        self.journaled >= SNAPSHOT_EVERY
+    }
+
+    fn dir(&self) -> &Path {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
     }
 
     /// Forgets terminal tasks that ended before `cutoff` (and their
@@ -260,18 +272,14 @@ impl State {
 
     /// Writes the snapshot atomically and starts an empty journal.
     pub fn save(&mut self) -> Result<()> {
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        crate::spool::create_dir(dir)?;
+        let dir = self.dir().to_path_buf();
+        crate::spool::create_dir(&dir)?;
         let name = self
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        publish(dir, &name, &json_line(&self.snap))?;
+        publish(&dir, &name, &json_line(&self.snap))?;
         // The snapshot holds everything the journal said.
         self.journal = None;
         match fs::remove_file(&self.journal_path) {

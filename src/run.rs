@@ -43,6 +43,18 @@ impl AgentCommand {
         })
     }
 
+    /// A command line split like a shell splits words (single and double
+    /// quotes, backslash), without any other shell meaning: `sh -c "…"`
+    /// is how a user asks for a shell. `None` when it has no words or an
+    /// open quote.
+    pub fn parse_quoted(command: &str) -> Option<AgentCommand> {
+        let words = split_words(command)?;
+        (!words.is_empty()).then_some(AgentCommand {
+            words,
+            system_prompt_file: None,
+        })
+    }
+
     /// The command's own words, as given (for hooks, which get no prompt).
     pub fn words(&self) -> Vec<String> {
         self.words.clone()
@@ -71,6 +83,49 @@ impl AgentCommand {
         argv.push(description.into());
         argv
     }
+}
+
+/// Shell-like word splitting: whitespace separates words; '…' keeps
+/// everything; "…" keeps everything but `\"`, `\\`, `\$` and `` \` ``
+/// escapes; a backslash outside quotes keeps the next character.
+fn split_words(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => w.push(c),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '\\' => match chars.next()? {
+                            c @ ('"' | '\\' | '$' | '`') => w.push(c),
+                            c => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                        },
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Some(words)
 }
 
 /// The bounds of one attempt.
@@ -548,6 +603,16 @@ mod tests {
         let c = AgentCommand::parse("echo {} end", Some("s.txt".into())).unwrap();
         assert_eq!(c.argv("a; b"), ["echo", "a; b", "end"]);
         assert!(AgentCommand::parse("  ", None).is_none());
+    }
+
+    #[test]
+    fn quoted_words_split_like_a_shell() {
+        let w = |s| split_words(s).unwrap();
+        assert_eq!(w(r#"sh -c "cat >> f""#), ["sh", "-c", "cat >> f"]);
+        assert_eq!(w("a 'b c' d\\ e"), ["a", "b c", "d e"]);
+        assert_eq!(w(r#""a \"q\" \n""#), [r#"a "q" \n"#]);
+        assert_eq!(w("''"), [""]);
+        assert!(split_words("'open").is_none());
     }
 
     #[test]
