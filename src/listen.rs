@@ -329,15 +329,11 @@ impl Listener {
                             overflow = true;
                         } else if e.mask.contains(EventMask::IGNORED) {
                             // A folder removed or replaced: follow its worker again.
-                            match self.watches.remove(&e.wd) {
-                                Some(
-                                    Watched::Pending(w)
-                                    | Watched::Results(w)
-                                    | Watched::DeadLetters(w),
-                                ) => {
-                                    lost.insert(w);
-                                }
-                                _ => {}
+                            if let Some(
+                                Watched::Pending(w) | Watched::Results(w) | Watched::DeadLetters(w),
+                            ) = self.watches.remove(&e.wd)
+                            {
+                                lost.insert(w);
                             }
                         } else if let (Some(what), Some(name)) = (self.watches.get(&e.wd), e.name) {
                             todo.push((what.clone(), name.to_string_lossy().into_owned()));
