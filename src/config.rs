@@ -154,6 +154,8 @@ pub struct WorkerFlags {
     pub max_cpu: Option<String>,
     /// `--allow-shared-spool`: start on a folder others may write to.
     pub allow_shared_spool: bool,
+    /// `--no-inotify`: find tasks by rescans only (a remote host's view).
+    pub no_inotify: bool,
 }
 
 /// Everything hw-worker needs, validated.
@@ -183,6 +185,8 @@ pub struct WorkerConfig {
     /// RLIMIT_CPU of each agent.
     pub max_cpu: Option<Duration>,
     pub allow_shared_spool: bool,
+    /// Watch the tasks folder with inotify (else rescans only).
+    pub inotify: bool,
 }
 
 impl WorkerConfig {
@@ -306,6 +310,7 @@ impl WorkerConfig {
                 raw => Some(duration(raw, 0.0, true)?),
             },
             allow_shared_spool: f.allow_shared_spool,
+            inotify: !f.no_inotify,
             log: LogConfig::resolve(
                 log_level.map(|r| (r.value, r.origin)),
                 log_format.map(|r| (r.value, r.origin)),

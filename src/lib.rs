@@ -26,6 +26,7 @@ pub mod listen;
 pub mod listen_state;
 pub mod log;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod publish;
 pub mod queue;

@@ -27,6 +27,7 @@ use crate::heartbeat::{self, Heartbeat};
 use crate::http::MetricsServer;
 use crate::latch::Latch;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::pool::{Context, End, Job, Pool, Report};
 use crate::publish::{self, json_line, rename_noreplace};
 use crate::queue::{Deferred, DeferredSchedule, PendingQueue};
@@ -47,17 +48,26 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     // Registered before any thread starts, so every thread inherits the mask.
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::io("cannot install signal handlers", "".as_ref(), e))?;
+    // Bound before anything is created, so a busy port changes nothing.
+    let metrics = Arc::new(Metrics::new(&config.name));
+    let server = match config.metrics {
+        Some((ip, port)) => Some(MetricsServer::start(ip, port, metrics.clone())?),
+        None => None,
+    };
     let spool = &config.spool;
     spool.create_worker_dirs(&config.name)?;
-    check_access(&spool.pending_dir(&config.name), config.allow_shared_spool)?;
+    let pending = spool.pending_dir(&config.name);
+    check_access(&pending, config.allow_shared_spool)?;
     let (notice_tx, notices) = unbounded();
     let (report_tx, reports) = unbounded();
     let (job_tx, jobs) = unbounded();
     let (signal_tx, signal_rx) = unbounded();
     let stop = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
     let abort = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
-    let pending = spool.pending_dir(&config.name);
-    let watcher = Watcher::start(&pending, notice_tx, stop.clone())?;
+    let watcher = match config.inotify {
+        true => Some(Watcher::start(&pending, notice_tx, stop.clone())?),
+        false => None,
+    };
     let signal_handle = signals.handle();
     let signal_thread = thread::Builder::new()
         .name("signals".into())
@@ -69,17 +79,13 @@ pub fn run(config: WorkerConfig) -> Result<()> {
             }
         })
         .map_err(|e| Error::io("cannot start the signal thread", "".as_ref(), e))?;
-    let metrics = Arc::new(Metrics::new(&config.name));
-    let server = match config.metrics {
-        Some((ip, port)) => Some(MetricsServer::start(ip, port, metrics.clone())?),
-        None => None,
-    };
     if let Some(s) = &server {
         log::info!(metrics_addr = s.addr.to_string(); "Metrics on http://{}/metrics", s.addr);
     }
-    let poll = config
-        .poll
-        .or_else(|| network_fs(&pending).then_some(NETWORK_FS_POLL));
+    // Without inotify, or where it misses other hosts' writes, rescans
+    // are the only way to see new tasks.
+    let blind = !config.inotify || network_fs(&pending);
+    let poll = config.poll.or_else(|| blind.then_some(NETWORK_FS_POLL));
     let context = Arc::new(Context {
         config: config.clone(),
         metrics: metrics.clone(),
@@ -94,12 +100,15 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     drop(d.jobs.take());
     pool.join();
     stop.fire();
-    d.watcher.join();
+    if let Some(w) = d.watcher.as_mut() {
+        w.join();
+    }
     signal_handle.close();
     let _ = signal_thread.join();
     if let Some(s) = server {
         s.stop();
     }
+    d.metrics_addr = None;
     d.write_heartbeat("stopped");
     log::info!(uptime_seconds = d.started.elapsed().as_secs(); "Worker stopped");
     Ok(())
@@ -158,7 +167,11 @@ struct Dispatcher {
     metrics: Arc<Metrics>,
     metrics_addr: Option<String>,
     jobs: Option<Sender<Job>>,
-    watcher: Watcher,
+    /// `None` with `--no-inotify`: rescans only.
+    watcher: Option<Watcher>,
+    /// systemd's notification socket (READY, STATUS, STOPPING, WATCHDOG).
+    notifier: Notifier,
+    next_watchdog: Option<Instant>,
     queue: PendingQueue,
     deferred: DeferredSchedule,
     /// Files that did not parse and are young: looked at again later.
@@ -190,7 +203,7 @@ impl Dispatcher {
         cfg: WorkerConfig,
         metrics: Arc<Metrics>,
         jobs: Sender<Job>,
-        watcher: Watcher,
+        watcher: Option<Watcher>,
         poll: Option<Duration>,
         metrics_addr: Option<String>,
     ) -> Self {
@@ -205,6 +218,8 @@ impl Dispatcher {
             metrics_addr,
             jobs: Some(jobs),
             watcher,
+            next_watchdog: None,
+            notifier: Notifier::from_env(),
             queue: PendingQueue::default(),
             deferred: DeferredSchedule::default(),
             settling: Vec::new(),
@@ -228,6 +243,10 @@ impl Dispatcher {
         self.load_deferred();
         self.rescan();
         self.write_heartbeat("healthy");
+        // Watching and scanned: ready, in systemd's sense.
+        self.notifier
+            .send(&format!("READY=1\nSTATUS={}", self.status_line()));
+        self.next_watchdog = self.notifier.watchdog_every().map(|d| Instant::now() + d);
         log::info!(
             pending = self.queue.len(), deferred = self.deferred.len(),
             recovered = self.recovered.len(), pool = self.cfg.max_concurrent,
@@ -267,6 +286,7 @@ impl Dispatcher {
             }
         };
         consider(self.next_poll);
+        consider(self.next_watchdog);
         consider(self.settling.iter().map(|(t, _)| *t).min());
         consider(self.claim_pause);
         consider(self.stopping.filter(|_| !self.aborted));
@@ -287,6 +307,12 @@ impl Dispatcher {
         if self.stopping.is_some_and(|t| now >= t) && !self.aborted {
             log::warn!(running = self.running; "Shutdown timeout: stopping running tasks now");
             self.abort(abort);
+        }
+        if let (Some(at), Some(every)) = (self.next_watchdog, self.notifier.watchdog_every()) {
+            if now >= at {
+                self.notifier.send("WATCHDOG=1");
+                self.next_watchdog = Some(now + every);
+            }
         }
         if now >= self.next_heartbeat {
             self.heartbeat_tick();
@@ -310,7 +336,7 @@ impl Dispatcher {
     /// Everything the heartbeat interval drives: recovery of dead claims,
     /// deferred tasks other processes wrote, a replaced folder, the file.
     fn heartbeat_tick(&mut self) {
-        if self.watcher.replaced() {
+        if self.watcher.as_ref().is_some_and(Watcher::replaced) {
             self.rewatch();
         }
         if self.stopping.is_none() {
@@ -323,6 +349,23 @@ impl Dispatcher {
             _ => "healthy",
         };
         self.write_heartbeat(status);
+        self.notifier
+            .send(&format!("STATUS={}", self.status_line()));
+    }
+
+    /// One line for `systemctl status`.
+    fn status_line(&self) -> String {
+        let h = self.metrics.heartbeat_stats();
+        format!(
+            "{} pending, {} running, {} deferred; {} done, {} failed, {} dead letters; breaker {}",
+            self.queue.len(),
+            self.running,
+            self.deferred.len(),
+            h.tasks_processed - h.tasks_failed,
+            h.tasks_failed,
+            h.tasks_dlq,
+            self.breaker.name()
+        )
     }
 
     fn on_notice(&mut self, notice: Notice) {
@@ -355,7 +398,7 @@ impl Dispatcher {
         if let Err(e) = self.cfg.spool.create_worker_dirs(&self.cfg.name) {
             log::error!("{e}");
         }
-        if let Err(e) = self.watcher.rewatch() {
+        if let Some(Err(e)) = self.watcher.as_mut().map(Watcher::rewatch) {
             log::error!("{e}");
         }
         self.rescan();
@@ -379,6 +422,7 @@ impl Dispatcher {
         self.stopping = Some(Instant::now() + self.cfg.shutdown_timeout);
         self.metrics.set_stopping();
         self.recovered.clear();
+        self.notifier.send("STOPPING=1");
         self.write_heartbeat("stopping");
     }
 

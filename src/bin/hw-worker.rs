@@ -27,7 +27,9 @@ Options (each overrides its environment variable):
       --breaker-threshold N     failures that open the breaker (CIRCUIT_BREAKER_THRESHOLD; 5)
       --breaker-timeout SECS    how long it stays open (CIRCUIT_BREAKER_TIMEOUT; 60)
       --heartbeat-interval SECS (HEARTBEAT_INTERVAL; 10)
-      --poll SECS               also rescan every SECS; 0 off (2 on network file systems)
+      --poll SECS               also rescan every SECS; 0 off (2 on network file
+                                systems and with --no-inotify)
+      --no-inotify              find tasks by rescans only (as on a remote host)
       --workdir DIR             agents' working directory (the folder holding tasks/)
       --shutdown-timeout SECS   grace for running tasks at SIGTERM (30)
       --max-output BYTES        output kept per stream (1M)
@@ -88,6 +90,10 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
             }
             Long("allow-shared-spool") => {
                 f.allow_shared_spool = true;
+                continue;
+            }
+            Long("no-inotify") => {
+                f.no_inotify = true;
                 continue;
             }
             Long("max-memory") => &mut f.max_memory,
