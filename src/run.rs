@@ -214,14 +214,13 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
         .current_dir(inv.workdir)
         .process_group(0);
     let limits = inv.limits;
-    if limits.max_memory.is_some() || limits.max_cpu.is_some() {
-        let (memory, cpu) = (
-            limits.max_memory,
-            limits.max_cpu.map(|d| d.as_secs().max(1)),
-        );
-        // SAFETY: only setrlimit(2), async-signal-safe, between fork and exec.
+    let nofile = INHERITED_NOFILE.get().copied();
+    if limits.max_memory.is_some() || limits.max_cpu.is_some() || nofile.is_some() {
+        let memory = limits.max_memory;
+        let cpu = limits.max_cpu.map(|d| d.as_secs().max(1));
+        // SAFETY: only getrlimit/setrlimit, async-signal-safe, between fork and exec.
         unsafe {
-            command.pre_exec(move || set_limits(memory, cpu));
+            command.pre_exec(move || set_limits(memory, cpu, nofile));
         }
     }
     for var in ENV_REMOVED {
@@ -242,9 +241,36 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
     outcome
 }
 
+/// The soft limit of open files this process was given, when
+/// `raise_open_files_limit` raised it: agents get it back.
+static INHERITED_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Raises this process's soft limit of open files to its hard limit, so
+/// that many tasks, watches and metrics clients never starve it; agents
+/// are started with the limit it was given (some programs still use
+/// select(2) and break above 1024).
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit value.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            let _ = INHERITED_NOFILE.set(soft);
+        }
+    }
+}
+
 /// In the child, before exec: the resource limits of `--max-memory` and
-/// `--max-cpu`.
-fn set_limits(memory: Option<u64>, cpu: Option<u64>) -> io::Result<()> {
+/// `--max-cpu`, and the open-files limit the worker was given.
+fn set_limits(memory: Option<u64>, cpu: Option<u64>, nofile: Option<u64>) -> io::Result<()> {
     let set = |resource, soft: u64, hard: u64| {
         let limit = libc::rlimit {
             rlim_cur: soft,
@@ -261,6 +287,16 @@ fn set_limits(memory: Option<u64>, cpu: Option<u64>) -> io::Result<()> {
     }
     if let Some(secs) = cpu {
         set(libc::RLIMIT_CPU, secs, secs + 1)?;
+    }
+    if let Some(soft) = nofile {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit with a valid rlimit value to fill.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            set(libc::RLIMIT_NOFILE, soft, limit.rlim_max)?;
+        }
     }
     Ok(())
 }

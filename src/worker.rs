@@ -48,6 +48,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     // Registered before any thread starts, so every thread inherits the mask.
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::io("cannot install signal handlers", "".as_ref(), e))?;
+    crate::run::raise_open_files_limit();
     // Bound before anything is created, so a busy port changes nothing.
     let metrics = Arc::new(Metrics::new(&config.name));
     let server = match config.metrics {
