@@ -79,6 +79,9 @@ pub enum End {
     DeadLettered,
     /// Back in pending, no attempt charged (shutdown).
     Returned,
+    /// Back in pending because the worker could not start the agent (out
+    /// of open files or processes): claims should pause a while.
+    Postponed,
     /// A dead claimer's run had finished: its entry was removed.
     Removed,
     /// Left where it was (another claimer, or an error already logged).
@@ -237,6 +240,14 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     let name = claim.name.clone();
     if outcome.aborted {
         return report(name, probe, None, return_to_pending(ctx, claim));
+    }
+    if outcome.transient {
+        log::error!(task_id = task.id; "Cannot start the agent ({}): task returned to pending, no attempt charged", outcome.describe());
+        let end = match return_to_pending(ctx, claim) {
+            End::Returned => End::Postponed,
+            other => other,
+        };
+        return report(name, probe, None, end);
     }
     ctx.metrics.duration.observe(outcome.duration);
     let succeeded = outcome.succeeded();

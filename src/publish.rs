@@ -123,6 +123,45 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBu
     Ok(tmp)
 }
 
+/// A temporary file of ours (`.<name>.<pid>.<n>.tmp`, or hw-enqueue's
+/// `.<id>.<pid>.enqueue.tmp`), not a producer's staging file.
+fn is_our_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let mut parts = rest.rsplit('.');
+    let (last, pid) = (parts.next(), parts.next());
+    let digits =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()));
+    (digits(last) || last == Some("enqueue")) && digits(pid) && parts.next().is_some()
+}
+
+/// Removes our temporary files older than `age` from `dir`: left by a
+/// crash between write and rename, they would otherwise pile up. Returns
+/// how many went.
+pub fn remove_stale_temps(dir: &Path, age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| is_our_temp(n)) else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age));
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            log::info!(file = entry.path().display().to_string(); "Removed a temporary file left by a crash: {name}");
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Serializes `value` as one compact JSON line.
 pub fn json_line<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut bytes = serde_json::to_vec(value).expect("JSON values always serialize");
@@ -144,6 +183,15 @@ mod tests {
         assert_eq!(err.kind, crate::error::Kind::CannotCreate);
         assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"2");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_our_temporary_files_are_recognised() {
+        assert!(is_our_temp(".a.json.123.4.tmp"));
+        assert!(is_our_temp(".t-1.123.enqueue.tmp"));
+        assert!(!is_our_temp(".x.tmp"));
+        assert!(!is_our_temp("a.json.1.2.tmp"));
+        assert!(!is_our_temp(".a.json.x.4.tmp"));
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Cut short by shutdown: not the task's fault, no attempt is charged.
     pub aborted: bool,
+    /// The worker, not the task, lacked what it takes to start the agent
+    /// (open files, processes, memory): no attempt is charged.
+    pub transient: bool,
     /// `memory` or `cpu` when the attempt hit a `--max-memory` or
     /// `--max-cpu` limit.
     pub resource_limit: Option<&'static str>,
@@ -309,9 +312,14 @@ fn spawn_failed(e: &io::Error) -> Outcome {
     };
     let message = e.to_string();
     let message = message.split(" (os error").next().unwrap_or("").to_string();
+    let transient = matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+    );
     Outcome {
         exit_code,
         error: Some(format!("spawn_failed: {message}")),
+        transient,
         ..Outcome::default()
     }
 }

@@ -38,6 +38,8 @@ use crate::watch::{Notice, Watcher};
 /// A file found by a scan whose JSON does not parse may still be being
 /// written in place; it gets this long since its last write.
 const SETTLE: Duration = Duration::from_secs(2);
+/// Our temporary files live milliseconds; one this old is a crash's.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
 /// How often a task waiting for its dependencies looks again.
 const DEPENDENCY_RECHECK: f64 = 1.0;
 /// File systems on which inotify misses other hosts' writes.
@@ -240,6 +242,7 @@ impl Dispatcher {
     /// Recovery, then the deferred schedule, then the first scan (the watch
     /// is already in place), then the first heartbeat.
     fn start(&mut self) {
+        self.remove_stale_temps();
         self.probe_active();
         self.load_deferred();
         self.rescan();
@@ -438,6 +441,10 @@ impl Dispatcher {
             Some(ok) => self.breaker.record(ok, report.probe, Instant::now()),
             None if report.probe => self.breaker.probe_void(),
             None => {}
+        }
+        if report.end == End::Postponed {
+            self.claim_pause = Some(Instant::now() + self.claim_backoff);
+            self.claim_backoff = (self.claim_backoff * 2).min(Duration::from_secs(5));
         }
         if let End::Deferred { not_before, task } = &report.end {
             let entry = Deferred {
@@ -703,6 +710,21 @@ impl Dispatcher {
                 },
             };
             self.deferred.insert(name, entry);
+        }
+    }
+
+    /// Temporary files a crash left in the folders this worker writes.
+    fn remove_stale_temps(&self) {
+        let (s, w) = (&self.cfg.spool, &self.cfg.name);
+        for dir in [
+            s.pending_dir(w),
+            s.deferred_dir(w),
+            s.result_dir(w),
+            s.trigger_dir(w),
+            s.dlq_dir(w),
+            s.heartbeats.clone(),
+        ] {
+            publish::remove_stale_temps(&dir, STALE_TEMP);
         }
     }
 

@@ -871,3 +871,35 @@ fn poll_finds_a_task_that_inotify_does_not_report() {
     assert_only_result(&spool, "linked");
     assert_exit_zero(w.stop());
 }
+
+#[test]
+fn temporary_files_left_by_a_crash_are_removed_at_start_and_nothing_else() {
+    let spool = Spool::new();
+    let agent = spool.script("agent.sh", "exit 0");
+    let results = spool.results("w");
+    fs::create_dir_all(&results).unwrap();
+    fs::create_dir_all(spool.tasks("w")).unwrap();
+    let stale = results.join(".t1.json.4242.7.tmp");
+    let fresh = results.join(".t2.json.4242.8.tmp");
+    let staging = spool.tasks("w").join(".producer.tmp");
+    for f in [&stale, &fresh, &staging] {
+        fs::write(f, b"{}").unwrap();
+    }
+    for f in [&stale, &staging] {
+        let old = std::process::Command::new("touch")
+            .args(["-d", "3 hours ago"])
+            .arg(f)
+            .status()
+            .unwrap();
+        assert!(old.success());
+    }
+    let mut w = Daemon::worker(&spool, "w", &agent, &[]);
+    assert!(w.wait_log("Worker started"), "{}", w.log_text());
+    assert!(
+        wait_until(DEADLINE, || !stale.exists()),
+        "the stale temporary file is still there"
+    );
+    assert!(fresh.exists(), "a fresh temporary file was removed");
+    assert!(staging.exists(), "a producer's staging file was removed");
+    assert!(w.stop().success());
+}
