@@ -3,11 +3,19 @@
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
+DOCDIR ?= $(PREFIX)/share/doc/hookwatch
 CARGO ?= cargo
 INSTALL ?= install
 
 BINS = hw-worker hw-listen hw-enqueue hw-dlq hw-status
 MANS = $(wildcard man/*.[1-8])
+UNITS = contrib/systemd/hw-worker@.service contrib/systemd/hw-listen.service
+# The Kubernetes release whose API kubernetes-validate checks k8s/ against.
+K8S_VERSION ?= 1.30.0
 
 all: build
 
@@ -15,7 +23,7 @@ build:
 	$(CARGO) build --release
 
 test:
-	$(CARGO) test --release
+	$(CARGO) test --profile testing
 
 demo: build
 	bash examples/demo.sh
@@ -34,10 +42,42 @@ lint:
 	else \
 		echo "lint: promtool not installed, /metrics not checked"; \
 	fi
+	@if command -v systemd-analyze >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory check-systemd; \
+	else \
+		echo "lint: systemd-analyze not installed, units not checked"; \
+	fi
+	@$(MAKE) --no-print-directory check-completion check-containers
 
 # A live worker's /metrics through `promtool check metrics`.
 check-metrics: build
 	bash examples/promtool-check.sh
+
+# contrib/systemd: systemd-analyze verify on the units (run from the
+# built binaries), the sysusers.d and tmpfiles.d files in a scratch root.
+check-systemd: build
+	bash contrib/check-systemd.sh
+
+# The bash completion: syntax, `complete -p`, every --help flag offered.
+check-completion: build
+	bash contrib/check-completion.sh
+
+# docker-compose.yml with the Dockerfile, and k8s/: what they promise
+# each other (PyYAML), and k8s/ against the API (kubernetes-validate).
+# Each part says so and passes when its tool is missing.
+check-containers:
+	@if command -v python3 >/dev/null 2>&1; then \
+		python3 contrib/check-compose.py docker-compose.yml && \
+		python3 contrib/check-k8s.py k8s/*.yaml; \
+	else \
+		echo "lint: python3 not installed, docker-compose.yml and k8s/ not checked"; \
+	fi
+	@if command -v kubernetes-validate >/dev/null 2>&1; then \
+		echo "kubernetes-validate -k $(K8S_VERSION) --strict k8s/*.yaml"; \
+		kubernetes-validate -k $(K8S_VERSION) --strict --quiet k8s/*.yaml; \
+	else \
+		echo "lint: kubernetes-validate not installed, k8s/ not validated"; \
+	fi
 
 # Installs what `make` built; it does not build (so `sudo make install`
 # runs no cargo as root).
@@ -56,12 +96,42 @@ install:
 		echo "$(INSTALL) -m 644 $$m $$d/"; \
 		$(INSTALL) -d $$d && $(INSTALL) -m 644 $$m $$d/ || exit; \
 	done
+	$(INSTALL) -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(COMPLETIONDIR) $(DESTDIR)$(DOCDIR)
+	@for u in $(UNITS); do \
+		t=$(DESTDIR)$(UNITDIR)/$${u##*/}; \
+		echo "sed 's|/usr/local/bin/|$(BINDIR)/|g' $$u >$$t"; \
+		sed 's|/usr/local/bin/|$(BINDIR)/|g' $$u >$$t && chmod 644 $$t || exit; \
+	done
+	$(INSTALL) -m 644 contrib/systemd/hookwatch.sysusers $(DESTDIR)$(SYSUSERSDIR)/hookwatch.conf
+	$(INSTALL) -m 644 contrib/systemd/hookwatch.tmpfiles $(DESTDIR)$(TMPFILESDIR)/hookwatch.conf
+	$(INSTALL) -m 644 contrib/systemd/hookwatch.env $(DESTDIR)$(DOCDIR)/hookwatch.env
+	$(INSTALL) -m 644 contrib/bash-completion/hookwatch $(DESTDIR)$(COMPLETIONDIR)/hookwatch
+	for b in $(BINS); do ln -sf hookwatch $(DESTDIR)$(COMPLETIONDIR)/$$b || exit; done
 
 uninstall:
 	for b in $(BINS); do rm -f $(DESTDIR)$(BINDIR)/$$b; done
 	for m in $(notdir $(MANS)); do rm -f $(DESTDIR)$(MANDIR)/man$${m##*.}/$$m; done
+	for u in $(notdir $(UNITS)); do rm -f $(DESTDIR)$(UNITDIR)/$$u; done
+	rm -f $(DESTDIR)$(SYSUSERSDIR)/hookwatch.conf $(DESTDIR)$(TMPFILESDIR)/hookwatch.conf
+	for f in hookwatch $(BINS); do rm -f $(DESTDIR)$(COMPLETIONDIR)/$$f; done
+	rm -f $(DESTDIR)$(DOCDIR)/hookwatch.env
+	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
 clean:
 	$(CARGO) clean
 
-.PHONY: all build test demo lint check-metrics install uninstall clean
+.PHONY: all build test demo lint check-metrics check-systemd check-completion \
+	check-containers install uninstall clean
+
+# Benchmark: hw-worker against the peers that are installed (bench/peers/),
+# one table and bench/results/latest.jsonl; see docs/performance.md.
+# BENCH_ARGS=--quick for a smoke run.  bench-deps installs the peers' tools.
+bench: build
+	python3 bench/run.py $(BENCH_ARGS)
+
+bench-deps:
+	apt-get update && apt-get install -y inotify-tools
+	python3 -m pip install watchdog
+
+.PHONY: bench bench-deps

@@ -21,6 +21,7 @@ pub fn bin(tool: &str) -> PathBuf {
         "hw-enqueue" => PathBuf::from(env!("CARGO_BIN_EXE_hw-enqueue")),
         "hw-dlq" => PathBuf::from(env!("CARGO_BIN_EXE_hw-dlq")),
         "hw-listen" => PathBuf::from(env!("CARGO_BIN_EXE_hw-listen")),
+        "hw-status" => PathBuf::from(env!("CARGO_BIN_EXE_hw-status")),
         other => panic!("unknown tool {other}"),
     }
 }
