@@ -219,6 +219,11 @@ impl WorkerConfig {
             None => None,
             raw => Some(duration(raw, 0.0, false)?),
         };
+        if f.no_inotify && poll.is_some_and(|p| p.is_zero()) {
+            return Err(Error::config(
+                "--no-inotify with --poll 0 would never see a new task",
+            ));
+        }
         let log_level = pick(&f.log_level, "--log-level", Some("LOG_LEVEL"));
         let log_format = pick(&f.log_format, "--log-format", Some("LOG_FORMAT"));
         Ok(WorkerConfig {
@@ -332,6 +337,7 @@ pub struct ListenFlags {
     pub exec: Option<String>,
     pub exec_timeout: Option<String>,
     pub retain: Option<String>,
+    pub poll: Option<String>,
     pub once: bool,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
@@ -390,6 +396,10 @@ impl ListenConfig {
             exec,
             exec_timeout: duration(pick(&f.exec_timeout, "--exec-timeout", None), 30.0, true)?,
             once: f.once,
+            poll: match pick(&f.poll, "--poll", None) {
+                None => None,
+                raw => Some(duration(raw, 0.0, true)?),
+            },
             retain: duration(pick(&f.retain, "--retain", None), 7.0 * 86_400.0, true)?,
             log: LogConfig::resolve(
                 log_level.map(|r| (r.value, r.origin)),

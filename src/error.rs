@@ -21,6 +21,8 @@ pub enum Kind {
     CannotCreate,
     /// An I/O error (74).
     Io,
+    /// Busy now, try again later (75).
+    TempFail,
     /// A configuration value is wrong (78).
     Config,
 }

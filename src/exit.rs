@@ -25,6 +25,7 @@ pub fn status(error: &Error) -> u8 {
         Kind::Unavailable => UNAVAILABLE,
         Kind::CannotCreate => CANT_CREATE,
         Kind::Io => IO_ERR,
+        Kind::TempFail => TEMP_FAIL,
         Kind::Config => CONFIG,
     }
 }

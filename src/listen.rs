@@ -43,6 +43,9 @@ pub struct ListenConfig {
     pub exec: Option<AgentCommand>,
     pub exec_timeout: Duration,
     pub once: bool,
+    /// Read every folder again this often: on a file system shared by
+    /// several hosts, inotify does not see the others' writes.
+    pub poll: Option<Duration>,
     pub retain: Duration,
     pub log: LogConfig,
 }
@@ -80,6 +83,8 @@ struct Listener {
     /// when every member the burst revealed is known.
     touched: BTreeSet<String>,
     emitted: u64,
+    /// Unix s of the next `--poll` rescan.
+    next_poll: Option<f64>,
 }
 
 /// Runs the listener until SIGTERM or SIGINT (or, with `--once`, until
@@ -89,6 +94,7 @@ pub fn run(cfg: ListenConfig) -> Result<()> {
     let signals = watch_signals(stop.clone())?;
     let mut l = Listener::new(cfg)?;
     l.catch_up()?;
+    l.poll_due();
     l.tick()?;
     l.flush();
     if !l.cfg.once {
@@ -142,6 +148,7 @@ impl Listener {
             deadlines: BinaryHeap::new(),
             touched: BTreeSet::new(),
             emitted: 0,
+            next_poll: None,
         };
         let s = l.cfg.spool.clone();
         for root in [&s.tasks, &s.results, &s.dlq] {
@@ -279,6 +286,7 @@ impl Listener {
                 break;
             }
             self.read_events(&mut buffer)?;
+            self.poll_due();
             self.tick()?;
             self.flush();
         }
@@ -291,6 +299,9 @@ impl Listener {
             .deadlines
             .peek()
             .map(|Reverse((ms, _))| *ms as f64 / 1000.0);
+        if let Some(p) = self.next_poll {
+            wake = Some(wake.map_or(p, |w| w.min(p)));
+        }
         for (w, beat) in &self.beats {
             let health = self
                 .state
@@ -313,6 +324,27 @@ impl Listener {
                 PollTimeout::try_from(ms.min(i32::MAX as i64) as i32).unwrap_or(PollTimeout::MAX)
             }
         }
+    }
+
+    /// `--poll`: every folder read again when it is time.
+    fn poll_due(&mut self) {
+        let Some(every) = self.cfg.poll else { return };
+        let now = clock::unix_now();
+        if self.next_poll.is_some_and(|t| now < t) {
+            return;
+        }
+        if self.next_poll.is_some() {
+            let workers: BTreeSet<String> = self
+                .followed
+                .iter()
+                .cloned()
+                .chain(self.worker_names())
+                .collect();
+            for w in workers {
+                self.follow(&w);
+            }
+        }
+        self.next_poll = Some(now + every.as_secs_f64());
     }
 
     /// Reads what inotify has queued (up to 64 buffers, so that one burst

@@ -104,6 +104,8 @@ pub struct State {
     journal_path: PathBuf,
     journal: Option<File>,
     journaled: usize,
+    /// Held while this listener uses the state: two would emit twice.
+    _lock: File,
 }
 
 impl State {
@@ -116,6 +118,7 @@ impl State {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let journal_path = path.with_file_name(format!(".{name}.journal"));
+        let lock = lock_state(path)?;
         let snap = match fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 Error::new(
@@ -136,6 +139,7 @@ impl State {
             journal_path,
             journal: None,
             journaled: 0,
+            _lock: lock,
         };
         state.replay_journal()?;
         for (key, t) in &state.snap.tasks {
@@ -290,6 +294,45 @@ impl State {
         self.journaled = 0;
         Ok(())
     }
+}
+
+/// Takes the lock file beside the state (`.<name>.lock`), or fails with
+/// a temporary error (75) naming it when another listener holds it.
+fn lock_state(path: &Path) -> Result<File> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock_path = path.with_file_name(format!(".{name}.lock"));
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::spool::create_dir(dir)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o640)
+        .open(&lock_path)
+        .map_err(|e| Error::io("cannot open", &lock_path, e))?;
+    // SAFETY: flock(2) on a descriptor that `file` owns.
+    let locked = unsafe {
+        nix::libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            nix::libc::LOCK_EX | nix::libc::LOCK_NB,
+        )
+    } == 0;
+    if !locked {
+        return Err(Error::new(
+            Kind::TempFail,
+            format!(
+                "another hw-listen uses the state file {} (it holds {})",
+                path.display(),
+                lock_path.display()
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

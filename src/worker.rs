@@ -154,13 +154,15 @@ fn check_access(dir: &std::path::Path, allowed: bool) -> Result<()> {
 /// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by
 /// other hosts inotify does not see.
 fn network_fs(dir: &std::path::Path) -> bool {
-    const NETWORK: [i64; 6] = [
+    const NETWORK: [i64; 8] = [
         0x6969,      // NFS
         0xFF53_4D42, // CIFS
         0xFE53_4D42, // SMB2
         0x517B,      // SMB
-        0x6573_5546, // FUSE
+        0x6573_5546, // FUSE (GlusterFS, s3fs, sshfs…)
         0x0102_1997, // 9P
+        0x00C3_6400, // CephFS
+        0x0BD0_0BD0, // Lustre
     ];
     nix::sys::statfs::statfs(dir).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
 }

@@ -29,6 +29,9 @@ Options:
       --exec CMD              run CMD per event, the event on stdin, HW_EVENT set
       --exec-timeout SECS     a hook's time limit (30)
       --retain SECS           forget tasks that ended longer ago (7d)
+      --poll SECS             also read every folder again every SECS (for
+                              spools shared by several hosts; inotify sees
+                              only this host's writes)
       --once                  catch up, emit, save and exit (for cron)
       --log-level LEVEL       DEBUG, INFO, WARNING, ERROR (LOG_LEVEL; INFO)
       --log-format FORMAT     json or text (LOG_FORMAT; json)
@@ -37,7 +40,8 @@ Options:
 
 Exit status: 0 stopped by SIGTERM or SIGINT, or --once done; 64 usage;
 65 the state file cannot be parsed; 73 a folder cannot be created; 74 I/O
-error; 78 a bad option value. See hw-listen(8).
+error; 75 another hw-listen uses the state file; 78 a bad option value.
+See hw-listen(8).
 ";
 
 enum Command {
@@ -66,6 +70,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
             Long("exec") => &mut f.exec,
             Long("exec-timeout") => &mut f.exec_timeout,
             Long("retain") => &mut f.retain,
+            Long("poll") => &mut f.poll,
             Long("log-level") => &mut f.log_level,
             Long("log-format") => &mut f.log_format,
             _ => return Err(arg.unexpected()),
