@@ -25,6 +25,10 @@ build:
 test:
 	$(CARGO) test --profile testing
 
+# The slow fault tests (a 40,000-task flood); .ci/run runs them too.
+test-slow:
+	$(CARGO) test --profile testing -- --ignored
+
 demo: build
 	bash examples/demo.sh
 
@@ -121,7 +125,7 @@ uninstall:
 clean:
 	$(CARGO) clean
 
-.PHONY: all build test demo lint check-metrics check-systemd check-completion \
+.PHONY: all build test test-slow demo lint check-metrics check-systemd check-completion \
 	check-containers install uninstall clean
 
 # Benchmark: hw-worker against the peers that are installed (bench/peers/),
