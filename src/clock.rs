@@ -16,11 +16,21 @@ pub fn to_unix(t: SystemTime) -> f64 {
     }
 }
 
+/// Total for any input: times before the epoch or beyond a few thousand
+/// years (a hostile state file may hold anything) are clamped.
 pub fn from_unix(secs: f64) -> SystemTime {
+    const LIMIT: f64 = 1e11;
+    let secs = if secs.is_finite() {
+        secs.clamp(-LIMIT, LIMIT)
+    } else {
+        0.0
+    };
     if secs >= 0.0 {
         UNIX_EPOCH + Duration::from_secs_f64(secs)
     } else {
-        UNIX_EPOCH - Duration::from_secs_f64(-secs)
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs_f64(-secs))
+            .unwrap_or(UNIX_EPOCH)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use crate::spool::Spool;
+use crate::spool::{Spool, RECORD_MAX};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DepState {
@@ -38,7 +38,7 @@ pub fn check(spool: &Spool, deps: &[String]) -> DepState {
 fn result_status(spool: &Spool, workers: &[String], id: &str) -> Option<String> {
     let mut found = None;
     for w in workers {
-        let Ok(bytes) = fs::read(spool.result_path(w, id)) else {
+        let Ok(bytes) = crate::spool::read_regular(&spool.result_path(w, id), RECORD_MAX) else {
             continue;
         };
         let status = serde_json::from_slice::<serde_json::Value>(&bytes)

@@ -260,6 +260,11 @@ pub fn records(spool: &Spool, worker: Option<&str>) -> Result<Vec<Record>> {
 /// Every regular `*.json` file (not a dot-file) of one worker's DLQ folder.
 fn read_worker(spool: &Spool, worker: &str, out: &mut Vec<Record>) -> Result<()> {
     let dir = spool.dlq_dir(worker);
+    // A worker's DLQ folder that is a symlink leads outside the spool.
+    if fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+        let why = io::Error::new(io::ErrorKind::InvalidData, "not a folder (a symlink?)");
+        return Err(Error::io("refusing", &dir, why));
+    }
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

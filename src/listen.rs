@@ -24,7 +24,8 @@ use crate::listen_state::{BatchState, Health, State, TaskState};
 use crate::log::LogConfig;
 use crate::run::AgentCommand;
 use crate::spool::{
-    create_dir, dead_letter_id, is_task_file, valid_name, valid_worker_name, Spool,
+    create_dir, dead_letter_id, is_task_file, read_regular, valid_name, valid_worker_name, Spool,
+    RECORD_MAX,
 };
 
 /// Task files larger than this are not read for their id and batch.
@@ -454,7 +455,7 @@ impl Listener {
         {
             return false;
         }
-        let Some(task) = fs::read(path)
+        let Some(task) = read_regular(path, MAX_TASK_READ)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         else {
@@ -644,7 +645,7 @@ impl Listener {
 
     fn on_heartbeat(&mut self, worker: &str) {
         let path = self.cfg.spool.heartbeat_path(worker);
-        let beat = fs::read(&path)
+        let beat = read_regular(&path, 1 << 20)
             .ok()
             .filter(|b| b.len() < 1 << 20)
             .and_then(|b| serde_json::from_slice::<Heartbeat>(&b).ok())
@@ -732,7 +733,7 @@ impl Listener {
         let mut ids: Vec<String> = list(&dir)
             .into_iter()
             .filter_map(|name| {
-                let task = fs::read(dir.join(&name))
+                let task = read_regular(&dir.join(&name), MAX_TASK_READ)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
                 let id = task
@@ -842,7 +843,7 @@ fn mtime_ns(path: &Path) -> Option<u64> {
 }
 
 fn read_json(path: &Path) -> Option<Value> {
-    let bytes = fs::read(path).ok()?;
+    let bytes = read_regular(path, RECORD_MAX).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -18,6 +18,19 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Kind, Result};
 use crate::publish::{json_line, publish};
 
+/// The largest state file or journal read (a state of a million tasks
+/// takes a few hundred MB).
+const STATE_MAX: u64 = 1 << 30;
+
+/// A snapshot must be a JSON object (serde would take `[]` for one).
+fn parse_snapshot(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if !value.is_object() {
+        return Err("not a JSON object".into());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// Journal lines before a fresh snapshot is written.
 const SNAPSHOT_EVERY: usize = 20_000;
 
@@ -119,8 +132,8 @@ impl State {
             .unwrap_or_default();
         let journal_path = path.with_file_name(format!(".{name}.journal"));
         let lock = lock_state(path)?;
-        let snap = match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        let snap = match crate::spool::read_regular(path, STATE_MAX) {
+            Ok(bytes) => parse_snapshot(&bytes).map_err(|e| {
                 Error::new(
                     Kind::Data,
                     format!("cannot parse the state file {}: {e}", path.display()),
@@ -130,6 +143,13 @@ impl State {
                 version: 1,
                 ..Snapshot::default()
             },
+            // Not a regular file (a symlink, a FIFO), or too large: bad data.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::InvalidData
+                    || e.raw_os_error() == Some(nix::libc::ELOOP) =>
+            {
+                return Err(Error::io("cannot use the state file", path, e).with_kind(Kind::Data));
+            }
             Err(e) => return Err(Error::io("cannot read", path, e)),
         };
         let mut state = State {
@@ -155,14 +175,14 @@ impl State {
     }
 
     fn replay_journal(&mut self) -> Result<()> {
-        let file = match File::open(&self.journal_path) {
-            Ok(f) => f,
+        let bytes = match crate::spool::read_regular(&self.journal_path, STATE_MAX) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io("cannot read", &self.journal_path, e)),
         };
         // A torn last line (a crash mid-write) is the only one that can
         // fail to parse: it is skipped.
-        for line in BufReader::new(file).lines() {
+        for line in BufReader::new(bytes.as_slice()).lines() {
             let Ok(line) = line else { break };
             if let Ok(change) = serde_json::from_str::<Change>(&line) {
                 self.apply(change);

@@ -206,7 +206,7 @@ fn report(name: OsString, probe: bool, attempt: Option<bool>, end: End) -> Repor
 
 fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     let cfg = &ctx.config;
-    let attempt = task.retry_count + 1;
+    let attempt = task.retry_count.saturating_add(1);
     log::info!(task_id = task.id, attempt = attempt; "Task started");
     let argv = cfg.command.argv(&task.description);
     let env = [
@@ -289,7 +289,7 @@ fn fail(ctx: &Context, claim: Claim, mut task: Task, why: &str, outcome: Option<
     let cfg = &ctx.config;
     if let Some(delay) = cfg.retry.next_delay(task.retry_count) {
         let not_before = clock::unix_now() + delay.as_secs_f64();
-        task.defer(task.retry_count + 1, not_before, why);
+        task.defer(task.retry_count.saturating_add(1), not_before, why);
         let dir = cfg.spool.deferred_dir(&cfg.name);
         let name = claim.name.to_string_lossy().into_owned();
         if persist(ctx, || publish::publish(&dir, &name, &task.to_json())).is_none() {
@@ -528,7 +528,7 @@ fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
 }
 
 fn retry_scheduled(deferred: &Path, worker: &str, retry_count: u32) -> bool {
-    std::fs::read(deferred)
+    crate::spool::read_regular(deferred, 1 << 20)
         .ok()
         .and_then(|b| Task::parse(&b, worker).ok())
         .is_some_and(|t| t.retry_count > retry_count)

@@ -15,11 +15,11 @@ impl RetryPolicy {
     /// After a failed attempt of a task that had `failed_before` failed
     /// attempts: how long until the next one, or `None` when none is left.
     pub fn next_delay(&self, failed_before: u32) -> Option<Duration> {
-        let n = failed_before + 1;
+        let n = failed_before.saturating_add(1);
         if n > self.max_retries {
             return None;
         }
-        let secs = self.initial_delay.as_secs_f64() * self.backoff.powi(n as i32 - 1);
+        let secs = self.initial_delay.as_secs_f64() * self.backoff.powi(n.min(10_000) as i32 - 1);
         Some(Duration::from_secs_f64(secs.min(86_400.0 * 365.0)))
     }
 }

@@ -217,6 +217,45 @@ pub fn valid_name(s: &str) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
+/// The most a reader takes of a result or dead letter (they hold up to
+/// twice `--max-output` of text, escaped).
+pub const RECORD_MAX: u64 = 64 << 20;
+
+/// Reads a spool file that must be a regular file of at most `max` bytes:
+/// opened without following a symlink or blocking on a FIFO, its type
+/// checked, and never read past `max` (a hostile heartbeat or state file
+/// must not hang or exhaust a reader).
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "too large",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "too large",
+        ));
+    }
+    Ok(bytes)
+}
+
 /// A worker name: a valid name that is not the listener's folder.
 pub fn valid_worker_name(s: &str) -> bool {
     valid_name(s) && s != ORCHESTRATOR

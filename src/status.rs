@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::heartbeat::Heartbeat;
-use crate::spool::{is_task_file, valid_worker_name, Spool};
+use crate::spool::{is_task_file, read_regular, valid_worker_name, Spool};
 
 /// A worker is stale when its heartbeat is older than this many of the
 /// intervals the heartbeat itself names.
@@ -168,7 +168,7 @@ fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
 
 /// A heartbeat that cannot be read or parsed counts as none.
 fn read_heartbeat(path: &Path) -> Option<Heartbeat> {
-    let bytes = fs::read(path).ok()?;
+    let bytes = read_regular(path, 1 << 20).ok()?;
     if bytes.len() > 1 << 20 {
         return None;
     }
@@ -217,7 +217,7 @@ fn count_results(dir: &Path) -> Result<(u64, u64)> {
         .iter()
         .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
     {
-        let status = fs::read(dir.join(name))
+        let status = read_regular(&dir.join(name), crate::spool::RECORD_MAX)
             .ok()
             .and_then(|b| serde_json::from_slice::<Status>(&b).ok());
         match status.as_ref().map(|s| s.status.as_str()) {
@@ -270,18 +270,27 @@ pub fn render_table(report: &StatusReport) -> String {
         .collect();
     let mut out = format!("overall: {}", report.overall.as_str());
     if !report.reasons.is_empty() {
-        let _ = write!(out, " ({})", report.reasons.join("; "));
+        let _ = write!(out, " ({})", printable(&report.reasons.join("; ")));
     }
     out.push('\n');
     for row in &rows {
         let cells: Vec<String> = row
             .iter()
+            .map(|c| printable(c))
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out
+}
+
+/// A heartbeat's text as a terminal may show it: control characters (an
+/// escape sequence could forge a line) become `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn human_duration(secs: u64) -> String {

@@ -177,6 +177,6 @@ impl Waiter {
 
 /// A record parsed, and its bytes.
 fn read_record(path: &std::path::Path) -> Option<(serde_json::Value, Vec<u8>)> {
-    let raw = fs::read(path).ok()?;
+    let raw = crate::spool::read_regular(path, crate::spool::RECORD_MAX).ok()?;
     Some((serde_json::from_slice(&raw).ok()?, raw))
 }

@@ -61,6 +61,12 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     spool.create_worker_dirs(&config.name)?;
     let pending = spool.pending_dir(&config.name);
     check_access(&pending, config.allow_shared_spool)?;
+    if let Some(bad) = linked_folder(spool, &config.name) {
+        return Err(Error::config(format!(
+            "refusing {}: not a folder of its own (a symlink?); the worker would follow it out of the spool",
+            bad.display()
+        )));
+    }
     let (notice_tx, notices) = unbounded();
     let (report_tx, reports) = unbounded();
     let (job_tx, jobs) = unbounded();
@@ -149,6 +155,15 @@ fn check_access(dir: &std::path::Path, allowed: bool) -> Result<()> {
         "refusing the tasks folder {}: {found} (--allow-shared-spool starts anyway)",
         dir.display()
     )))
+}
+
+/// `.active/` or `.deferred/` when it is not a real folder: whoever can
+/// write the tasks folder could point them anywhere, and the worker moves
+/// files in and out of them.
+fn linked_folder(spool: &crate::spool::Spool, worker: &str) -> Option<std::path::PathBuf> {
+    [spool.active_dir(worker), spool.deferred_dir(worker)]
+        .into_iter()
+        .find(|d| !fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
 }
 
 /// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by
@@ -344,6 +359,11 @@ impl Dispatcher {
     fn heartbeat_tick(&mut self) {
         if self.watcher.as_ref().is_some_and(Watcher::replaced) {
             self.rewatch();
+        }
+        if let Some(bad) = linked_folder(&self.cfg.spool, &self.cfg.name) {
+            log::error!(folder = bad.display().to_string(); "Not a folder of its own (a symlink?): claims paused until it is one again");
+            self.claim_pause = Some(Instant::now() + self.cfg.heartbeat_interval);
+            return;
         }
         if self.stopping.is_none() {
             self.probe_active();
@@ -695,9 +715,10 @@ impl Dispatcher {
             if !is_task_file(&name) || self.deferred.contains(&name) {
                 continue;
             }
-            let task = fs::read(entry.path())
-                .ok()
-                .and_then(|b| Task::parse(&b, &self.cfg.name).ok());
+            let task =
+                crate::spool::read_regular(&entry.path(), self.cfg.max_task_bytes.max(1 << 20))
+                    .ok()
+                    .and_then(|b| Task::parse(&b, &self.cfg.name).ok());
             let entry = match task {
                 Some(t) => Deferred {
                     not_before: t.not_before.unwrap_or(0.0),
