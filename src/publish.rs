@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::fcntl::{renameat2, RenameFlags};
 
@@ -81,9 +81,32 @@ fn numbered(dir: &Path, stem: &str, unix: u64, bytes: &[u8], sync: bool) -> Resu
     unreachable!("the loop returns")
 }
 
-/// rename(2) that fails with `AlreadyExists` instead of replacing.
+/// Set once a file system refused RENAME_NOREPLACE (NFS, CephFS and 9P
+/// accept no rename flags): from then on, link and unlink do the same.
+static NO_RENAME_FLAGS: AtomicBool = AtomicBool::new(false);
+
+/// rename(2) that fails with `AlreadyExists` instead of replacing. Where
+/// the file system knows no RENAME_NOREPLACE, link(2) then unlink(2): the
+/// classic NFS recipe, with the same outcome for a file (link refuses an
+/// existing name; the inode, and so any flock on it, stays the same).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE).map_err(io::Error::from)
+    if !NO_RENAME_FLAGS.load(Ordering::Relaxed) {
+        match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+                NO_RENAME_FLAGS.store(true, Ordering::Relaxed);
+            }
+            other => return other.map_err(io::Error::from),
+        }
+    }
+    link_then_unlink(from, to)
+}
+
+fn link_then_unlink(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from).inspect_err(|_| {
+        // Never leave the entry in two places: undo the link.
+        let _ = std::fs::remove_file(to);
+    })
 }
 
 /// Makes the entries of `dir` durable.
@@ -192,6 +215,25 @@ mod tests {
         assert!(!is_our_temp(".x.tmp"));
         assert!(!is_our_temp("a.json.1.2.tmp"));
         assert!(!is_our_temp(".a.json.x.4.tmp"));
+    }
+
+    #[test]
+    fn link_then_unlink_moves_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        std::fs::write(&a, b"1").unwrap();
+        std::fs::write(&c, b"3").unwrap();
+        link_then_unlink(&a, &b).unwrap();
+        assert!(!a.exists());
+        assert_eq!(std::fs::read(&b).unwrap(), b"1");
+        let err = link_then_unlink(&b, &c).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&c).unwrap(), b"3");
+        assert!(b.exists());
     }
 
     #[test]
