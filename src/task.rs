@@ -7,6 +7,9 @@ use serde_json::{Map, Value};
 use crate::clock;
 use crate::spool::valid_name;
 
+/// Linux's MAX_ARG_STRLEN: the longest single argument, with its NUL.
+const MAX_ARGUMENT: usize = 131_072;
+
 /// When more tasks are pending than can run, `High` runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Priority {
@@ -94,8 +97,18 @@ impl Task {
             None => return Err("task_id is missing".into()),
         };
         let description = match fields.get("description") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::String(_)) => return Err("description is empty".into()),
+            Some(Value::String(s)) if s.is_empty() => return Err("description is empty".into()),
+            // It becomes one argument of the agent: the kernel takes no NUL
+            // in one, nor more than MAX_ARG_STRLEN bytes.
+            Some(Value::String(s)) if s.contains('\0') => {
+                return Err("description holds a NUL byte, which no argument can".into())
+            }
+            Some(Value::String(s)) if s.len() >= MAX_ARGUMENT => {
+                return Err(format!(
+                    "description is longer than one argument may be ({MAX_ARGUMENT} bytes)"
+                ))
+            }
+            Some(Value::String(s)) => s.clone(),
             Some(_) => return Err("description is not a string".into()),
             None => return Err("description is missing".into()),
         };
@@ -234,6 +247,7 @@ mod tests {
             r#"{"task_id":"a","description":"d","timeout":0}"#,
             r#"{"task_id":"a","description":"d","dependencies":"b"}"#,
             r#"{"task_id":"a","description":"d","metadata":[]}"#,
+            r#"{"task_id":"a","description":"a\u0000b"}"#,
         ];
         for c in cases {
             assert_eq!(parse(c).unwrap_err().reason(), "invalid_task", "{c}");

@@ -956,16 +956,16 @@ fn task_file_rows(spool: &Spool, outside: &Outside) -> Vec<Row> {
             json!({"task_id": "nb-past", "description": "d", "not_before": "0001-01-01T00:00:00Z"}),
             Some("completed"),
         ),
-        // Descriptions no argv can carry: they may fail, but they end.
-        ran(
+        // Descriptions no argument can carry: not a task that could run.
+        dead_task(
             "description-nul.json",
             json!({"task_id": "desc-nul", "description": "a\u{0}b"}),
-            None,
+            "invalid_task",
         ),
-        ran(
+        dead_task(
             "description-200k.json",
             json!({"task_id": "desc-200k", "description": "y".repeat(200_000)}),
-            None,
+            "invalid_task",
         ),
         ran_exactly("shell.json", "shell", &shell),
         ran_exactly("dash-help.json", "dash-help", "--help"),
