@@ -375,8 +375,20 @@ mod tests {
         assert_eq!(s.snap.tasks["w/a"], t);
         assert!(s.members["b"].contains("w/a"));
         s.save().unwrap();
+        drop(s);
         let s = State::load(&path).unwrap();
         assert_eq!(s.snap.tasks["w/a"], t);
         assert!(!dir.path().join(".state.json.journal").exists());
+    }
+
+    #[test]
+    fn a_second_user_of_the_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let first = State::load(&path).unwrap();
+        let err = State::load(&path).err().expect("the second load must fail");
+        assert_eq!(err.kind, Kind::TempFail);
+        drop(first);
+        assert!(State::load(&path).is_ok());
     }
 }
