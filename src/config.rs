@@ -156,6 +156,9 @@ pub struct WorkerFlags {
     pub allow_shared_spool: bool,
     /// `--no-inotify`: find tasks by rescans only (a remote host's view).
     pub no_inotify: bool,
+    pub queue_cap: Option<String>,
+    /// `--no-fsync`: a throwaway spool, fast and not crash-safe.
+    pub no_fsync: bool,
 }
 
 /// Everything hw-worker needs, validated.
@@ -187,6 +190,10 @@ pub struct WorkerConfig {
     pub allow_shared_spool: bool,
     /// Watch the tasks folder with inotify (else rescans only).
     pub inotify: bool,
+    /// Pending tasks kept in memory; the folder holds the rest.
+    pub queue_cap: usize,
+    /// Make every write durable before it counts (off: `--no-fsync`).
+    pub fsync: bool,
 }
 
 impl WorkerConfig {
@@ -316,6 +323,13 @@ impl WorkerConfig {
             },
             allow_shared_spool: f.allow_shared_spool,
             inotify: !f.no_inotify,
+            queue_cap: count(
+                pick(&f.queue_cap, "--queue-cap", None),
+                crate::queue::QUEUE_CAP as u64,
+                1,
+                1 << 24,
+            )? as usize,
+            fsync: !f.no_fsync,
             log: LogConfig::resolve(
                 log_level.map(|r| (r.value, r.origin)),
                 log_format.map(|r| (r.value, r.origin)),

@@ -11,6 +11,7 @@
 pub mod breaker;
 pub mod claim;
 pub mod clock;
+pub mod commit;
 pub mod config;
 pub mod deps;
 pub mod dlq;

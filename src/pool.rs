@@ -9,13 +9,13 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::claim::Claim;
 use crate::clock;
+use crate::commit::{self, Commits};
 use crate::config::WorkerConfig;
 use crate::dlq;
 use crate::error::Result;
@@ -68,6 +68,11 @@ pub struct Report {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum End {
+    /// Completed, its result handed to the committer: the slot is free,
+    /// and `Completed` follows once the result is durable.
+    Committing,
+    /// From the committer: the result is durable and the task has left
+    /// `.active/`. Frees no slot.
     Completed,
     /// Failed for good: result and dead letter written.
     Failed,
@@ -100,6 +105,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Fired when running tasks must stop now (the second signal).
     pub abort: Latch,
+    /// Receipts and completed results go out through the committer.
+    pub commits: Commits,
+    /// To the dispatcher: a slot is free, or a result is durable.
+    pub reports: Sender<Report>,
 }
 
 pub struct Pool {
@@ -107,20 +116,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn start(
-        context: Arc<Context>,
-        jobs: Receiver<Job>,
-        reports: Sender<Report>,
-    ) -> std::io::Result<Pool> {
+    pub fn start(context: Arc<Context>, jobs: Receiver<Job>) -> std::io::Result<Pool> {
         let mut threads = Vec::new();
         for i in 0..context.config.max_concurrent {
-            let (ctx, jobs, reports) = (context.clone(), jobs.clone(), reports.clone());
+            let (ctx, jobs) = (context.clone(), jobs.clone());
             let t = thread::Builder::new()
                 .name(format!("pool-{i}"))
                 .spawn(move || {
                     for job in jobs {
                         let report = execute_guarded(&ctx, job);
-                        if reports.send(report).is_err() {
+                        if ctx.reports.send(report).is_err() {
                             return;
                         }
                     }
@@ -232,12 +237,13 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
         stdin: None,
         limits,
     };
-    // The receipt's two fsyncs happen while the agent starts, not before.
-    let outcome = std::thread::scope(|s| {
-        s.spawn(|| write_trigger(ctx, &task));
-        run::run(invocation, &ctx.abort)
-    });
+    send_receipt(ctx, &task);
+    let outcome = run::run(invocation, &ctx.abort);
     let name = claim.name.clone();
+    if !outcome.succeeded() {
+        // The receipt goes out before anything else written for the task.
+        ctx.commits.flush();
+    }
     if outcome.aborted {
         return report(name, probe, None, return_to_pending(ctx, claim));
     }
@@ -272,15 +278,27 @@ fn failure_reason(outcome: &Outcome) -> &'static str {
     }
 }
 
+/// Hands the result to the committer; the entry leaves `.active/` and
+/// the task counts as completed only once the result is durable.
 fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End {
     let result = result_of(ctx, task, "completed", Some(outcome), None, None);
-    if !publish_result(ctx, &result) {
-        return End::Left;
-    }
-    ctx.metrics.completed();
-    let secs = outcome.duration.as_secs_f64();
-    log::info!(task_id = task.id, duration = format!("{secs:.3}s"); "Task completed");
-    finish(claim, End::Completed)
+    let dir = ctx.config.spool.result_dir(&ctx.config.name);
+    let file = crate::spool::json_name(&result.task_id);
+    let (metrics, reports) = (ctx.metrics.clone(), ctx.reports.clone());
+    let (task_id, secs) = (task.id.clone(), outcome.duration.as_secs_f64());
+    let then = move |durable: bool| {
+        if !durable {
+            return; // Told to stop now: the entry is left for recovery.
+        }
+        metrics.completed();
+        log::info!(task_id = task_id, duration = format!("{secs:.3}s"); "Task completed");
+        let name = claim.name.clone();
+        let end = finish(claim, End::Completed);
+        let _ = reports.send(report(name, false, None, end));
+    };
+    ctx.commits
+        .result(dir, file, json_line(&result), Box::new(then));
+    End::Committing
 }
 
 /// A failed attempt (`outcome` is `None` for an interrupted one): retry
@@ -366,7 +384,8 @@ fn publish_result(ctx: &Context, result: &TaskResult) -> bool {
     persist(ctx, || publish::publish(&dir, &name, &json_line(result))).is_some()
 }
 
-fn write_trigger(ctx: &Context, task: &Task) {
+/// The receipt: its fsyncs happen in the committer, while the agent runs.
+fn send_receipt(ctx: &Context, task: &Task) {
     let trigger = Trigger {
         task_id: task.id.clone(),
         worker: ctx.config.name.clone(),
@@ -374,10 +393,8 @@ fn write_trigger(ctx: &Context, task: &Task) {
         timestamp: clock::now_rfc3339(),
     };
     let dir = ctx.config.spool.trigger_dir(&ctx.config.name);
-    // A receipt is a courtesy: failing to write one does not stop the task.
-    if let Err(e) = publish::publish(&dir, &format!("{}.trigger", task.id), &json_line(&trigger)) {
-        log::warn!(task_id = task.id; "{e}");
-    }
+    let name = format!("{}.trigger", task.id);
+    ctx.commits.receipt(dir, name, json_line(&trigger));
 }
 
 /// The task leaves `.active/`; a failure to remove the entry is logged
@@ -534,36 +551,7 @@ fn retry_scheduled(deferred: &Path, worker: &str, retry_count: u32) -> bool {
         .is_some_and(|t| t.retry_count > retry_count)
 }
 
-/// Runs a publish until it works. An I/O error (a full disk, say) is not
-/// the task's fault: log it, wait, try again, with back-off up to 5 s.
-/// Gives up (`None`) only when the worker is told to stop now.
-fn persist<T>(ctx: &Context, mut publish: impl FnMut() -> Result<T>) -> Option<T> {
-    let mut delay = Duration::from_millis(100);
-    let mut logged_at: Option<Instant> = None;
-    loop {
-        match publish() {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                if logged_at.map_or(true, |t| t.elapsed() >= Duration::from_secs(30)) {
-                    log::error!("{e}; will try again");
-                    logged_at = Some(Instant::now());
-                }
-                if wait_or_abort(&ctx.abort, delay) {
-                    return None;
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Waits `delay` unless the latch fires first (then true).
-fn wait_or_abort(abort: &Latch, delay: Duration) -> bool {
-    let ms = delay.as_millis().min(i32::MAX as u128) as i32;
-    let mut fds = [PollFd::new(abort.fd(), PollFlags::POLLIN)];
-    let _ = poll(
-        &mut fds,
-        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-    );
-    abort.is_fired()
+/// Runs a publish until it works, or until told to stop now (`None`).
+fn persist<T>(ctx: &Context, publish: impl FnMut() -> Result<T>) -> Option<T> {
+    commit::persist(&ctx.abort, publish)
 }

@@ -15,16 +15,42 @@ use crate::error::{Error, Result};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Cleared by `hw-worker --no-fsync`: a throwaway spool trades crash
+/// safety for speed. Writes stay atomic for readers either way.
+static DURABLE: AtomicBool = AtomicBool::new(true);
+
+/// Whether publishes fsync (the default) or only write and rename.
+pub fn set_durable(durable: bool) {
+    DURABLE.store(durable, Ordering::Relaxed);
+}
+
+fn durable() -> bool {
+    DURABLE.load(Ordering::Relaxed)
+}
+
 /// Writes `name` in `dir` atomically, replacing what was there.
 pub fn publish(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let target = dir.join(name);
     let tmp = write_temp(dir, name, bytes, true)?;
-    if let Err(e) = std::fs::rename(&tmp, &target) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io2("cannot rename", &tmp, &target, e));
-    }
+    install(&tmp, &target)?;
     sync_dir(dir)?;
     Ok(target)
+}
+
+/// The first half of a publish: `bytes` in a dot-file beside `name`,
+/// fsynced only when `sync` is set (a group commit syncs many at once).
+/// `install` is the second half.
+pub fn stage(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBuf> {
+    write_temp(dir, name, bytes, sync)
+}
+
+/// Renames a staged file into place, replacing what was there; on
+/// failure the staged file is removed.
+pub fn install(tmp: &Path, target: &Path) -> Result<()> {
+    std::fs::rename(tmp, target).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        Error::io2("cannot rename", tmp, target, e)
+    })
 }
 
 /// Writes `name` in `dir` atomically unless it exists (then the error's
@@ -111,6 +137,9 @@ fn link_then_unlink(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Makes the entries of `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    if !durable() {
+        return Ok(());
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("cannot fsync folder", dir, e))
@@ -119,6 +148,9 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Flushes the file system that holds `path`: one flush makes a whole
 /// batch of unsynced writes durable.
 pub fn sync_filesystem(path: &Path) -> Result<()> {
+    if !durable() {
+        return Ok(());
+    }
     let f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
     nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f))
         .map_err(|e| Error::io("cannot sync the file system of", path, io::Error::from(e)))
@@ -134,7 +166,7 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBu
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
-            if sync {
+            if sync && durable() {
                 f.sync_all()?;
             }
             Ok(())

@@ -20,6 +20,7 @@ use signal_hook::iterator::Signals;
 use crate::breaker::Breaker;
 use crate::claim::{self, Activated, Attempt, Claim};
 use crate::clock;
+use crate::commit::Committer;
 use crate::config::WorkerConfig;
 use crate::deps::{self, DepState};
 use crate::error::{Error, Result};
@@ -51,6 +52,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::io("cannot install signal handlers", "".as_ref(), e))?;
     crate::run::raise_open_files_limit();
+    publish::set_durable(config.fsync);
     // Bound before anything is created, so a busy port changes nothing.
     let metrics = Arc::new(Metrics::new(&config.name));
     let server = match config.metrics {
@@ -95,12 +97,16 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     // are the only way to see new tasks.
     let blind = !config.inotify || network_fs(&pending);
     let poll = config.poll.or_else(|| blind.then_some(NETWORK_FS_POLL));
+    let committer = Committer::start(abort.clone(), config.max_concurrent)
+        .map_err(|e| Error::io("cannot start the committer for", &pending, e))?;
     let context = Arc::new(Context {
         config: config.clone(),
         metrics: metrics.clone(),
         abort: abort.clone(),
+        commits: committer.commits(),
+        reports: report_tx,
     });
-    let pool = Pool::start(context, jobs, report_tx)
+    let pool = Pool::start(context, jobs)
         .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;
     let metrics_addr = server.as_ref().map(|s| s.addr.to_string());
     let mut d = Dispatcher::new(config, metrics, job_tx, watcher, poll, metrics_addr);
@@ -108,6 +114,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     d.serve(&notices, &reports, &signal_rx, &abort);
     drop(d.jobs.take());
     pool.join();
+    committer.close();
     stop.fire();
     if let Some(w) = d.watcher.as_mut() {
         w.join();
@@ -229,6 +236,7 @@ impl Dispatcher {
     ) -> Self {
         let now = Instant::now();
         let poll = poll.filter(|p| !p.is_zero());
+        let queue = PendingQueue::with_cap(cfg.queue_cap);
         Dispatcher {
             breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_timeout),
             next_heartbeat: now + cfg.heartbeat_interval,
@@ -240,7 +248,7 @@ impl Dispatcher {
             watcher,
             next_watchdog: None,
             notifier: Notifier::from_env(),
-            queue: PendingQueue::default(),
+            queue,
             deferred: DeferredSchedule::default(),
             settling: Vec::new(),
             announced: HashSet::new(),
@@ -269,8 +277,9 @@ impl Dispatcher {
             .send(&format!("READY=1\nSTATUS={}", self.status_line()));
         self.next_watchdog = self.notifier.watchdog_every().map(|d| Instant::now() + d);
         log::info!(
-            pending = self.queue.len(), deferred = self.deferred.len(),
+            pending = self.queue.pending(), deferred = self.deferred.len(),
             recovered = self.recovered.len(), pool = self.cfg.max_concurrent,
+            queue_cap = self.cfg.queue_cap, fsync = self.cfg.fsync,
             poll = self.poll.map_or(0.0, |p| p.as_secs_f64());
             "Worker started"
         );
@@ -384,7 +393,7 @@ impl Dispatcher {
         let h = self.metrics.heartbeat_stats();
         format!(
             "{} pending, {} running, {} deferred; {} done, {} failed, {} dead letters; breaker {}",
-            self.queue.len(),
+            self.queue.pending(),
             self.running,
             self.deferred.len(),
             h.tasks_processed - h.tasks_failed,
@@ -407,7 +416,7 @@ impl Dispatcher {
                     if direct {
                         self.queue.push(name, Priority::Normal, SystemTime::now());
                     } else {
-                        self.push_peeked(name);
+                        self.push_arrival(name);
                     }
                 }
             }
@@ -458,6 +467,11 @@ impl Dispatcher {
     }
 
     fn on_report(&mut self, report: Report) {
+        if report.end == End::Completed {
+            // The committer's word: the slot was freed at `Committing`.
+            self.release_busy(&report.name);
+            return;
+        }
         self.running -= 1;
         match report.attempt {
             Some(ok) => self.breaker.record(ok, report.probe, Instant::now()),
@@ -476,17 +490,25 @@ impl Dispatcher {
             };
             self.deferred.insert(report.name.clone(), entry);
         }
-        if let Some(i) = self.busy.iter().position(|n| *n == report.name) {
+        self.release_busy(&report.name);
+        self.update_gauges();
+    }
+
+    /// A task of that name has left `.active/`: one waiting for it may go.
+    fn release_busy(&mut self, name: &OsString) {
+        if let Some(i) = self.busy.iter().position(|n| n == name) {
             let name = self.busy.swap_remove(i);
             self.push_peeked(name);
         }
-        self.update_gauges();
     }
 
     /// Claims while slots are free, the breaker admits, and tasks wait.
     fn dispatch(&mut self) {
         if self.stopping.is_some() || self.claim_pause.is_some() {
             return;
+        }
+        if self.queue.wants_rescan() {
+            self.rescan();
         }
         while self.running < self.cfg.max_concurrent {
             if let Some(claim) = self.recovered.pop() {
@@ -674,9 +696,14 @@ impl Dispatcher {
         }
     }
 
-    /// Queues a name after a look at its priority and age.
+    /// Queues a name after a look at its priority and age; with the queue
+    /// full it stays in the folder unread, for a later rescan.
     fn push_peeked(&mut self, name: OsString) {
         if self.queue.contains(&name) {
+            return;
+        }
+        if self.queue.is_full() {
+            self.queue.leave_out();
             return;
         }
         let path = self.cfg.spool.pending_dir(&self.cfg.name).join(&name);
@@ -684,8 +711,21 @@ impl Dispatcher {
         self.queue.push(name, priority, written);
     }
 
-    /// Lists the tasks folder and queues what the queue misses.
+    /// A task that just arrived: even a full queue takes it if it would
+    /// run before the queue's last entry.
+    fn push_arrival(&mut self, name: OsString) {
+        if self.queue.contains(&name) {
+            return;
+        }
+        let path = self.cfg.spool.pending_dir(&self.cfg.name).join(&name);
+        let (priority, written) = peek(&path, self.cfg.max_task_bytes);
+        self.queue.push_urgent(name, priority, written);
+    }
+
+    /// Lists the tasks folder and queues what the queue misses, up to its
+    /// capacity; the rest is counted and waits for the queue to run low.
     fn rescan(&mut self) {
+        self.queue.forget_left_out();
         let dir = self.cfg.spool.pending_dir(&self.cfg.name);
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
@@ -771,7 +811,7 @@ impl Dispatcher {
     }
 
     fn update_gauges(&self) {
-        self.metrics.set_queue_size(self.queue.len());
+        self.metrics.set_queue_size(self.queue.pending());
         self.metrics.set_active(self.running);
         self.metrics.set_breaker(self.breaker.gauge());
     }
@@ -781,7 +821,7 @@ impl Dispatcher {
             worker: self.cfg.name.clone(),
             timestamp: clock::now_rfc3339(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            queue_size: self.queue.len() as u64,
+            queue_size: self.queue.pending() as u64,
             active_tasks: self.running as u64,
             circuit_breaker_state: self.breaker.name().into(),
             stats: self.metrics.heartbeat_stats(),

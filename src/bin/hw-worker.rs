@@ -36,6 +36,10 @@ Options (each overrides its environment variable):
       --max-task-bytes BYTES    larger task files are dead-lettered (1M)
       --max-memory BYTES        address-space limit of each agent (none)
       --max-cpu SECS            CPU-time limit of each agent (none)
+      --queue-cap N             pending tasks kept in memory; the folder holds
+                                the rest (8192)
+      --no-fsync                skip every fsync: fast, but a crash may lose or
+                                tear files (throwaway spools only)
       --allow-shared-spool      start even if others may write the tasks folder
       --log-level LEVEL         DEBUG, INFO, WARNING, ERROR (LOG_LEVEL; INFO)
       --log-format FORMAT       json or text (LOG_FORMAT; json)
@@ -96,6 +100,11 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
                 f.no_inotify = true;
                 continue;
             }
+            Long("no-fsync") => {
+                f.no_fsync = true;
+                continue;
+            }
+            Long("queue-cap") => &mut f.queue_cap,
             Long("max-memory") => &mut f.max_memory,
             Long("max-cpu") => &mut f.max_cpu,
             Value(name) if f.name.is_none() => {

@@ -1,0 +1,268 @@
+//! Group commit for the files a worker writes on its hot path: the
+//! receipt at claim and the result of a completed task. One thread takes
+//! every file that is ready, stages them all as dot-files, makes them
+//! durable with one flush, renames them into place in the order they came,
+//! and syncs each folder once. A burst of tasks then costs a flush or two
+//! rather than four fsyncs per task, and a pool thread goes back to work
+//! as soon as its agent has exited.
+//!
+//! Files go out in the order they came, so a task's receipt is always in
+//! place before its result.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::error::Result;
+use crate::latch::Latch;
+use crate::publish;
+
+/// Files in flight beyond this make pool threads wait: back-pressure when
+/// the disk is slow or full.
+const CAPACITY: usize = 256;
+
+/// What runs once a result is durable (`true`), or when the worker is
+/// told to stop before it could be (`false`).
+pub type Then = Box<dyn FnOnce(bool) + Send>;
+
+enum Item {
+    Receipt(File),
+    Result(File, Then),
+    /// Answered once everything sent before it is published.
+    Flush(Sender<()>),
+}
+
+struct File {
+    dir: PathBuf,
+    name: String,
+    bytes: Vec<u8>,
+}
+
+impl File {
+    fn target(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+}
+
+/// The sending side, one per pool thread (cheap to clone).
+#[derive(Clone)]
+pub struct Commits {
+    tx: Sender<Item>,
+    /// One permit per result not yet durable: a pool thread waits for one,
+    /// so a crash catches at most that many tasks whose agent finished but
+    /// whose result was not yet written.
+    permits: Sender<()>,
+}
+
+/// The committing thread; `close` drains it.
+pub struct Committer {
+    commits: Commits,
+    thread: JoinHandle<()>,
+}
+
+impl Committer {
+    /// `unpublished`: how many results may wait to be made durable.
+    pub fn start(abort: Latch, unpublished: usize) -> std::io::Result<Committer> {
+        let (tx, rx) = bounded(CAPACITY);
+        let (permits, returned) = bounded(unpublished.max(1));
+        let thread = thread::Builder::new()
+            .name("commit".into())
+            .spawn(move || serve(&rx, &returned, &abort))?;
+        Ok(Committer {
+            commits: Commits { tx, permits },
+            thread,
+        })
+    }
+
+    pub fn commits(&self) -> Commits {
+        self.commits.clone()
+    }
+
+    /// Publishes what is left once every `Commits` is dropped, then ends.
+    pub fn close(self) {
+        drop(self.commits);
+        let _ = self.thread.join();
+    }
+}
+
+impl Commits {
+    /// A receipt: one that cannot be written is logged, not retried.
+    pub fn receipt(&self, dir: PathBuf, name: String, bytes: Vec<u8>) {
+        let _ = self.tx.send(Item::Receipt(File { dir, name, bytes }));
+    }
+
+    /// A result: `then(true)` runs once it is durable and in place.
+    pub fn result(&self, dir: PathBuf, name: String, bytes: Vec<u8>, then: Then) {
+        let item = Item::Result(File { dir, name, bytes }, then);
+        if self.permits.send(()).is_err() {
+            return then_not_durable(item);
+        }
+        if let Err(e) = self.tx.send(item) {
+            then_not_durable(e.into_inner());
+        }
+    }
+
+    /// Returns once everything sent before is published: what a pool
+    /// thread calls before it writes anything of its own for a task.
+    pub fn flush(&self) {
+        let (tx, rx) = bounded(1);
+        if self.tx.send(Item::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+}
+
+fn then_not_durable(item: Item) {
+    if let Item::Result(_, then) = item {
+        then(false);
+    }
+}
+
+fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch) {
+    // Whatever queued up while the last batch was being written is the
+    // next batch: the busier the worker, the more each flush covers.
+    while let Ok(first) = rx.recv() {
+        let mut batch = Batch::default();
+        for item in std::iter::once(first).chain(rx.try_iter().take(CAPACITY)) {
+            match item {
+                Item::Receipt(f) => batch.receipts.push(f),
+                Item::Result(f, then) => batch.results.push((f, then)),
+                Item::Flush(answer) => batch.answers.push(answer),
+            }
+        }
+        let results = batch.results.len();
+        batch.commit(abort);
+        for _ in 0..results {
+            let _ = permits.try_recv();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    receipts: Vec<File>,
+    results: Vec<(File, Then)>,
+    answers: Vec<Sender<()>>,
+}
+
+impl Batch {
+    /// Stage all, one flush, rename all (receipts first), sync each folder
+    /// once, then tell. A file whose fast path fails goes the slow way:
+    /// its own publish, retried while the disk refuses.
+    fn commit(self, abort: &Latch) {
+        let files: Vec<&File> = self
+            .receipts
+            .iter()
+            .chain(self.results.iter().map(|(f, _)| f))
+            .collect();
+        let placed = place(&files);
+        let receipts = self.receipts.len();
+        for (f, ok) in self.receipts.iter().zip(&placed) {
+            if !ok {
+                publish_receipt(f);
+            }
+        }
+        for ((f, then), ok) in self.results.into_iter().zip(&placed[receipts..]) {
+            then(*ok || persist(abort, || publish::publish(&f.dir, &f.name, &f.bytes)).is_some());
+        }
+        for answer in self.answers {
+            let _ = answer.send(());
+        }
+    }
+}
+
+/// Publishes `files` in order with one flush for all: whether each is now
+/// durable and in place.
+fn place(files: &[&File]) -> Vec<bool> {
+    let alone = files.len() == 1;
+    let staged: Vec<Option<PathBuf>> = files
+        .iter()
+        .map(|f| publish::stage(&f.dir, &f.name, &f.bytes, alone).ok())
+        .collect();
+    let flushed = alone || sync_all_staged(&staged);
+    let mut placed: Vec<bool> = files
+        .iter()
+        .zip(staged)
+        .map(|(f, tmp)| match tmp {
+            Some(tmp) if flushed => publish::install(&tmp, &f.target()).is_ok(),
+            Some(tmp) => {
+                let _ = std::fs::remove_file(tmp);
+                false
+            }
+            None => false,
+        })
+        .collect();
+    let folders: BTreeSet<&Path> = files
+        .iter()
+        .zip(&placed)
+        .filter(|(_, ok)| **ok)
+        .map(|(f, _)| f.dir.as_path())
+        .collect();
+    let unsynced: Vec<&Path> = folders
+        .into_iter()
+        .filter(|d| publish::sync_dir(d).is_err())
+        .collect();
+    for (f, ok) in files.iter().zip(placed.iter_mut()) {
+        *ok = *ok && !unsynced.contains(&f.dir.as_path());
+    }
+    placed
+}
+
+/// One flush of the file system for every staged file.
+fn sync_all_staged(staged: &[Option<PathBuf>]) -> bool {
+    let Some(first) = staged.iter().flatten().next() else {
+        return true;
+    };
+    match publish::sync_filesystem(first) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("{e}; publishing one by one");
+            false
+        }
+    }
+}
+
+/// A receipt is a courtesy: failing to write one does not stop the task.
+fn publish_receipt(f: &File) {
+    if let Err(e) = publish::publish(&f.dir, &f.name, &f.bytes) {
+        log::warn!("{e}");
+    }
+}
+
+/// Runs a publish until it works. An I/O error (a full disk, say) is not
+/// the task's fault: log it, wait, try again, with back-off up to 5 s.
+/// Gives up (`None`) only when the worker is told to stop now.
+pub fn persist<T>(abort: &Latch, mut publish: impl FnMut() -> Result<T>) -> Option<T> {
+    let mut delay = Duration::from_millis(100);
+    let mut logged_at: Option<Instant> = None;
+    loop {
+        match publish() {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                if logged_at.map_or(true, |t| t.elapsed() >= Duration::from_secs(30)) {
+                    log::error!("{e}; will try again");
+                    logged_at = Some(Instant::now());
+                }
+                if wait_or_abort(abort, delay) {
+                    return None;
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Waits `delay` unless the latch fires first (then true).
+fn wait_or_abort(abort: &Latch, delay: Duration) -> bool {
+    let ms = delay.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(abort.fd(), PollFlags::POLLIN)];
+    let _ = poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    );
+    abort.is_fired()
+}
