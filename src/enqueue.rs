@@ -127,6 +127,8 @@ pub struct Enqueuer<'a> {
     dead_letters: Option<HashSet<String>>,
     /// Given ids of this run (the input must not hold one twice).
     taken: HashSet<String>,
+    /// Part of every staging file's name; asked once, not per file.
+    pid: u32,
 }
 
 impl<'a> Enqueuer<'a> {
@@ -141,6 +143,7 @@ impl<'a> Enqueuer<'a> {
             ids: IdGenerator::new(),
             dead_letters: None,
             taken: HashSet::new(),
+            pid: std::process::id(),
         })
     }
 
@@ -287,14 +290,15 @@ impl<'a> Enqueuer<'a> {
     fn stage(&self, p: &Prepared) -> Result<PathBuf> {
         let tmp = self
             .pending
-            .join(format!(".{}.{}.enqueue.tmp", p.id, std::process::id()));
-        let written = OpenOptions::new()
+            .join(format!(".{}.{}.enqueue.tmp", p.id, self.pid));
+        let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o640)
             .open(&tmp)
-            .and_then(|mut f| f.write_all(&p.bytes));
-        written.map_err(|e| {
+            // Not created, so not ours to remove (another host's, say).
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        file.write_all(&p.bytes).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             Error::io("cannot write", &tmp, e)
         })?;
@@ -327,6 +331,28 @@ pub fn check_id(id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staging_name_taken_by_someone_else_fails_the_batch_and_stays() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::at(root.path());
+        let mut e = Enqueuer::new(&spool, "marie").unwrap();
+        let t = Template::default();
+        let batch: Vec<Prepared> = (0..3)
+            .map(|i| e.from_description(&format!("task {i}"), None, &t).unwrap())
+            .collect();
+        let blocker = format!(".{}.{}.enqueue.tmp", batch[1].id, std::process::id());
+        fs::write(e.pending.join(&blocker), b"theirs").unwrap();
+        let (published, err) = e.publish(batch).unwrap_err();
+        assert!(published.is_empty(), "{published:?}");
+        assert!(err.to_string().contains("cannot write"), "{err}");
+        let left: Vec<String> = fs::read_dir(&e.pending)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, [blocker.clone()]);
+        assert_eq!(fs::read(e.pending.join(&blocker)).unwrap(), b"theirs");
+    }
 
     #[test]
     fn generated_ids_are_valid_unique_and_sorted() {

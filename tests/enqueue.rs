@@ -1397,3 +1397,26 @@ hw-enqueue --depends-on "$id" anga "Summarise the collected logs""#;
         "anga's task ended before marie's"
     );
 }
+
+#[test]
+fn a_bad_line_after_several_full_batches_keeps_every_line_before_it() {
+    // Several batches of 1024 went out before the bad line: every line
+    // before it is published and printed, none after it.
+    let spool = Spool::new();
+    let mut input: Vec<u8> = (0..2500)
+        .flat_map(|i| format!("{{\"description\":\"task {i}\"}}\n").into_bytes())
+        .collect();
+    input.extend_from_slice(b"{\"description\":5}\n{\"description\":\"after\"}\n");
+    let out = enqueue_input(&spool, &["--json", W], &input);
+    assert_exit(&out, 65);
+    assert!(
+        stderr(&out).contains("line 2501"),
+        "stderr: {}",
+        stderr(&out)
+    );
+    let ids = printed(&out);
+    assert_eq!(ids.len(), 2500);
+    assert_eq!(task(&spool, &ids[2499])["description"], "task 2499");
+    assert_eq!(pending_ids(&spool, W).len(), 2500);
+    assert_no_dot_files(&spool, W);
+}

@@ -2,8 +2,11 @@
 //! ids (or, with --wait, their terminal records).
 
 use std::io::{BufRead, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use hookwatch::config::{invalid_worker_name, parse_duration};
 use hookwatch::enqueue::{check_id, Enqueuer, Prepared, Template};
@@ -315,7 +318,8 @@ fn feed_stdin(
                 return Err(Error::new(e.kind, format!("line {number}: {e}")));
             }
         }
-        if batch.len() >= BATCH || (!batch.is_empty() && input.buffer().is_empty()) {
+        let paused = input.buffer().is_empty() && !input_ready(input.get_ref());
+        if batch.len() >= BATCH || (!batch.is_empty() && paused) {
             publish(enqueuer, std::mem::take(&mut batch), sink)?;
         }
     }
@@ -345,6 +349,14 @@ fn prepare_line(
         false => enqueuer.from_description(text, p.id.as_deref(), &p.template)?,
     };
     Ok(Some(task))
+}
+
+/// Whether more input can be read at once: an emptied buffer is a pause
+/// only when the pipe is empty too, not each time the buffer needs a refill.
+fn input_ready(input: &impl AsFd) -> bool {
+    let mut fds = [PollFd::new(input.as_fd(), PollFlags::POLLIN)];
+    // An error or a hang-up counts as ready: the next read tells which.
+    !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
 }
 
 fn publish(
