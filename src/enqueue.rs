@@ -350,7 +350,7 @@ mod tests {
             .unwrap()
             .map(|d| d.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left, [blocker.clone()]);
+        assert_eq!(left, std::slice::from_ref(&blocker));
         assert_eq!(fs::read(e.pending.join(&blocker)).unwrap(), b"theirs");
     }
 
