@@ -8,6 +8,8 @@ Runs, on the same workload and the same spool protocol (bench/spoolbench.py):
                        (it is sequential); skipped when inotifywait is missing
   py_watchdog          bench/peers/py_watchdog_worker.py (watchdog + thread pool),
                        concurrency 2; skipped when `import watchdog` fails
+  hw_nofsync           hw-worker --no-fsync, concurrency 2: what durability
+                       costs (its ratio < 1 is the price of the fsyncs)
 
 through these phases (the agent command is /bin/true, which ignores -p DESC):
 
@@ -247,8 +249,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bin-dir", default=os.path.join(REPO, "target", "release"),
                     help="where hw-worker, hw-enqueue, hw-listen are (default target/release)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.jsonl"), help="JSON lines output")
-    ap.add_argument("--peers", default="inotify_loop,py_watchdog",
-                    help="peers to run, comma-separated (default inotify_loop,py_watchdog; '' for none)")
+    ap.add_argument("--peers", default="inotify_loop,py_watchdog,hw_nofsync",
+                    help="peers to run, comma-separated (default inotify_loop,py_watchdog,hw_nofsync; "
+                         "'' for none)")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="spoolbench's per-phase limit, s (default 120; the 100,000 backlog gets 10x)")
     ap.add_argument("--base", default=None, help="folder for the temporary spools (default: system temp dir)")
@@ -264,7 +267,7 @@ def main(argv=None) -> int:
         "enqueue_n": 2000 if q else 10000,
         "listen_n": 2000 if q else 10000,
         "runs": 3,
-        "concurrency": {HW: 2, "inotify_loop": 1, "py_watchdog": 2},
+        "concurrency": {HW: 2, "inotify_loop": 1, "py_watchdog": 2, "hw_nofsync": 2},
         "agent": "/bin/true",
     }
     bindir = os.path.abspath(a.bin_dir)
@@ -291,6 +294,8 @@ def main(argv=None) -> int:
                             f"exec {sh(sys.executable)} {sh(os.path.join(HERE, 'peers', 'py_watchdog_worker.py'))} bench"))
         else:
             skipped["py_watchdog"] = f"{sys.executable} cannot import watchdog (pip install watchdog, or make bench-deps)"
+    if "hw_nofsync" in wanted:
+        workers.append(("hw_nofsync", f"exec {sh(os.path.join(bindir, 'hw-worker'))} --no-metrics --no-fsync bench"))
     for name, why in skipped.items():
         log(f"skipping peer {name}: {why}")
 
