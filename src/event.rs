@@ -3,6 +3,7 @@
 //! complete, and optionally the input of an `--exec` hook. Trigger files of
 //! a burst are made durable together by one `syncfs`.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,9 +14,9 @@ use crossbeam_channel::{unbounded, Sender};
 use serde_json::Value;
 
 use crate::clock;
-use crate::error::Result;
+use crate::error::{Kind, Result};
 use crate::latch::Latch;
-use crate::publish::{json_line, publish_numbered_unsynced, sync_dir, sync_filesystem};
+use crate::publish::{json_line, Folder};
 use crate::run::{self, AgentCommand, Invocation, Limits};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,18 +53,23 @@ impl Event {
 
 /// Writes events where the orchestrator looks for them.
 pub struct Emitter {
-    dir: PathBuf,
+    dir: Folder,
     hooks: Option<Hooks>,
     unsynced: bool,
+    /// The last trigger name taken, per event type: (ms, number). A burst
+    /// puts several events of one type in one millisecond; starting after
+    /// the last number taken spares a failed rename for each taken one.
+    last: HashMap<&'static str, (u64, u32)>,
 }
 
 impl Emitter {
     pub fn new(dir: &Path, hooks: Option<Hooks>) -> Result<Emitter> {
         crate::spool::create_dir(dir)?;
         Ok(Emitter {
-            dir: dir.to_path_buf(),
+            dir: Folder::open(dir)?,
             hooks,
             unsynced: false,
+            last: HashMap::new(),
         })
     }
 
@@ -73,13 +79,37 @@ impl Emitter {
         let bytes = event.to_line();
         let ms = (clock::parse_rfc3339(&event.timestamp).unwrap_or_else(clock::unix_now) * 1000.0)
             as u64;
-        let name = publish_numbered_unsynced(&self.dir, event.event_type, ms, &bytes)?;
+        let first = match self.last.get(event.event_type) {
+            Some(&(last_ms, n)) if last_ms == ms => n + 1,
+            _ => 1,
+        };
+        let name = match self
+            .dir
+            .publish_numbered_unsynced(event.event_type, ms, first, &bytes)
+        {
+            Ok((name, n)) => {
+                self.last.insert(event.event_type, (ms, n));
+                name
+            }
+            Err(e) if e.kind == Kind::NotFound => {
+                // The folder was removed, perhaps replaced: publish into
+                // what its path names now, as before it was held open.
+                let path = self.dir.path().to_path_buf();
+                self.dir = Folder::open(&path).map_err(|_| e)?;
+                let (name, n) =
+                    self.dir
+                        .publish_numbered_unsynced(event.event_type, ms, 1, &bytes)?;
+                self.last.insert(event.event_type, (ms, n));
+                name
+            }
+            Err(e) => return Err(e),
+        };
         self.unsynced = true;
         let mut out = std::io::stdout().lock();
         // A closed stdout must not stop the listener: the trigger is written.
         let _ = out.write_all(&bytes).and_then(|()| out.flush());
         if let Some(h) = &self.hooks {
-            h.run(event.event_type, self.dir.join(name));
+            h.run(event.event_type, self.dir.path().join(name));
         }
         Ok(())
     }
@@ -87,8 +117,7 @@ impl Emitter {
     /// Makes every trigger written since the last call durable.
     pub fn sync(&mut self) -> Result<()> {
         if self.unsynced {
-            sync_filesystem(&self.dir)?;
-            sync_dir(&self.dir)?;
+            self.dir.sync()?;
             self.unsynced = false;
         }
         Ok(())

@@ -780,6 +780,11 @@ impl Listener {
     }
 
     fn emit(&mut self, event: Event) {
+        // The journal lines of the events before go first: a crash may then
+        // repeat only the event it interrupts.
+        if let Err(e) = self.state.write_journal() {
+            log::error!("{e}");
+        }
         match self.emitter.emit(&event) {
             Ok(()) => self.emitted += 1,
             Err(e) => log::error!(event = event.event_type; "{e}"),
@@ -804,6 +809,11 @@ impl Listener {
     fn flush(&mut self) {
         for b in std::mem::take(&mut self.touched) {
             self.check_batch(b);
+        }
+        // Journal first, so that the one syncfs of the triggers also carries
+        // it when it shares their file system.
+        if let Err(e) = self.state.write_journal() {
+            log::error!("{e}");
         }
         if let Err(e) = self.emitter.sync().and_then(|()| self.state.sync()) {
             log::error!("{e}");

@@ -2,14 +2,16 @@
 //! that each event goes out once, also across restarts. A snapshot is
 //! written atomically now and then; between snapshots every change is
 //! appended to a journal beside it (`.<state file>.journal`), one JSON line
-//! per change, written before the next event goes out. Loading reads the
+//! per change, written before the next event goes out (the listener calls
+//! `write_journal` first; the changes that one event makes go out in one
+//! write). Loading reads the
 //! snapshot, then replays the journal. Terminal tasks older than the
 //! retention are forgotten, and records older than the horizon are not
 //! emitted again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -115,7 +117,8 @@ pub struct State {
     pub members: BTreeMap<String, BTreeSet<String>>,
     path: PathBuf,
     journal_path: PathBuf,
-    journal: Option<File>,
+    /// Changes are held here until `write_journal` (or `sync`, or a drop).
+    journal: Option<BufWriter<File>>,
     journaled: usize,
     /// Held while this listener uses the state: two would emit twice.
     _lock: File,
@@ -238,7 +241,7 @@ impl State {
                 .mode(0o640)
                 .open(&self.journal_path)
                 .map_err(|e| Error::io("cannot open", &self.journal_path, e))?;
-            self.journal = Some(file);
+            self.journal = Some(BufWriter::with_capacity(64 * 1024, file));
         }
         let line = json_line(&change);
         if let Some(j) = self.journal.as_mut() {
@@ -250,10 +253,22 @@ impl State {
         Ok(())
     }
 
+    /// Hands the changes held to the kernel: from then on they survive a
+    /// crash of the process (not yet of the machine; see `sync`).
+    pub fn write_journal(&mut self) -> Result<()> {
+        if let Some(j) = self.journal.as_mut() {
+            j.flush()
+                .map_err(|e| Error::io("cannot write", &self.journal_path, e))?;
+        }
+        Ok(())
+    }
+
     /// Makes the journal durable.
     pub fn sync(&mut self) -> Result<()> {
+        self.write_journal()?;
         if let Some(j) = &self.journal {
-            j.sync_data()
+            j.get_ref()
+                .sync_data()
                 .map_err(|e| Error::io("cannot fsync", &self.journal_path, e))?;
         }
         Ok(())
@@ -304,8 +319,11 @@ impl State {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         publish(&dir, &name, &json_line(&self.snap))?;
-        // The snapshot holds everything the journal said.
-        self.journal = None;
+        // The snapshot holds everything the journal said, and what it still
+        // held unwritten: that is dropped, not written to a file that goes.
+        if let Some(j) = self.journal.take() {
+            drop(j.into_parts());
+        }
         match fs::remove_file(&self.journal_path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -370,7 +388,8 @@ mod tests {
             ..TaskState::default()
         };
         s.set_task("w/a", t.clone()).unwrap();
-        drop(s); // a crash: no snapshot
+        s.write_journal().unwrap();
+        drop(s); // a crash once the journal is written: no snapshot
         let mut s = State::load(&path).unwrap();
         assert_eq!(s.snap.tasks["w/a"], t);
         assert!(s.members["b"].contains("w/a"));

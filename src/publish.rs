@@ -5,11 +5,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use nix::fcntl::{renameat2, RenameFlags};
+use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 
 use crate::error::{Error, Result};
 
@@ -224,6 +227,127 @@ pub fn json_line<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
     bytes
 }
 
+/// A folder held open to publish many files into (the listener's
+/// triggers): names relative to it spare the kernel a walk of the whole
+/// path at every open and rename, and the process id is asked once.
+pub struct Folder {
+    path: PathBuf,
+    fd: OwnedFd,
+    pid: u32,
+}
+
+impl Folder {
+    pub fn open(path: &Path) -> Result<Folder> {
+        let fd = openat(
+            None,
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("cannot open", path, e.into()))?;
+        // SAFETY: openat returned a descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Folder {
+            path: path.to_path_buf(),
+            fd,
+            pid: std::process::id(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `publish_numbered_unsynced` into this folder, trying the numbers
+    /// from `first` on (1 is the name without a number), so that a caller
+    /// who remembers the last number it took need not try the taken ones
+    /// again. Returns the name and its number.
+    pub fn publish_numbered_unsynced(
+        &self,
+        stem: &str,
+        unix: u64,
+        first: u32,
+        bytes: &[u8],
+    ) -> Result<(String, u32)> {
+        let tmp = self.write_temp(stem, bytes)?;
+        for n in first.max(1).. {
+            let name = match n {
+                1 => format!("{stem}_{unix}.json"),
+                _ => format!("{stem}_{unix}-{n}.json"),
+            };
+            match self.rename_noreplace(&tmp, &name) {
+                Ok(()) => return Ok((name, n)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => continue,
+                Err(e) => {
+                    let _ = unlinkat(Some(self.raw()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                    return Err(Error::io2(
+                        "cannot publish",
+                        &self.path.join(&tmp),
+                        &self.path.join(&name),
+                        e,
+                    ));
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// `sync_filesystem` and `sync_dir` on the folder held.
+    pub fn sync(&self) -> Result<()> {
+        nix::unistd::syncfs(self.raw())
+            .map_err(|e| Error::io("cannot sync the file system of", &self.path, e.into()))?;
+        nix::unistd::fsync(self.raw())
+            .map_err(|e| Error::io("cannot fsync folder", &self.path, e.into()))
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// `write_temp` relative to the folder, unsynced, under the same name
+    /// (so `remove_stale_temps` knows it).
+    fn write_temp(&self, name: &str, bytes: &[u8]) -> Result<String> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = format!(".{name}.{}.{n}.tmp", self.pid);
+        let written = openat(
+            Some(self.raw()),
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o640),
+        )
+        .map_err(io::Error::from)
+        .and_then(|fd| {
+            // SAFETY: openat returned a descriptor that nothing else owns.
+            let mut f = unsafe { File::from_raw_fd(fd) };
+            f.write_all(bytes)
+        });
+        if let Err(e) = written {
+            let _ = unlinkat(Some(self.raw()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(Error::io("cannot write", &self.path.join(&tmp), e));
+        }
+        Ok(tmp)
+    }
+
+    /// `rename_noreplace` within the folder.
+    fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        let dir = Some(self.raw());
+        if !NO_RENAME_FLAGS.load(Ordering::Relaxed) {
+            match renameat2(dir, from, dir, to, RenameFlags::RENAME_NOREPLACE) {
+                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
+                    NO_RENAME_FLAGS.store(true, Ordering::Relaxed);
+                }
+                other => return other.map_err(io::Error::from),
+            }
+        }
+        linkat(dir, from, dir, to, AtFlags::empty())?;
+        unlinkat(dir, from, UnlinkatFlags::NoRemoveDir).map_err(|e| {
+            // Never leave the entry in two places: undo the link.
+            let _ = unlinkat(dir, to, UnlinkatFlags::NoRemoveDir);
+            io::Error::from(e)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +403,24 @@ mod tests {
             publish_numbered(dir.path(), "t", 7, b"b").unwrap(),
             "t_7-2.json"
         );
+    }
+
+    #[test]
+    fn a_folder_publishes_from_the_number_asked_and_skips_taken_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Folder::open(dir.path()).unwrap();
+        let first = f.publish_numbered_unsynced("t", 7, 1, b"a").unwrap();
+        assert_eq!(first, ("t_7.json".to_string(), 1));
+        assert_eq!(
+            f.publish_numbered_unsynced("t", 7, 1, b"b").unwrap(),
+            ("t_7-2.json".to_string(), 2)
+        );
+        assert_eq!(
+            f.publish_numbered_unsynced("t", 7, 3, b"c").unwrap(),
+            ("t_7-3.json".to_string(), 3)
+        );
+        assert_eq!(std::fs::read(dir.path().join("t_7-3.json")).unwrap(), b"c");
+        f.sync().unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
 }
