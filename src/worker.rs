@@ -855,14 +855,15 @@ fn peek(path: &std::path::Path, max_bytes: u64) -> (Priority, SystemTime) {
     if !meta.is_file() || meta.len() > max_bytes.min(64 * 1024) {
         return (Priority::Normal, written);
     }
-    let priority = read_nofollow(path).map_or(Priority::Normal, |b| peek_priority(&b));
+    let priority = read_nofollow(path, meta.len()).map_or(Priority::Normal, |b| peek_priority(&b));
     (priority, written)
 }
 
-fn read_nofollow(path: &std::path::Path) -> io::Result<Vec<u8>> {
+fn read_nofollow(path: &std::path::Path, size: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut bytes = Vec::new();
+    // Sized to the file, so that a small task takes one read, not four.
+    let mut bytes = Vec::with_capacity(size.min(64 * 1024) as usize + 1);
     fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
