@@ -9,91 +9,29 @@ use common::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-/// Variables that would move the spool or name the workers.
-const SPOOL_VARS: [&str; 8] = [
-    "HW_ROOT",
-    "TASK_DIR",
-    "TRIGGER_DIR",
-    "RESULT_DIR",
-    "HEARTBEAT_DIR",
-    "DLQ_DIR",
-    "STATE_FILE",
-    "WORKERS",
-];
-
 /// `hw-status ARGS` with `HW_ROOT=root` plus `env`, nothing else of the
 /// spool inherited; stdout and stderr piped.
 fn status_command(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hw-status"));
-    for var in SPOOL_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.args(args)
-        .env("HW_ROOT", root)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd
-}
-
-/// Reads a pipe to its end on a thread, so the child never blocks on it.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        buf
-    })
+    spool_command("hw-status", root, args, env)
 }
 
 /// Runs hw-status to completion (bounded) and returns its output.
 fn hw_status_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = status_command(root, args, env)
+    let child = status_command(root, args, env)
         .spawn()
         .expect("start hw-status");
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let mut status = None;
-    let done = wait_until(DEADLINE, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !done {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(
-        done,
-        "hw-status {args:?} did not finish within {DEADLINE:?}"
-    );
-    Output {
-        status: status.unwrap(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    finish(child, b"", &format!("hw-status {args:?}"))
 }
 
 fn hw_status(root: &Path, args: &[&str]) -> Output {
     hw_status_env(root, args, &[])
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `hw-status --json`: its exit status and its object.
