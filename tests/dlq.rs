@@ -62,19 +62,6 @@ fn invalid_json_record(name: &str, age: u64) -> Value {
            "last_error": "key must be a string at line 1 column 2"})
 }
 
-/// Every entry of a folder, dot-files included, sorted.
-fn all_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
 }

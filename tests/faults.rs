@@ -22,7 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -783,40 +783,12 @@ fn completed_ids(out: &Path, killed: bool) -> Vec<String> {
         .collect()
 }
 
-/// `2026-11-28T10:30:00.123Z` of now.
-fn now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let (secs, milli) = (ms / 1000, ms % 1000);
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    // Civil date of a day count (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
 /// Writes a completed result the way a worker does (dot-file, rename).
 fn write_result(dir: &Path, id: &str) {
     let r = json!({"task_id": id, "worker": W, "status": "completed", "exit_code": 0,
         "stdout": "", "stderr": "", "duration_seconds": 0.01,
-        "timestamp": now_rfc3339(), "retry_count": 0});
-    let tmp = dir.join(format!(".{id}.json.tmp"));
-    fs::write(&tmp, r.to_string()).unwrap();
-    fs::rename(&tmp, dir.join(format!("{id}.json"))).unwrap();
+        "timestamp": rfc3339(SystemTime::now()), "retry_count": 0});
+    place(dir, &format!("{id}.json"), &r);
 }
 
 #[test]

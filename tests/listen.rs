@@ -274,24 +274,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// `2026-11-28T10:30:00.123Z` of Unix seconds.
 fn rfc3339(unix: f64) -> String {
-    let ms = (unix * 1000.0).round() as i64;
-    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    rfc3339_ms((unix * 1000.0).round() as i64)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 UTC time, exactly.
@@ -312,16 +295,6 @@ fn ms_of(rfc: &str) -> i64 {
         .parse()
         .unwrap();
     secs * 1000 + milli
-}
-
-/// Writes `value` into `dir/name` atomically (dot-file, then rename).
-fn place(dir: &Path, name: &str, value: &Value) -> PathBuf {
-    fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, value.to_string()).unwrap();
-    let path = dir.join(name);
-    fs::rename(&tmp, &path).unwrap();
-    path
 }
 
 fn set_mtime(path: &Path, unix: f64) {

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -51,27 +51,6 @@ fn status_json(root: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>
 
 // ---------------------------------------------------------------------------
 // A prepared spool.
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t` (UTC).
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).expect("after 1970");
-    let secs = d.as_secs();
-    let (hh, mm, ss) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}.{:03}Z",
-        d.subsec_millis()
-    )
-}
 
 /// A heartbeat as hw-worker writes it, `age` seconds old.
 fn heartbeat(worker: &str, status: &str, age: f64, interval: f64) -> Value {

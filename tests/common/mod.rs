@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 
@@ -114,11 +114,7 @@ impl Spool {
     }
 
     pub fn drop_bytes(&self, worker: &str, file_name: &str, bytes: &[u8]) {
-        let dir = self.tasks(worker);
-        fs::create_dir_all(&dir).unwrap();
-        let tmp = dir.join(format!(".{file_name}.tmp"));
-        fs::write(&tmp, bytes).unwrap();
-        fs::rename(&tmp, dir.join(file_name)).unwrap();
+        place_bytes(&self.tasks(worker), file_name, bytes);
     }
 
     /// A minimal valid task `{task_id, description}` named `<id>.json`.
@@ -177,6 +173,71 @@ impl Spool {
         names.sort();
         names
     }
+}
+
+/// Writes `bytes` into `dir/name` atomically (dot-file, then rename).
+pub fn place_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, bytes).unwrap();
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// Writes `value` into `dir/name` atomically (dot-file, then rename).
+pub fn place(dir: &Path, name: &str, value: &Value) -> PathBuf {
+    place_bytes(dir, name, value.to_string().as_bytes())
+}
+
+/// Every entry of a folder, dot-files too, sorted.
+pub fn all_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The lines of a file; none when it is not there.
+pub fn file_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `2026-11-28T10:30:00.123Z` of milliseconds since the epoch: written
+/// here, not by the library under test (H. Hinnant's civil date).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// `rfc3339_ms` of `t`, to the millisecond below.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).expect("after 1970");
+    rfc3339_ms(d.as_millis() as i64)
 }
 
 pub fn read_json(path: &Path) -> Option<Value> {
