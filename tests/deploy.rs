@@ -15,13 +15,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const W: &str = "marie";
 
@@ -29,105 +28,8 @@ const W: &str = "marie";
 /// from whoever runs the tests.
 const SYSTEMD_VARS: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
-/// Variables of the test runner's environment that would change what the
-/// listener does; every listener starts without them.
-const LISTENER_VARS: [&str; 9] = [
-    "WORKERS",
-    "COMPLETION_TIMEOUT",
-    "STATE_FILE",
-    "TASK_DIR",
-    "TRIGGER_DIR",
-    "RESULT_DIR",
-    "HEARTBEAT_DIR",
-    "DLQ_DIR",
-    "RUST_LOG",
-];
-
 // ---------------------------------------------------------------------------
 // Processes
-
-/// A daemon started from a prepared command (for what `Daemon` cannot
-/// express: a cleaned environment, a wrapper, a captured stdout), in its
-/// own process group, killed with its group when dropped.
-struct Proc {
-    child: Option<Child>,
-    out: PathBuf,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(spool: &Spool, name: &str, mut cmd: Command) -> Proc {
-        let out = spool.scratch(&format!("{name}.out"));
-        let log = spool.scratch(&format!("{name}.log"));
-        cmd.stdin(Stdio::null())
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            child: Some(child),
-            out,
-            log,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn signal(&self, signal: Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
-    }
-
-    /// The exit status, if it has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().unwrap().try_wait().unwrap()
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut status = None;
-        wait_until(timeout, || {
-            status = self.exited();
-            status.is_some()
-        });
-        status
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_log(&self, needle: &str) {
-        assert!(
-            wait_until(DEADLINE, || self.log_text().contains(needle)),
-            "no {needle:?} in the log within {DEADLINE:?}:\n{}",
-            self.log_text()
-        );
-    }
-
-    /// The events on stdout, complete lines only.
-    fn events(&self) -> Vec<Value> {
-        let text = fs::read_to_string(&self.out).unwrap_or_default();
-        let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-        complete
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
-            .collect()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// `hw-worker marie` with `agent`, the harness's environment, systemd's
 /// variables only from `env`, and heartbeats every 0.3 s.
@@ -145,13 +47,8 @@ fn worker_command(spool: &Spool, agent: &Path, env: &[(&str, &str)]) -> Command 
 }
 
 /// `hw-listen ARGS…` on the spool, stdout kept for its events.
-fn listener(spool: &Spool, name: &str, args: &[&str]) -> Proc {
-    let mut cmd = Command::new(bin("hw-listen"));
-    for var in LISTENER_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.args(args).envs(base_env(spool));
-    Proc::spawn(spool, name, cmd)
+fn listener(spool: &Spool, name: &str, args: &[&str]) -> Daemon {
+    Daemon::spawn(spool, name, listener_command(spool, args, &[]))
 }
 
 /// An agent that logs `ID ATTEMPT PARENT` and succeeds. The worker
@@ -333,7 +230,7 @@ fn ready_comes_once_the_first_scan_is_done_with_a_status_and_tasks_dropped_after
     spool.drop_simple(W, "before", "early");
     let mut systemd = NotifySocket::at_path(&spool);
     let cmd = worker_command(&spool, &agent, &[("NOTIFY_SOCKET", &systemd.address)]);
-    let _worker = Proc::spawn(&spool, "worker", cmd);
+    let _worker = Daemon::spawn(&spool, "worker", cmd);
 
     let ready = systemd
         .wait_for(DEADLINE, |m| has(m, "READY=1"))
@@ -375,7 +272,7 @@ fn status_lines_arrive_at_every_heartbeat_with_the_counts() {
         ("NOTIFY_SOCKET", systemd.address.as_str()),
         ("MAX_RETRIES", "0"),
     ];
-    let _worker = Proc::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
+    let _worker = Daemon::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
     assert!(systemd.wait_for(DEADLINE, |m| has(m, "READY=1")).is_some());
 
     spool.drop_simple(W, "ok-1", "fine");
@@ -448,7 +345,7 @@ while [ ! -e '{}' ] && [ "$i" -lt 400 ]; do i=$((i + 1)); sleep 0.05; done"#,
     );
     let mut systemd = NotifySocket::at_path(&spool);
     let cmd = worker_command(&spool, &agent, &[("NOTIFY_SOCKET", &systemd.address)]);
-    let mut worker = Proc::spawn(&spool, "worker", cmd);
+    let mut worker = Daemon::spawn(&spool, "worker", cmd);
     assert!(systemd.wait_for(DEADLINE, |m| has(m, "READY=1")).is_some());
     spool.drop_simple(W, "long", "runs until the gate opens");
     assert!(
@@ -491,7 +388,7 @@ fn watchdog_pings_arrive_every_half_of_watchdog_usec() {
         ("NOTIFY_SOCKET", systemd.address.as_str()),
         ("WATCHDOG_USEC", "400000"),
     ];
-    let _worker = Proc::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
+    let _worker = Daemon::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
     assert!(
         systemd.wait_count(3, FEW_BEATS, is_watchdog),
         "fewer than 3 WATCHDOG=1 within {FEW_BEATS:?}; received {:?}",
@@ -522,7 +419,7 @@ fn watchdog_pid_naming_another_process_means_no_pings() {
         ("WATCHDOG_USEC", "400000"),
         ("WATCHDOG_PID", test_pid.as_str()),
     ];
-    let _worker = Proc::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
+    let _worker = Daemon::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
     assert_eq!(
         pings_over_four_heartbeats(&mut systemd),
         0,
@@ -555,7 +452,7 @@ fn watchdog_pid_naming_the_worker_itself_keeps_the_pings() {
             None => cmd.env_remove(k),
         };
     }
-    let _worker = Proc::spawn(&spool, "worker", cmd);
+    let _worker = Daemon::spawn(&spool, "worker", cmd);
     assert!(
         pings_over_four_heartbeats(&mut systemd) >= 3,
         "fewer than 3 WATCHDOG=1 over four heartbeats: {:?}",
@@ -572,7 +469,7 @@ fn an_abstract_notify_socket_gets_the_messages_too() {
         ("NOTIFY_SOCKET", systemd.address.as_str()),
         ("WATCHDOG_USEC", "400000"),
     ];
-    let mut worker = Proc::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
+    let mut worker = Daemon::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
     let ready = systemd.wait_for(DEADLINE, |m| has(m, "READY=1"));
     assert!(
         ready.as_deref().and_then(status_of).is_some(),
@@ -918,7 +815,7 @@ fn put_result(spool: &Spool, id: &str, link: bool) {
     }
 }
 
-fn completed(l: &Proc, id: &str) -> bool {
+fn completed(l: &Daemon, id: &str) -> bool {
     l.events()
         .iter()
         .any(|e| e["event_type"] == "task_completed" && e["data"]["task_id"] == id)
@@ -928,7 +825,7 @@ fn completed(l: &Proc, id: &str) -> bool {
 fn a_second_listener_on_the_same_state_file_exits_75_naming_the_lock() {
     let spool = Spool::new();
     let mut first = listener(&spool, "first", &["--workers", W]);
-    first.wait_log("Listening");
+    first.expect_log("Listening");
 
     let mut second = listener(&spool, "second", &["--workers", W]);
     let status = second
@@ -958,7 +855,7 @@ fn a_second_listener_on_the_same_state_file_exits_75_naming_the_lock() {
 
     // Its lock ends with it.
     let mut third = listener(&spool, "third", &["--workers", W]);
-    third.wait_log("Listening");
+    third.expect_log("Listening");
     assert_eq!(third.exited(), None);
 }
 
@@ -966,7 +863,7 @@ fn a_second_listener_on_the_same_state_file_exits_75_naming_the_lock() {
 fn listen_poll_finds_a_result_that_inotify_does_not_report() {
     let spool = Spool::new();
     let l = listener(&spool, "listen", &["--workers", W, "--poll", "0.3"]);
-    l.wait_log("Listening");
+    l.expect_log("Listening");
     put_result(&spool, "linked", true);
     assert!(
         wait_until(Duration::from_secs(10), || completed(&l, "linked")),

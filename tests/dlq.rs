@@ -9,103 +9,28 @@ mod common;
 use common::*;
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, SystemTime};
 
 use hookwatch::clock;
 use serde_json::{json, Value};
-
-/// Variables that would move the spool.
-const SPOOL_VARS: [&str; 7] = [
-    "HW_ROOT",
-    "TASK_DIR",
-    "TRIGGER_DIR",
-    "RESULT_DIR",
-    "HEARTBEAT_DIR",
-    "DLQ_DIR",
-    "STATE_FILE",
-];
 
 const W: &str = "marie";
 
 /// `hw-dlq ARGS` on `spool` (`HW_ROOT` only), with stdout and stderr
 /// piped unless `stdout` is given; waits a bounded time.
 fn hw_dlq_with(spool: &Spool, args: &[&str], stdout: Option<Stdio>) -> Output {
-    let mut cmd = Command::new(bin("hw-dlq"));
-    for var in SPOOL_VARS {
-        cmd.env_remove(var);
+    let mut cmd = spool_command("hw-dlq", &spool.root, args, &[]);
+    if let Some(stdout) = stdout {
+        cmd.stdout(stdout);
     }
-    let piped = stdout.is_none();
-    cmd.args(args)
-        .env("HW_ROOT", &spool.root)
-        .stdin(Stdio::null())
-        .stdout(stdout.unwrap_or_else(Stdio::piped))
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd.spawn().expect("start hw-dlq");
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .filter(|_| piped)
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let mut status = None;
-    let done = wait_until(DEADLINE, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !done {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(done, "hw-dlq {args:?} did not finish within {DEADLINE:?}");
-    Output {
-        status: status.unwrap(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    let child = cmd.spawn().expect("start hw-dlq");
+    finish(child, b"", &format!("hw-dlq {args:?}"))
 }
 
 fn hw_dlq(spool: &Spool, args: &[&str]) -> Output {
     hw_dlq_with(spool, args, None)
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the exit status, showing the output when it differs.
-fn assert_code(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout:\n{}stderr:\n{}",
-        stdout(out),
-        stderr(out)
-    );
 }
 
 /// `age` seconds ago as RFC 3339.
@@ -135,19 +60,6 @@ fn invalid_json_record(name: &str, age: u64) -> Value {
     json!({"dlq_reason": "invalid_json", "dlq_timestamp": ago(age), "retry_count": 0,
            "original_name": name, "original": "{not json",
            "last_error": "key must be a string at line 1 column 2"})
-}
-
-/// Every entry of a folder, dot-files included, sorted.
-fn all_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 fn lines(text: &str) -> Vec<&str> {
@@ -253,7 +165,7 @@ fn list_prints_a_table_sorted_by_worker_then_time() {
     );
 
     let out = hw_dlq(&spool, &["list"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let rows = rows(&out);
     assert_eq!(
         rows[0],
@@ -289,7 +201,7 @@ fn list_prints_a_table_sorted_by_worker_then_time() {
 
     // One worker's only.
     let out = hw_dlq(&spool, &["list", W]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let ids: Vec<String> = rows_of(&out).into_iter().map(|r| r[1].clone()).collect();
     assert_eq!(ids, ["early", "late"]);
 }
@@ -311,7 +223,7 @@ fn list_json_prints_each_record_with_worker_and_dlq_file() {
     );
 
     let out = hw_dlq(&spool, &["list", "--json"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let got = json_lines(&out);
     assert_eq!(got.len(), 2, "{}", stdout(&out));
     let mut expected = record.clone();
@@ -330,11 +242,11 @@ fn list_json_prints_each_record_with_worker_and_dlq_file() {
 fn list_without_dead_letters_prints_nothing() {
     let spool = Spool::new();
     let out = hw_dlq(&spool, &["list"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert_eq!(stdout(&out), "");
     // A worker without a DLQ folder has no records; not an error.
     let out = hw_dlq(&spool, &["list", "nobody"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert_eq!(stdout(&out), "");
 }
 
@@ -343,7 +255,7 @@ fn records_written_by_a_real_worker_are_listed() {
     let spool = Spool::new();
     real_records(&spool);
     let out = hw_dlq(&spool, &["list", W]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let mut got: Vec<(String, String, String, String)> = rows_of(&out)
         .into_iter()
         .map(|r| (r[1].clone(), r[2].clone(), r[4].clone(), r[5].clone()))
@@ -378,7 +290,7 @@ fn list_stops_quietly_when_stdout_is_closed() {
     let (read, write) = nix::unistd::pipe().unwrap();
     drop(read);
     let out = hw_dlq_with(&spool, &["list"], Some(Stdio::from(write)));
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
 
@@ -427,7 +339,7 @@ fn reason_selects_by_dlq_reason_or_by_the_start_of_last_error() {
 
     let ids = |args: &[&str]| -> Vec<String> {
         let out = hw_dlq(&spool, args);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         json_lines(&out)
             .iter()
             .map(|r| r["dlq_file"].as_str().unwrap().to_string())
@@ -490,7 +402,7 @@ fn older_than_compares_with_dlq_timestamp_else_the_file_mtime() {
 
     let ids = |age: &str| -> Vec<String> {
         let out = hw_dlq(&spool, &["list", "--json", "--older-than", age]);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         let mut ids: Vec<String> = json_lines(&out)
             .iter()
             .map(|r| r["task_id"].as_str().unwrap().to_string())
@@ -538,7 +450,7 @@ fn filters_combine_with_and() {
             "7d",
         ],
     );
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let ids: Vec<Value> = json_lines(&out)
         .iter()
         .map(|r| r["task_id"].clone())
@@ -571,7 +483,7 @@ fn filters_that_select_nothing_exit_0_and_print_nothing() {
         &["purge", "--all", "--older-than", "100d"],
     ] {
         let out = hw_dlq(&spool, args);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         assert_eq!(stdout(&out), "", "{args:?}");
         assert_eq!(stderr(&out), "", "{args:?}");
     }
@@ -588,7 +500,7 @@ fn show_prints_the_record_as_pretty_json_by_task_id_or_file_name() {
     put_record(&spool, W, "t1_100.json", &record);
     for id in ["t1", "t1_100.json"] {
         let out = hw_dlq(&spool, &["show", W, id]);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         let text = stdout(&out);
         assert_eq!(
             text,
@@ -613,7 +525,7 @@ fn show_picks_the_newest_record_of_a_task() {
     put_record(&spool, W, "t1_1800000000-2.json", &newest);
     let show = |id: &str| -> Value {
         let out = hw_dlq(&spool, &["show", W, id]);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         serde_json::from_slice(&out.stdout).unwrap()
     };
     assert_eq!(show("t1")["n"], 3);
@@ -632,7 +544,7 @@ fn show_of_an_unknown_id_exits_66() {
     );
     for args in [&["show", W, "nope"][..], &["show", "anga", "t1"]] {
         let out = hw_dlq(&spool, args);
-        assert_code(&out, 66);
+        assert_exit(&out, 66);
         assert_eq!(stdout(&out), "");
         let err = stderr(&out);
         assert!(
@@ -659,7 +571,7 @@ fn replay_puts_the_task_back_to_pending_with_attempts_reset() {
     );
 
     let out = hw_dlq(&spool, &["replay", W, "t1"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert_eq!(stdout(&out), "marie t1\n");
     assert!(!path.exists(), "the record is removed");
     assert_eq!(spool.dlq_records(W).len(), 1, "the other record stays");
@@ -695,7 +607,7 @@ fn a_second_replay_counts_two() {
         "t1_100.json",
         &task_record("t1", "max_retries_exceeded", "x", 3, 60),
     );
-    assert_code(&hw_dlq(&spool, &["replay", W, "t1"]), 0);
+    assert_exit(&hw_dlq(&spool, &["replay", W, "t1"]), 0);
     // The task fails again: its dead letter is the replayed task plus the
     // dead letter's fields, as the worker writes it.
     let pending = spool.tasks(W).join("t1.json");
@@ -708,7 +620,7 @@ fn a_second_replay_counts_two() {
     put_record(&spool, W, "t1_200.json", &again);
 
     let out = hw_dlq(&spool, &["--json", "replay", W, "t1_200.json"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert_eq!(
         json_lines(&out),
         [json!({"worker": W, "task_id": "t1", "dlq_file": "t1_200.json"})]
@@ -742,7 +654,7 @@ fn a_replayed_task_runs_and_completes_while_the_worker_runs() {
 
     fs::remove_file(&flag).unwrap();
     let out = hw_dlq(&spool, &["replay", W, "job"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert_eq!(stdout(&out), "marie job\n");
     let completed = wait_until(DEADLINE, || {
         spool
@@ -782,7 +694,7 @@ fn replay_never_replaces_a_pending_task() {
     .unwrap();
 
     let out = hw_dlq(&spool, &["replay", W, "--all"]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     assert_eq!(stdout(&out), "marie t2\n", "the other record is replayed");
     let err = stderr(&out);
     assert!(err.contains("t1") && err.contains("pending"), "{err}");
@@ -806,7 +718,7 @@ fn replay_skips_a_bad_entry_record_and_keeps_it() {
 
     // Named, and within --all (which replays the rest).
     let out = hw_dlq(&spool, &["replay", W, &name]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     assert_eq!(stdout(&out), "");
     let err = stderr(&out);
     assert!(err.contains(&name) && err.contains("invalid_json"), "{err}");
@@ -815,7 +727,7 @@ fn replay_skips_a_bad_entry_record_and_keeps_it() {
     assert!(all_names(&spool.tasks(W)).is_empty());
 
     let out = hw_dlq(&spool, &["replay", "--all"]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     assert_eq!(stdout(&out), "marie boom\n");
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(bad[0].exists());
@@ -834,7 +746,7 @@ fn replay_or_purge_of_an_unknown_id_exits_66_and_changes_nothing() {
     let before = snapshot(&spool, &[W]);
     for action in ["replay", "purge"] {
         let out = hw_dlq(&spool, &[action, W, "t1", "nope"]);
-        assert_code(&out, 66);
+        assert_exit(&out, 66);
         assert_eq!(stdout(&out), "", "{action}");
         let err = stderr(&out);
         assert!(
@@ -874,7 +786,7 @@ fn bare_replay_and_purge_are_usage_errors_and_change_nothing() {
         &["show", W, "t1", "--reason", "x"],
     ] {
         let out = hw_dlq(&spool, args);
-        assert_code(&out, 64);
+        assert_exit(&out, 64);
         assert_eq!(stdout(&out), "", "{args:?}");
         let err = stderr(&out);
         assert!(
@@ -896,7 +808,7 @@ fn replay_all_replays_the_newest_of_several_records_of_a_task() {
     put_record(&spool, W, "t1_1800000000.json", &newer);
 
     let out = hw_dlq(&spool, &["replay", "--all"]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     assert_eq!(stdout(&out), "marie t1\n");
     let err = stderr(&out);
     assert!(
@@ -922,7 +834,7 @@ fn replay_goes_on_when_stdout_is_closed() {
     let (read, write) = nix::unistd::pipe().unwrap();
     drop(read);
     let out = hw_dlq_with(&spool, &["replay", "--all"], Some(Stdio::from(write)));
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert_eq!(all_names(&spool.tasks(W)), ["a.json", "b.json", "c.json"]);
     assert!(spool.dlq_records(W).is_empty());
 }
@@ -988,7 +900,7 @@ fn purge_removes_only_the_selected_records_and_their_rejected_entries() {
     );
 
     let out = hw_dlq(&spool, &["purge", W, "dir", "big_1.json", "link", "t1"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let mut printed = lines(&stdout(&out))
         .into_iter()
         .map(String::from)
@@ -1041,7 +953,7 @@ fn purge_all_of_a_worker_leaves_the_other_workers() {
         &task_record("t1", "max_retries_exceeded", "x", 0, 60),
     );
     let out = hw_dlq(&spool, &["--json", "purge", "--all", W]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     let mut files: Vec<Value> = json_lines(&out)
         .iter()
         .map(|l| l["dlq_file"].clone())
@@ -1065,7 +977,7 @@ fn purge_refuses_a_rejected_path_outside_rejected() {
     );
     fs::write(&victim, "precious").unwrap();
     let out = hw_dlq(&spool, &["purge", W, "evil"]);
-    assert_code(&out, 1);
+    assert_exit(&out, 1);
     assert_eq!(stdout(&out), "");
     assert!(stderr(&out).contains("rejected_path"), "{}", stderr(&out));
     assert!(victim.exists(), "nothing outside .rejected/ is removed");
@@ -1087,7 +999,7 @@ fn older_than_abc_is_a_bad_value() {
     let before = snapshot(&spool, &[W]);
     for action in ["list", "replay", "purge"] {
         let out = hw_dlq(&spool, &[action, "--older-than", "abc"]);
-        assert_code(&out, 78);
+        assert_exit(&out, 78);
         let err = stderr(&out);
         assert!(err.contains("--older-than") && err.contains("abc"), "{err}");
         assert_eq!(err.lines().count(), 1);
@@ -1112,7 +1024,7 @@ fn an_invalid_worker_name_is_a_usage_error() {
         &["purge", "orchestrator", "--all"],
     ] {
         let out = hw_dlq(&spool, args);
-        assert_code(&out, 64);
+        assert_exit(&out, 64);
         assert!(
             stderr(&out).contains("invalid worker name"),
             "{}",
@@ -1127,7 +1039,7 @@ fn help_and_version_print_on_stdout() {
     let spool = Spool::new();
     for args in [&["--help"][..], &["-h"], &["replay", "--help"]] {
         let out = hw_dlq(&spool, args);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         let text = stdout(&out);
         assert!(text.starts_with("Usage: hw-dlq"), "{text}");
         for word in [
@@ -1144,7 +1056,7 @@ fn help_and_version_print_on_stdout() {
     }
     for args in [&["--version"][..], &["-V"]] {
         let out = hw_dlq(&spool, args);
-        assert_code(&out, 0);
+        assert_exit(&out, 0);
         assert_eq!(
             stdout(&out).lines().next(),
             Some(format!("hw-dlq {}", env!("CARGO_PKG_VERSION")).as_str())
@@ -1179,7 +1091,7 @@ fn the_nightly_crontab_line_replays_only_timeouts() {
 
     // 0 3 * * * hw-dlq replay --all --reason timeout
     let out = hw_dlq(&spool, &["replay", "--all", "--reason", "timeout"]);
-    assert_code(&out, 0);
+    assert_exit(&out, 0);
     assert_eq!(stdout(&out), "marie slow\n");
     assert_eq!(
         all_names(&spool.tasks(W))

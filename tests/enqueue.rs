@@ -10,7 +10,7 @@ use common::*;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -21,81 +21,20 @@ use serde_json::{json, Value};
 
 const W: &str = "marie";
 
-/// Variables that would move the spool; the tests set only what they mean.
-const SPOOL_VARS: [&str; 7] = [
-    "HW_ROOT",
-    "TASK_DIR",
-    "TRIGGER_DIR",
-    "RESULT_DIR",
-    "HEARTBEAT_DIR",
-    "DLQ_DIR",
-    "STATE_FILE",
-];
-
 // ---------------------------------------------------------------------------
 // Running hw-enqueue.
 
 /// `hw-enqueue ARGS` on `spool` plus `env`; every pipe piped.
 fn command(spool: &Spool, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(bin("hw-enqueue"));
-    for var in SPOOL_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.args(args)
-        .env("HW_ROOT", &spool.root)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut cmd = spool_command("hw-enqueue", &spool.root, args, env);
+    cmd.stdin(Stdio::piped());
     cmd
-}
-
-/// Reads a pipe to its end on a thread, so the child never blocks on it.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        buf
-    })
-}
-
-/// Feeds `input` to a started child (when its stdin is still ours), then
-/// waits for it, at most DEADLINE; the process group is killed after that.
-fn complete(mut child: Child, input: Vec<u8>, what: &str) -> Output {
-    let stdin = child.stdin.take();
-    let feeder = std::thread::spawn(move || {
-        if let Some(mut s) = stdin {
-            let _ = s.write_all(&input);
-        }
-    });
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let mut status = None;
-    let done = wait_until(DEADLINE, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !done {
-        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = child.wait();
-    }
-    let _ = feeder.join();
-    assert!(done, "{what} did not finish within {DEADLINE:?}");
-    Output {
-        status: status.unwrap(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
 }
 
 /// `hw-enqueue ARGS` with `input` on standard input.
 fn enqueue_env(spool: &Spool, args: &[&str], input: &[u8], env: &[(&str, &str)]) -> Output {
     let child = command(spool, args, env).spawn().expect("start hw-enqueue");
-    complete(child, input.to_vec(), &format!("hw-enqueue {args:?}"))
+    finish(child, input, &format!("hw-enqueue {args:?}"))
 }
 
 fn enqueue_input(spool: &Spool, args: &[&str], input: &[u8]) -> Output {
@@ -105,25 +44,6 @@ fn enqueue_input(spool: &Spool, args: &[&str], input: &[u8]) -> Output {
 /// `hw-enqueue ARGS` with an empty standard input.
 fn enqueue(spool: &Spool, args: &[&str]) -> Output {
     enqueue_input(spool, args, b"")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the exit status, showing both outputs when it is wrong.
-fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit status; stdout: {:?}; stderr: {:?}",
-        stdout(out),
-        stderr(out)
-    );
 }
 
 /// The lines of stdout: the printed ids.
@@ -582,7 +502,7 @@ fn ids_from_concurrent_enqueuers_are_distinct() {
         .collect();
     let outs: Vec<Output> = children
         .into_iter()
-        .map(|c| complete(c, Vec::new(), "hw-enqueue"))
+        .map(|c| finish(c, b"", "hw-enqueue"))
         .collect();
     for f in feeders {
         f.join().unwrap();
@@ -668,7 +588,7 @@ fn a_pause_in_the_input_publishes_what_was_read() {
     drop(stdin);
     let c = rx.recv_timeout(DEADLINE).expect("no id for the last line");
     assert_eq!(task(&spool, &c)["description"], "late");
-    let out = complete(child, Vec::new(), "hw-enqueue");
+    let out = finish(child, b"", "hw-enqueue");
     assert_exit(&out, 0);
     reader.join().unwrap();
     assert_eq!(pending_ids(&spool, W).len(), 3);
@@ -687,7 +607,7 @@ fn a_closed_stdout_does_not_stop_the_enqueuing() {
         .unwrap();
     // The reader is gone, as after `| head -n 1`.
     assert!(is_generated_id(first.trim_end()), "{first:?}");
-    let out = complete(child, Vec::new(), "hw-enqueue --count 3000");
+    let out = finish(child, b"", "hw-enqueue --count 3000");
     assert_exit(&out, 0);
     assert_eq!(pending_ids(&spool, W).len(), 3000);
     assert_no_dot_files(&spool, W);
@@ -939,7 +859,7 @@ fn concurrent_enqueuers_racing_for_one_id_exactly_one_wins() {
         drop(stdins);
         let outs: Vec<Output> = children
             .into_iter()
-            .map(|c| complete(c, Vec::new(), "racing hw-enqueue"))
+            .map(|c| finish(c, b"", "racing hw-enqueue"))
             .collect();
         let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
         let winners: Vec<usize> = (0..8).filter(|&i| codes[i] == Some(0)).collect();
@@ -1146,7 +1066,7 @@ fn wait_timeout_exits_124_after_printing_what_ended() {
     // whatever the machine's speed; then the wait begins and times out.
     let quick = spool.wait_result(W, "quick");
     drop(stdin);
-    let out = complete(child, Vec::new(), "hw-enqueue --wait");
+    let out = finish(child, b"", "hw-enqueue --wait");
     assert_exit(&out, 124);
     assert_eq!(records(&out), [quick]);
     assert!(spool.result(W, "blocked").is_none());
@@ -1227,7 +1147,7 @@ fn shell(spool: &Spool, script: &str) -> Output {
         .stderr(Stdio::piped())
         .process_group(0);
     let child = cmd.spawn().expect("start sh");
-    complete(child, Vec::new(), script)
+    finish(child, b"", script)
 }
 
 /// `text` as it stands in README.md: the tests run the README's own lines.

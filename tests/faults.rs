@@ -21,8 +21,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -746,104 +746,10 @@ fn four_workers_on_one_spool_run_each_of_2000_tasks_exactly_once() {
 // ---------------------------------------------------------------------------
 // 5. The listener restarted and killed during a flood of results
 
-/// Variables of the test runner's environment that would change what the
-/// listener does; every run starts without them.
-const LISTENER_VARS: [&str; 10] = [
-    "WORKERS",
-    "COMPLETION_TIMEOUT",
-    "STATE_FILE",
-    "TASK_DIR",
-    "TRIGGER_DIR",
-    "RESULT_DIR",
-    "HEARTBEAT_DIR",
-    "DLQ_DIR",
-    "RUST_LOG",
-    "HW_EVENT",
-];
-
-/// A daemon started by these tests where the harness's `Daemon` does not
-/// fit (stdout kept in a file, a limit set before exec): its own process
-/// group, stdout and stderr to files; killed with its group when dropped.
-struct Proc {
-    child: Option<Child>,
-    out: PathBuf,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(spool: &Spool, name: &str, mut cmd: Command) -> Proc {
-        let out = spool.scratch(&format!("{name}.out"));
-        let log = spool.scratch(&format!("{name}.log"));
-        cmd.stdin(Stdio::null())
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .process_group(0);
-        Proc {
-            child: Some(cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"))),
-            out,
-            log,
-        }
-    }
-
-    /// `hw-listen` following worker `w`; run `n` of the test.
-    fn listener(spool: &Spool, n: usize) -> Proc {
-        let mut cmd = Command::new(bin("hw-listen"));
-        for var in LISTENER_VARS {
-            cmd.env_remove(var);
-        }
-        cmd.envs(base_env(spool)).env("WORKERS", W);
-        Proc::spawn(spool, &format!("listen-{n}"), cmd)
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log says `needle`.
-    fn wait_log(&self, needle: &str) {
-        assert!(
-            wait_until(DEADLINE, || self.log_text().contains(needle)),
-            "no {needle:?} in the log:\n{}",
-            self.log_text()
-        );
-    }
-
-    fn signal(&self, signal: Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
-    }
-
-    /// SIGTERM, then a bounded wait for the exit.
-    fn stop(&mut self) -> ExitStatus {
-        self.signal(Signal::SIGTERM);
-        let child = self.child.as_mut().unwrap();
-        let mut status = None;
-        wait_until(DEADLINE, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status.unwrap_or_else(|| panic!("did not stop after SIGTERM:\n{}", self.log_text()))
-    }
-
-    /// SIGKILL, as a crash.
-    fn crash(&mut self) {
-        self.signal(Signal::SIGKILL);
-        let _ = self.child.as_mut().unwrap().wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// `hw-listen` following worker `w`, stdout kept; run `n` of the test.
+fn listener(spool: &Spool, n: usize) -> Daemon {
+    let cmd = listener_command(spool, &[], &[("WORKERS", W)]);
+    Daemon::spawn(spool, &format!("listen-{n}"), cmd)
 }
 
 /// The `task_completed` ids of a listener's stdout, in order. A line cut
@@ -877,40 +783,12 @@ fn completed_ids(out: &Path, killed: bool) -> Vec<String> {
         .collect()
 }
 
-/// `2026-11-28T10:30:00.123Z` of now.
-fn now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let (secs, milli) = (ms / 1000, ms % 1000);
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    // Civil date of a day count (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
 /// Writes a completed result the way a worker does (dot-file, rename).
 fn write_result(dir: &Path, id: &str) {
     let r = json!({"task_id": id, "worker": W, "status": "completed", "exit_code": 0,
         "stdout": "", "stderr": "", "duration_seconds": 0.01,
-        "timestamp": now_rfc3339(), "retry_count": 0});
-    let tmp = dir.join(format!(".{id}.json.tmp"));
-    fs::write(&tmp, r.to_string()).unwrap();
-    fs::rename(&tmp, dir.join(format!("{id}.json"))).unwrap();
+        "timestamp": rfc3339(SystemTime::now()), "retry_count": 0});
+    place(dir, &format!("{id}.json"), &r);
 }
 
 #[test]
@@ -934,8 +812,8 @@ fn listener_restarts_and_a_kill_during_a_flood_of_results_emit_each_completion_o
         .collect();
 
     let mut runs: Vec<(PathBuf, bool)> = Vec::new();
-    let mut l = Proc::listener(&spool, 0);
-    l.wait_log("Listening");
+    let mut l = listener(&spool, 0);
+    l.expect_log("Listening");
     let ids: Vec<String> = (0..BURSTS * PER_BURST)
         .map(|i| format!("r{i:04}"))
         .collect();
@@ -945,20 +823,20 @@ fn listener_restarts_and_a_kill_during_a_flood_of_results_emit_each_completion_o
         }
         if term_after.contains(&b) {
             // After its signal handlers are in.
-            l.wait_log("Listening");
+            l.expect_log("Listening");
             assert_exit_zero(l.stop());
-            runs.push((l.out.clone(), false));
-            l = Proc::listener(&spool, runs.len());
+            runs.push((l.out().to_path_buf(), false));
+            l = listener(&spool, runs.len());
         } else if b == kill_after {
             // Killed while it emits this burst.
             let emitting = wait_until(DEADLINE, || {
-                let text = fs::read_to_string(&l.out).unwrap_or_default();
+                let text = fs::read_to_string(l.out()).unwrap_or_default();
                 burst.iter().any(|id| text.contains(&format!("\"{id}\"")))
             });
             assert!(emitting, "the listener did not see burst {b}");
             l.crash();
-            runs.push((l.out.clone(), true));
-            l = Proc::listener(&spool, runs.len());
+            runs.push((l.out().to_path_buf(), true));
+            l = listener(&spool, runs.len());
         }
     }
     // The last run catches up with everything.
@@ -968,17 +846,17 @@ fn listener_restarts_and_a_kill_during_a_flood_of_results_emit_each_completion_o
             .chain(completed_ids(current, true))
             .collect()
     };
-    let all = wait_until(DEADLINE, || seen(&runs, &l.out).len() >= ids.len());
+    let all = wait_until(DEADLINE, || seen(&runs, l.out()).len() >= ids.len());
     assert!(
         all,
         "{} of {} completions emitted:\n{}",
-        seen(&runs, &l.out).len(),
+        seen(&runs, l.out()).len(),
         ids.len(),
         l.log_text()
     );
-    l.wait_log("Listening");
+    l.expect_log("Listening");
     assert_exit_zero(l.stop());
-    runs.push((l.out.clone(), false));
+    runs.push((l.out().to_path_buf(), false));
 
     // Where each id's event went out: (run, its place in the run's output).
     let mut emitted: BTreeMap<String, Vec<(usize, usize)>> = BTreeMap::new();
@@ -1045,7 +923,7 @@ fn allow_open_files(n: u64) {
 
 /// `hw-worker w` with a quick agent, given a soft limit of `soft` open
 /// files (its hard limit is this process's), as a service manager would.
-fn worker_given_open_files(spool: &Spool, soft: u64) -> Proc {
+fn worker_given_open_files(spool: &Spool, soft: u64) -> Daemon {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     let soft = soft.min(hard);
@@ -1059,7 +937,7 @@ fn worker_given_open_files(spool: &Spool, soft: u64) -> Proc {
             setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(std::io::Error::from)
         });
     }
-    Proc::spawn(spool, "hw-worker", cmd)
+    Daemon::spawn(spool, "hw-worker", cmd)
 }
 
 /// Besieges the metrics endpoint of the worker whose heartbeat names it:

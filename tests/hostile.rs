@@ -491,19 +491,6 @@ fn drop_entry(dir: &Path, name: &OsStr, entry: &Entry) -> Result<(), String> {
     Ok(())
 }
 
-/// Every entry of a folder, dot-files included, sorted.
-fn all_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 /// True when `cond` holds at every poll for all of `period`.
 fn holds_for(period: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + period;

@@ -12,9 +12,8 @@ use common::*;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -36,78 +35,33 @@ const EVENT_TYPES: [&str; 7] = [
 // ---------------------------------------------------------------------------
 // Running the listener
 
-/// Variables of the test runner's environment that would change what the
-/// listener does; every run starts without them.
-const LISTENER_VARS: [&str; 10] = [
-    "WORKERS",
-    "COMPLETION_TIMEOUT",
-    "STATE_FILE",
-    "TASK_DIR",
-    "TRIGGER_DIR",
-    "RESULT_DIR",
-    "HEARTBEAT_DIR",
-    "DLQ_DIR",
-    "RUST_LOG",
-    "HW_EVENT",
-];
+/// A listener running as a daemon, its stdout kept; killed with its group
+/// when dropped.
+struct Listener(Daemon);
 
-/// `hw-listen ARGS…` on the spool, in its own process group, stdout and
-/// stderr to files in the scratch area.
-fn listener_command(
-    spool: &Spool,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (Command, PathBuf, PathBuf) {
-    let n = fs::read_dir(spool.dir.path())
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let out = spool.scratch(&format!("hw-listen-{n}.out"));
-    let log = spool.scratch(&format!("hw-listen-{n}.log"));
-    let mut cmd = Command::new(bin("hw-listen"));
-    for var in LISTENER_VARS {
-        cmd.env_remove(var);
+impl std::ops::Deref for Listener {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
     }
-    cmd.args(args)
-        .envs(base_env(spool))
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&out).unwrap())
-        .stderr(fs::File::create(&log).unwrap())
-        .process_group(0);
-    (cmd, out, log)
 }
 
-/// The complete lines of a listener's stdout (a line still being written
-/// is left for the next look).
-fn lines_of(out: &Path) -> Vec<String> {
-    let text = fs::read_to_string(out).unwrap_or_default();
-    let complete = match text.rfind('\n') {
-        Some(i) => &text[..=i],
-        None => "",
-    };
-    complete.lines().map(String::from).collect()
+impl std::ops::DerefMut for Listener {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
 }
 
-fn parse_line(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
-}
-
-/// A listener running as a daemon; killed with its group when dropped.
-struct Listener {
-    child: Option<Child>,
-    out: PathBuf,
-    log: PathBuf,
+/// `hw-listen ARGS…` on the spool, stdout and stderr to files in the
+/// scratch area.
+fn spawn_listener(spool: &Spool, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let cmd = listener_command(spool, args, env);
+    Daemon::spawn(spool, &spool.numbered("hw-listen"), cmd)
 }
 
 impl Listener {
     fn start(spool: &Spool, args: &[&str], env: &[(&str, &str)]) -> Listener {
-        let (mut cmd, out, log) = listener_command(spool, args, env);
-        let child = cmd.spawn().expect("start hw-listen");
-        Listener {
-            child: Some(child),
-            out,
-            log,
-        }
+        Listener(spawn_listener(spool, args, env))
     }
 
     /// Starts it and waits until it has caught up and is listening.
@@ -123,18 +77,6 @@ impl Listener {
             "hw-listen did not start listening: {}",
             self.log_text()
         );
-    }
-
-    fn lines(&self) -> Vec<String> {
-        lines_of(&self.out)
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.lines().iter().map(|l| parse_line(l)).collect()
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for an event of type `kind` whose data satisfies `what`.
@@ -168,49 +110,6 @@ impl Listener {
             d["worker"] == worker && d["task_id"] == id
         })
     }
-
-    fn signal(&self, signal: Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32);
-        let _ = nix::sys::signal::kill(pid, signal);
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut().unwrap();
-        let mut status = None;
-        wait_until(timeout, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
-    }
-
-    /// Sends `signal` and waits for the exit; returns the status.
-    fn stop_with(&mut self, signal: Signal) -> ExitStatus {
-        self.signal(signal);
-        self.wait_exit(DEADLINE)
-            .unwrap_or_else(|| panic!("hw-listen did not exit after {signal:?}"))
-    }
-
-    fn stop(&mut self) -> ExitStatus {
-        self.stop_with(Signal::SIGTERM)
-    }
-
-    /// SIGKILL, as a crash: no state saved at exit.
-    fn crash(&mut self) {
-        self.signal(Signal::SIGKILL);
-        let _ = self.child.as_mut().unwrap().wait();
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// What a `--once` run did.
@@ -225,25 +124,20 @@ struct Once {
 fn once_within(spool: &Spool, args: &[&str], env: &[(&str, &str)], within: Duration) -> Once {
     let mut all = vec!["--once"];
     all.extend_from_slice(args);
-    let (mut cmd, out, log) = listener_command(spool, &all, env);
-    let mut l = Listener {
-        child: Some(cmd.spawn().expect("start hw-listen --once")),
-        out: out.clone(),
-        log: log.clone(),
-    };
+    let mut l = spawn_listener(spool, &all, env);
     let status = l.wait_exit(within).unwrap_or_else(|| {
         panic!(
             "hw-listen --once did not finish within {within:?}:\n{}",
             l.log_text()
         )
     });
-    let lines = lines_of(&out);
+    let lines = l.lines();
     let events = lines.iter().map(|l| parse_line(l)).collect();
     Once {
         status,
         lines,
         events,
-        stderr: fs::read_to_string(&log).unwrap_or_default(),
+        stderr: l.log_text(),
     }
 }
 
@@ -380,24 +274,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// `2026-11-28T10:30:00.123Z` of Unix seconds.
 fn rfc3339(unix: f64) -> String {
-    let ms = (unix * 1000.0).round() as i64;
-    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    rfc3339_ms((unix * 1000.0).round() as i64)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 UTC time, exactly.
@@ -418,16 +295,6 @@ fn ms_of(rfc: &str) -> i64 {
         .parse()
         .unwrap();
     secs * 1000 + milli
-}
-
-/// Writes `value` into `dir/name` atomically (dot-file, then rename).
-fn place(dir: &Path, name: &str, value: &Value) -> PathBuf {
-    fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, value.to_string()).unwrap();
-    let path = dir.join(name);
-    fs::rename(&tmp, &path).unwrap();
-    path
 }
 
 fn set_mtime(path: &Path, unix: f64) {

@@ -498,7 +498,7 @@ fn promtool_accepts_the_exposition() {
     let input = spool.scratch("scrape.txt");
     let (out_path, err_path) = (spool.scratch("promtool.out"), spool.scratch("promtool.err"));
     std::fs::write(&input, &text).unwrap();
-    let mut child = Command::new(promtool)
+    let child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(&input).unwrap())
         .stdout(std::fs::File::create(&out_path).unwrap())
@@ -506,17 +506,7 @@ fn promtool_accepts_the_exposition() {
         .process_group(0)
         .spawn()
         .expect("start promtool");
-    let mut status = None;
-    let done = wait_until(DEADLINE, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !done {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(done, "promtool did not finish within {DEADLINE:?}");
-    let status = status.unwrap();
+    let status = finish(child, b"", "promtool").status;
     assert!(
         status.success(),
         "promtool check metrics: {status}\nstdout: {}\nstderr: {}\nexposition:\n{text}",

@@ -9,91 +9,29 @@ use common::*;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
-
-/// Variables that would move the spool or name the workers.
-const SPOOL_VARS: [&str; 8] = [
-    "HW_ROOT",
-    "TASK_DIR",
-    "TRIGGER_DIR",
-    "RESULT_DIR",
-    "HEARTBEAT_DIR",
-    "DLQ_DIR",
-    "STATE_FILE",
-    "WORKERS",
-];
 
 /// `hw-status ARGS` with `HW_ROOT=root` plus `env`, nothing else of the
 /// spool inherited; stdout and stderr piped.
 fn status_command(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hw-status"));
-    for var in SPOOL_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.args(args)
-        .env("HW_ROOT", root)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd
-}
-
-/// Reads a pipe to its end on a thread, so the child never blocks on it.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut buf);
-        }
-        buf
-    })
+    spool_command("hw-status", root, args, env)
 }
 
 /// Runs hw-status to completion (bounded) and returns its output.
 fn hw_status_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut child = status_command(root, args, env)
+    let child = status_command(root, args, env)
         .spawn()
         .expect("start hw-status");
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let mut status = None;
-    let done = wait_until(DEADLINE, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !done {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(
-        done,
-        "hw-status {args:?} did not finish within {DEADLINE:?}"
-    );
-    Output {
-        status: status.unwrap(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    finish(child, b"", &format!("hw-status {args:?}"))
 }
 
 fn hw_status(root: &Path, args: &[&str]) -> Output {
     hw_status_env(root, args, &[])
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `hw-status --json`: its exit status and its object.
@@ -113,27 +51,6 @@ fn status_json(root: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>
 
 // ---------------------------------------------------------------------------
 // A prepared spool.
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for `t` (UTC).
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).expect("after 1970");
-    let secs = d.as_secs();
-    let (hh, mm, ss) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{hh:02}:{mm:02}:{ss:02}.{:03}Z",
-        d.subsec_millis()
-    )
-}
 
 /// A heartbeat as hw-worker writes it, `age` seconds old.
 fn heartbeat(worker: &str, status: &str, age: f64, interval: f64) -> Value {

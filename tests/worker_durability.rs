@@ -172,16 +172,6 @@ fn task(id: &str) -> Value {
     json!({"task_id": id, "description": format!("do {id}")})
 }
 
-/// Writes `value` into `dir/name` atomically (dot-file, then rename).
-fn place(dir: &Path, name: &str, value: &Value) -> PathBuf {
-    fs::create_dir_all(dir).unwrap();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, value.to_string()).unwrap();
-    let path = dir.join(name);
-    fs::rename(&tmp, &path).unwrap();
-    path
-}
-
 fn set_mtime(path: &Path, t: SystemTime) {
     fs::File::options()
         .write(true)

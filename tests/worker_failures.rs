@@ -69,14 +69,6 @@ fn ids(attempts: &[Attempt]) -> Vec<&str> {
 }
 
 /// Lines of a plain text file (empty when it does not exist).
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 /// True when `cond` holds at every poll for all of `period`; false as soon
 /// as it does not.
 fn holds_for(period: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -162,19 +154,6 @@ fn read_pid(path: &Path) -> i32 {
     text.trim()
         .parse()
         .unwrap_or_else(|_| panic!("{}: not a pid: {text:?}", path.display()))
-}
-
-/// Every entry of a folder, dot-files included, sorted.
-fn all_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Nothing is left waiting or running for `W` (the entry leaves `.active/`
@@ -524,7 +503,7 @@ fn with_one_slot_high_runs_before_normal_before_low_oldest_first() {
     let expected = [
         "high-z", "high-y", "high-x", "norm-b", "norm-m", "norm-a", "low-c", "low-b", "low-a",
     ];
-    assert_eq!(lines(&log), expected);
+    assert_eq!(file_lines(&log), expected);
 }
 
 // ---------------------------------------------------------------------------
@@ -553,7 +532,7 @@ fn a_task_runs_only_after_its_dependency_completed() {
     let a = spool.wait_result(W, "A");
     assert_eq!(a["status"], "completed", "{a}");
     assert_eq!(b["status"], "completed", "{b}");
-    let events: Vec<(String, String, f64)> = lines(&log)
+    let events: Vec<(String, String, f64)> = file_lines(&log)
         .iter()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();

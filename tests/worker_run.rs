@@ -224,24 +224,31 @@ fn shell_metacharacters_reach_the_agent_verbatim() {
     assert!(!redirected.exists(), "a shell redirected output");
 }
 
-#[test]
-fn a_placeholder_in_the_command_is_replaced_and_nothing_is_appended() {
+/// The argv the agent gets for task `id` when `CLAUDE_COMMAND` is the
+/// agent's path followed by `words` and `SYSTEM_PROMPT_FILE` is set; and
+/// that file's path.
+fn argv_with_prompt_file(words: &str, id: &str, description: &str) -> (Vec<Vec<u8>>, String) {
     let spool = Spool::new();
     let args = spool.scratch("args");
     let agent = argv_agent(&spool, &args);
     let prompt = spool.scratch("prompt.txt");
     fs::write(&prompt, "be brief").unwrap();
-    let command = format!("{} --desc {{}} --end", agent.display());
-    spool.drop_simple(W, "ph", "fix the bug; then -p test");
+    let command = format!("{}{words}", agent.display());
+    spool.drop_simple(W, id, description);
     let prompt_s = prompt.display().to_string();
     let env = [
         ("CLAUDE_COMMAND", command.as_str()),
         ("SYSTEM_PROMPT_FILE", prompt_s.as_str()),
     ];
     let _w = Daemon::start(&spool, "hw-worker", &[W], &env);
-    let r = spool.wait_result(W, "ph");
+    let r = spool.wait_result(W, id);
     assert_eq!(r["status"], "completed", "{r}");
-    let got = split_nul(&wait_file(&args));
+    (split_nul(&wait_file(&args)), prompt_s)
+}
+
+#[test]
+fn a_placeholder_in_the_command_is_replaced_and_nothing_is_appended() {
+    let (got, _) = argv_with_prompt_file(" --desc {} --end", "ph", "fix the bug; then -p test");
     assert_eq!(
         got,
         strings(&["--desc", "fix the bug; then -p test", "--end"])
@@ -250,22 +257,7 @@ fn a_placeholder_in_the_command_is_replaced_and_nothing_is_appended() {
 
 #[test]
 fn the_system_prompt_file_goes_after_the_commands_words_and_before_the_prompt() {
-    let spool = Spool::new();
-    let args = spool.scratch("args");
-    let agent = argv_agent(&spool, &args);
-    let prompt = spool.scratch("prompt.txt");
-    fs::write(&prompt, "be brief").unwrap();
-    let command = format!("{}  --model   opus --verbose", agent.display());
-    spool.drop_simple(W, "sp", "do it now");
-    let prompt_s = prompt.display().to_string();
-    let env = [
-        ("CLAUDE_COMMAND", command.as_str()),
-        ("SYSTEM_PROMPT_FILE", prompt_s.as_str()),
-    ];
-    let _w = Daemon::start(&spool, "hw-worker", &[W], &env);
-    let r = spool.wait_result(W, "sp");
-    assert_eq!(r["status"], "completed", "{r}");
-    let got = split_nul(&wait_file(&args));
+    let (got, prompt_s) = argv_with_prompt_file("  --model   opus --verbose", "sp", "do it now");
     assert_eq!(
         got,
         strings(&[

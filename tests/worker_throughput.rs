@@ -40,14 +40,6 @@ fn gated_agent(spool: &Spool) -> (std::path::PathBuf, std::path::PathBuf, std::p
     (agent, log, gate)
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 fn drop_aged(spool: &Spool, id: &str, priority: &str, age_secs: u64) {
     let task = json!({"task_id": id, "description": id, "priority": priority});
     spool.drop_task(W, &format!("{id}.json"), &task);
@@ -80,7 +72,7 @@ fn a_backlog_larger_than_the_queue_cap_runs_every_task_once() {
     for id in &ids {
         assert_eq!(spool.wait_result(W, id)["status"], "completed");
     }
-    let ran = lines(&log);
+    let ran = file_lines(&log);
     let unique: HashSet<&String> = ran.iter().collect();
     assert_eq!(ran.len(), ids.len(), "runs: {ran:?}");
     assert_eq!(unique.len(), ids.len(), "runs: {ran:?}");
@@ -95,7 +87,7 @@ fn the_heartbeat_counts_pending_tasks_beyond_the_queue_cap() {
         spool.drop_simple(W, &format!("p{i}"), "waits");
     }
     let _w = worker(&spool, &agent, &["--queue-cap", "2", "-c", "1"], &[]);
-    assert!(wait_until(DEADLINE, || lines(&log).len() == 1));
+    assert!(wait_until(DEADLINE, || file_lines(&log).len() == 1));
     // One runs; nine wait, of which at most two are in memory.
     assert!(
         wait_until(DEADLINE, || queue_size(&spool) == Some(9)),
@@ -119,7 +111,7 @@ fn a_high_priority_task_arriving_at_a_full_queue_runs_next() {
         drop_aged(&spool, &format!("n{i}"), "normal", 60 + i);
     }
     let _w = worker(&spool, &agent, &["--queue-cap", "2", "-c", "1"], &[]);
-    assert!(wait_until(DEADLINE, || lines(&log).len() == 1));
+    assert!(wait_until(DEADLINE, || file_lines(&log).len() == 1));
     assert!(wait_until(DEADLINE, || queue_size(&spool) == Some(9)));
     spool.drop_task(
         W,
@@ -138,7 +130,7 @@ fn a_high_priority_task_arriving_at_a_full_queue_runs_next() {
     for i in 0..10 {
         spool.wait_result(W, &format!("n{i}"));
     }
-    let ran = lines(&log);
+    let ran = file_lines(&log);
     assert_eq!(
         ran.get(1).map(String::as_str),
         Some("urgent"),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use hookwatch::dlq_admin::{self, Filter, Outcome, Selection};
 use hookwatch::error::{Error, Kind};
-use hookwatch::exit;
+use hookwatch::exit::{self, Command};
 use hookwatch::spool::Spool;
 
 const USAGE: &str = "\
@@ -71,15 +71,9 @@ struct Args {
     operands: Vec<String>,
 }
 
-enum Command {
-    Run(Args),
-    Help,
-    Version,
-}
-
 /// The options before the command, then the command, which takes the
 /// parser on.
-fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Args>, lexopt::Error> {
     use lexopt::prelude::*;
     let (mut root, mut json) = (None, false);
     while let Some(arg) = parser.next()? {
@@ -119,7 +113,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
 }
 
 /// A command's options and operands; each takes only the options it uses.
-fn parse_command(mut parser: lexopt::Parser, mut a: Args) -> Result<Command, lexopt::Error> {
+fn parse_command(mut parser: lexopt::Parser, mut a: Args) -> Result<Command<Args>, lexopt::Error> {
     use lexopt::prelude::*;
     let filters = a.action != Action::Show;
     let selects = matches!(a.action, Action::Replay | Action::Purge);
@@ -140,17 +134,10 @@ fn parse_command(mut parser: lexopt::Parser, mut a: Args) -> Result<Command, lex
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(lexopt::Parser::from_env()) {
-        Ok(Command::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("hw-dlq {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Run(a)) => a,
-        Err(e) => return exit::report("hw-dlq", &Error::usage(format!("{e} (see --help)"))),
+    let parsed = parse_args(lexopt::Parser::from_env());
+    let args = match exit::command_line("hw-dlq", USAGE, parsed) {
+        Ok(args) => args,
+        Err(status) => return status,
     };
     match run(&args) {
         Ok(status) => ExitCode::from(status),

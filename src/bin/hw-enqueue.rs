@@ -11,7 +11,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use hookwatch::config::{invalid_worker_name, parse_duration};
 use hookwatch::enqueue::{check_id, Enqueuer, Prepared, Template};
 use hookwatch::error::{Error, Kind};
-use hookwatch::exit;
+use hookwatch::exit::{self, Command};
 use hookwatch::spool::{valid_worker_name, Spool};
 use hookwatch::task::Priority;
 use hookwatch::wait::{WaitEnd, Waiter};
@@ -64,13 +64,7 @@ struct Args {
     wait_timeout: Option<String>,
 }
 
-enum Command {
-    Enqueue(Box<Args>),
-    Help,
-    Version,
-}
-
-fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<Args>>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut a = Args::default();
     while let Some(arg) = parser.next()? {
@@ -93,7 +87,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Enqueue(Box::new(a)))
+    Ok(Command::Run(Box::new(a)))
 }
 
 /// The validated invocation.
@@ -207,17 +201,10 @@ fn plan(a: &Args) -> Result<Plan, Error> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(lexopt::Parser::from_env()) {
-        Ok(Command::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("hw-enqueue {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Enqueue(a)) => a,
-        Err(e) => return exit::report("hw-enqueue", &Error::usage(format!("{e} (see --help)"))),
+    let parsed = parse_args(lexopt::Parser::from_env());
+    let args = match exit::command_line("hw-enqueue", USAGE, parsed) {
+        Ok(args) => args,
+        Err(status) => return status,
     };
     match plan(&args).and_then(|p| run(&p)) {
         Ok(code) => ExitCode::from(code),

@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use hookwatch::config::ListenFlags;
-use hookwatch::error::Error;
-use hookwatch::exit;
+use hookwatch::exit::{self, Command};
 use hookwatch::listen::ListenConfig;
 
 const USAGE: &str = "\
@@ -44,13 +43,7 @@ error; 75 another hw-listen uses the state file; 78 a bad option value.
 See hw-listen(8).
 ";
 
-enum Command {
-    Listen(Box<ListenFlags>),
-    Help,
-    Version,
-}
-
-fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<ListenFlags>>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut f = ListenFlags::default();
     while let Some(arg) = parser.next()? {
@@ -77,21 +70,14 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
         };
         *slot = Some(parser.value()?.string()?);
     }
-    Ok(Command::Listen(Box::new(f)))
+    Ok(Command::Run(Box::new(f)))
 }
 
 fn main() -> ExitCode {
-    let flags = match parse_args(lexopt::Parser::from_env()) {
-        Ok(Command::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("hw-listen {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Listen(f)) => f,
-        Err(e) => return exit::report("hw-listen", &Error::usage(format!("{e} (see --help)"))),
+    let parsed = parse_args(lexopt::Parser::from_env());
+    let flags = match exit::command_line("hw-listen", USAGE, parsed) {
+        Ok(flags) => flags,
+        Err(status) => return status,
     };
     let config = match ListenConfig::resolve(&flags) {
         Ok(c) => c,

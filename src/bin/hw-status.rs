@@ -8,7 +8,7 @@ use std::time::Duration;
 use hookwatch::config::invalid_worker_name;
 use hookwatch::config::parse_duration;
 use hookwatch::error::Error;
-use hookwatch::exit;
+use hookwatch::exit::{self, Command};
 use hookwatch::spool::{valid_worker_name, Spool};
 use hookwatch::status::{self, Overall};
 
@@ -45,13 +45,7 @@ struct Args {
     init: Option<String>,
 }
 
-enum Command {
-    Show(Args),
-    Help,
-    Version,
-}
-
-fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Args>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut a = Args {
         root: None,
@@ -80,21 +74,14 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Command::Show(a))
+    Ok(Command::Run(a))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(lexopt::Parser::from_env()) {
-        Ok(Command::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("hw-status {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Show(a)) => a,
-        Err(e) => return exit::report("hw-status", &Error::usage(format!("{e} (see --help)"))),
+    let parsed = parse_args(lexopt::Parser::from_env());
+    let args = match exit::command_line("hw-status", USAGE, parsed) {
+        Ok(args) => args,
+        Err(status) => return status,
     };
     match run(&args) {
         Ok(code) => code,

@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use hookwatch::config::{WorkerConfig, WorkerFlags};
-use hookwatch::error::Error;
-use hookwatch::exit;
+use hookwatch::exit::{self, Command};
 
 const USAGE: &str = "\
 Usage: hw-worker [OPTIONS] NAME
@@ -54,13 +53,7 @@ Exit status: 0 stopped by a signal, 64 usage, 69 metrics port in use,
 73 cannot create a spool folder, 74 I/O error, 78 bad configuration. See hw-worker(8), hookwatch(5).
 ";
 
-enum Command {
-    Run(Box<WorkerFlags>),
-    Help,
-    Version,
-}
-
-fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
+fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<WorkerFlags>>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut f = WorkerFlags::default();
     while let Some(arg) = parser.next()? {
@@ -119,17 +112,10 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command, lexopt::Error> {
 }
 
 fn main() -> ExitCode {
-    let flags = match parse_args(lexopt::Parser::from_env()) {
-        Ok(Command::Help) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Version) => {
-            println!("hw-worker {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Run(flags)) => flags,
-        Err(e) => return exit::report("hw-worker", &Error::usage(format!("{e} (see --help)"))),
+    let parsed = parse_args(lexopt::Parser::from_env());
+    let flags = match exit::command_line("hw-worker", USAGE, parsed) {
+        Ok(flags) => flags,
+        Err(status) => return status,
     };
     let config = match WorkerConfig::resolve(&flags) {
         Ok(c) => c,

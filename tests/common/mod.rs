@@ -4,11 +4,15 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
 
 use serde_json::Value;
 
@@ -87,6 +91,15 @@ impl Spool {
         self.dir.path().join(name)
     }
 
+    /// `stem-N`, N the number of entries of the scratch area so far: a
+    /// name for the next process's files.
+    pub fn numbered(&self, stem: &str) -> String {
+        let n = fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        format!("{stem}-{n}")
+    }
+
     /// Writes an executable `/bin/sh` script outside the spool; returns its path.
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
         let path = self.dir.path().join(name);
@@ -101,11 +114,7 @@ impl Spool {
     }
 
     pub fn drop_bytes(&self, worker: &str, file_name: &str, bytes: &[u8]) {
-        let dir = self.tasks(worker);
-        fs::create_dir_all(&dir).unwrap();
-        let tmp = dir.join(format!(".{file_name}.tmp"));
-        fs::write(&tmp, bytes).unwrap();
-        fs::rename(&tmp, dir.join(file_name)).unwrap();
+        place_bytes(&self.tasks(worker), file_name, bytes);
     }
 
     /// A minimal valid task `{task_id, description}` named `<id>.json`.
@@ -166,6 +175,71 @@ impl Spool {
     }
 }
 
+/// Writes `bytes` into `dir/name` atomically (dot-file, then rename).
+pub fn place_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, bytes).unwrap();
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// Writes `value` into `dir/name` atomically (dot-file, then rename).
+pub fn place(dir: &Path, name: &str, value: &Value) -> PathBuf {
+    place_bytes(dir, name, value.to_string().as_bytes())
+}
+
+/// Every entry of a folder, dot-files too, sorted.
+pub fn all_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The lines of a file; none when it is not there.
+pub fn file_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// `2026-11-28T10:30:00.123Z` of milliseconds since the epoch: written
+/// here, not by the library under test (H. Hinnant's civil date).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// `rfc3339_ms` of `t`, to the millisecond below.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).expect("after 1970");
+    rfc3339_ms(d.as_millis() as i64)
+}
+
 pub fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
@@ -188,11 +262,28 @@ pub fn json_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The complete lines of a file a process still writes (a line still
+/// being written is left for the next look).
+pub fn complete_lines(path: &Path) -> Vec<String> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    complete.lines().map(String::from).collect()
+}
+
+pub fn parse_line(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
+}
+
 /// A running daemon in its own process group; killed with its group when
 /// dropped, so no test leaves a process behind.
 pub struct Daemon {
     child: Option<Child>,
     pub log: PathBuf,
+    /// Its stdout, when kept (`Daemon::spawn`).
+    out: Option<PathBuf>,
 }
 
 /// The environment every test worker gets unless the test overrides it:
@@ -211,26 +302,157 @@ pub fn base_env(spool: &Spool) -> Vec<(String, String)> {
     .collect()
 }
 
+/// `tool args…` with `base_env` plus `env` (later wins).
+pub fn tool_command(spool: &Spool, tool: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin(tool));
+    cmd.args(args)
+        .envs(base_env(spool))
+        .envs(env.iter().map(|(k, v)| (*k, *v)));
+    cmd
+}
+
+/// Variables of the test runner's environment that would change what the
+/// listener does; every listener starts without them.
+pub const LISTENER_VARS: [&str; 10] = [
+    "WORKERS",
+    "COMPLETION_TIMEOUT",
+    "STATE_FILE",
+    "TASK_DIR",
+    "TRIGGER_DIR",
+    "RESULT_DIR",
+    "HEARTBEAT_DIR",
+    "DLQ_DIR",
+    "RUST_LOG",
+    "HW_EVENT",
+];
+
+/// `hw-listen ARGS…` with `base_env` plus `env`, none of `LISTENER_VARS`
+/// inherited.
+pub fn listener_command(spool: &Spool, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin("hw-listen"));
+    for var in LISTENER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.args(args)
+        .envs(base_env(spool))
+        .envs(env.iter().map(|(k, v)| (*k, *v)));
+    cmd
+}
+
+/// Variables that would move the spool or name the workers.
+pub const SPOOL_VARS: [&str; 8] = [
+    "HW_ROOT",
+    "TASK_DIR",
+    "TRIGGER_DIR",
+    "RESULT_DIR",
+    "HEARTBEAT_DIR",
+    "DLQ_DIR",
+    "STATE_FILE",
+    "WORKERS",
+];
+
+/// `tool ARGS…` with `HW_ROOT=root` plus `env`, nothing else of the spool
+/// inherited (none of `SPOOL_VARS`); stdin empty, stdout and stderr piped,
+/// in its own process group. For `finish`.
+pub fn spool_command(tool: &str, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin(tool));
+    for var in SPOOL_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.args(args)
+        .env("HW_ROOT", root)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
+/// Reads a pipe to its end on a thread, so the child never blocks on it.
+pub fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Waits for `child` to exit, at most `timeout`; `None` if it still runs.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
+}
+
+/// Feeds `input` to a started child (when its stdin is piped), reads its
+/// piped stdout and stderr, and waits for it at most DEADLINE; after that
+/// its process group is killed and the test fails, naming `what`.
+pub fn finish(mut child: Child, input: &[u8], what: &str) -> Output {
+    let stdin = child.stdin.take();
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || {
+        if let Some(mut s) = stdin {
+            let _ = s.write_all(&input);
+        }
+    });
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let status = wait_child(&mut child, DEADLINE);
+    if status.is_none() {
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = feeder.join();
+    assert!(
+        status.is_some(),
+        "{what} did not finish within {DEADLINE:?}"
+    );
+    Output {
+        status: status.unwrap(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
 impl Daemon {
     /// Starts `tool args…` with `base_env` plus `env` (later wins); stderr
     /// goes to a log file in the spool's scratch area.
     pub fn start(spool: &Spool, tool: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let n = fs::read_dir(spool.dir.path())
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let log = spool.scratch(&format!("{tool}-{n}.log"));
-        let mut cmd = Command::new(bin(tool));
-        cmd.args(args)
-            .envs(base_env(spool))
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let log = spool.scratch(&format!("{}.log", spool.numbered(tool)));
+        let mut cmd = tool_command(spool, tool, args, env);
+        cmd.stdout(Stdio::null());
+        Daemon::launch(cmd, None, log)
+    }
+
+    /// Starts a prepared command, for what `start` cannot express (a
+    /// cleaned environment, a limit set before exec, a kept stdout):
+    /// stdout to `NAME.out` and stderr to `NAME.log` in the scratch area.
+    pub fn spawn(spool: &Spool, name: &str, mut cmd: Command) -> Daemon {
+        let out = spool.scratch(&format!("{name}.out"));
+        let log = spool.scratch(&format!("{name}.log"));
+        cmd.stdout(fs::File::create(&out).unwrap());
+        Daemon::launch(cmd, Some(out), log)
+    }
+
+    fn launch(mut cmd: Command, out: Option<PathBuf>, log: PathBuf) -> Daemon {
+        cmd.stdin(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .process_group(0);
-        let child = cmd.spawn().expect("start daemon");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         Daemon {
             child: Some(child),
             log,
+            out,
         }
     }
 
@@ -246,33 +468,37 @@ impl Daemon {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+    pub fn signal(&self, signal: Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
     }
 
     /// SIGKILL to the daemon alone (its running agents live on, as after a
     /// crash), then reaps it.
     pub fn crash(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.signal(Signal::SIGKILL);
         let _ = self.child.as_mut().unwrap().wait();
+    }
+
+    /// The exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().unwrap().try_wait().unwrap()
     }
 
     /// Waits for the daemon to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut().unwrap();
-        let mut status = None;
-        wait_until(timeout, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
+        wait_child(self.child.as_mut().unwrap(), timeout)
+    }
+
+    /// Sends `signal`, then waits for the exit; returns the status.
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        self.signal(signal);
+        self.wait_exit(DEADLINE)
+            .unwrap_or_else(|| panic!("daemon did not exit after {signal:?}:\n{}", self.log_text()))
     }
 
     /// SIGTERM, then waits for a clean exit; returns the status.
     pub fn stop(&mut self) -> ExitStatus {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        self.wait_exit(DEADLINE)
-            .expect("daemon did not stop after SIGTERM")
+        self.stop_with(Signal::SIGTERM)
     }
 
     pub fn log_text(&self) -> String {
@@ -280,8 +506,35 @@ impl Daemon {
     }
 
     /// Waits until the log contains `needle`.
+    #[must_use]
     pub fn wait_log(&self, needle: &str) -> bool {
         wait_until(DEADLINE, || self.log_text().contains(needle))
+    }
+
+    /// Asserts that the log comes to contain `needle`.
+    pub fn expect_log(&self, needle: &str) {
+        assert!(
+            self.wait_log(needle),
+            "no {needle:?} in the log within {DEADLINE:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// The file its stdout goes to (`Daemon::spawn` only).
+    pub fn out(&self) -> &Path {
+        self.out
+            .as_deref()
+            .expect("a daemon started with its stdout kept")
+    }
+
+    /// The complete lines of its stdout.
+    pub fn lines(&self) -> Vec<String> {
+        complete_lines(self.out())
+    }
+
+    /// Its stdout as JSON lines, complete lines only.
+    pub fn events(&self) -> Vec<Value> {
+        self.lines().iter().map(|l| parse_line(l)).collect()
     }
 }
 
@@ -289,7 +542,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -298,26 +551,32 @@ impl Drop for Daemon {
 
 /// Runs a tool to completion (bounded) and returns its output.
 pub fn run_tool(spool: &Spool, tool: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(bin(tool));
-    cmd.args(args)
-        .envs(base_env(spool))
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stdin(Stdio::null())
+    let mut cmd = tool_command(spool, tool, args, env);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let mut child = cmd.spawn().expect("start tool");
-    let mut status = None;
-    let done = wait_until(DEADLINE, || {
-        status = child.try_wait().ok().flatten();
-        status.is_some()
-    });
-    if !done {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().expect("tool output");
-    assert!(done, "{tool} {args:?} did not finish within {DEADLINE:?}");
-    out
+    let child = cmd.spawn().expect("start tool");
+    finish(child, b"", &format!("{tool} {args:?}"))
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the exit status, showing both outputs when it is wrong.
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit status; stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
 }
 
 /// Processes still alive in process group `pgid`, zombies not counted
