@@ -15,7 +15,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::Result;
 use crate::latch::Latch;
@@ -247,22 +246,11 @@ pub fn persist<T>(abort: &Latch, mut publish: impl FnMut() -> Result<T>) -> Opti
                     log::error!("{e}; will try again");
                     logged_at = Some(Instant::now());
                 }
-                if wait_or_abort(abort, delay) {
+                if abort.wait_timeout(delay) {
                     return None;
                 }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-}
-
-/// Waits `delay` unless the latch fires first (then true).
-fn wait_or_abort(abort: &Latch, delay: Duration) -> bool {
-    let ms = delay.as_millis().min(i32::MAX as u128) as i32;
-    let mut fds = [PollFd::new(abort.fd(), PollFlags::POLLIN)];
-    let _ = poll(
-        &mut fds,
-        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-    );
-    abort.is_fired()
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::{pipe2, write};
 
 #[derive(Debug, Clone)]
@@ -41,6 +42,17 @@ impl Latch {
 
     pub fn is_fired(&self) -> bool {
         self.0.fired.load(Ordering::SeqCst)
+    }
+
+    /// Waits `delay` unless the latch fires first (then true).
+    pub fn wait_timeout(&self, delay: std::time::Duration) -> bool {
+        let ms = delay.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+        self.is_fired()
     }
 
     /// The descriptor to poll for POLLIN.
