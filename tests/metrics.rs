@@ -1,7 +1,8 @@
 //! hw-worker's HTTP endpoint (SPEC section 7): the metric names and values
 //! after known work, the exposition format (histograms, HELP and TYPE,
 //! Content-Type, promtool), the health checks and the breaker, where and
-//! whether it listens, and scrapes under load.
+//! whether it listens, scrapes under load, and floods of connections
+//! that neither take the worker's descriptors nor kill the endpoint.
 
 mod common;
 use common::*;
@@ -693,4 +694,135 @@ fn scrapes_under_load_all_answer_while_tasks_complete() {
         assert!(ok, "no result for {id}; log:\n{}", d.log_text());
         assert_eq!(spool.result(W, &id).unwrap()["status"], "completed", "{id}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Floods of connections.
+
+/// The most connections the endpoint holds at once (hw-worker(8),
+/// METRICS).
+const CAP: usize = 64;
+
+/// Sockets the process `pid` holds open.
+fn sockets(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `n` connections that never send a byte; those refused are left out
+/// (a dead endpoint refuses them, which the caller finds out by scraping).
+fn idle_connections(addr: &str, n: usize) -> Vec<TcpStream> {
+    let sock: SocketAddr = addr.parse().unwrap();
+    (0..n)
+        .filter_map(|_| TcpStream::connect_timeout(&sock, DEADLINE).ok())
+        .collect()
+}
+
+/// Scrapes until one answers 200, retrying what fails; `None` if none did
+/// within the deadline.
+fn scrape_eventually(addr: &str) -> Option<String> {
+    let mut body = None;
+    wait_until(DEADLINE, || {
+        body = http_get(addr, "/metrics")
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.body);
+        body.is_some()
+    });
+    body
+}
+
+#[test]
+fn idle_connections_beyond_the_cap_take_no_descriptors_and_stop_neither_scrapes_nor_tasks() {
+    let spool = Spool::new();
+    let agent = agent(&spool);
+    let d = Daemon::worker(&spool, W, &agent, &[]);
+    let addr = metrics_addr(&spool, W, &d);
+    // The listener, and signal-hook's socket pair.
+    let before = sockets(d.pid());
+    let flood = idle_connections(&addr, 300);
+    assert_eq!(flood.len(), 300, "connections refused before any cap");
+    spool.drop_simple(W, "during-flood", "work");
+    let text = scrape_eventually(&addr);
+    assert!(
+        text.is_some_and(|t| t.contains("watcher_tasks_processed_total")),
+        "no scrape answered while 300 idle connections were held; log:\n{}",
+        d.log_text()
+    );
+    let held = sockets(d.pid()).saturating_sub(before);
+    assert!(
+        held <= CAP,
+        "the worker holds {held} more sockets with 300 clients connected, more than {CAP}"
+    );
+    assert_eq!(spool.wait_result(W, "during-flood")["status"], "completed");
+    drop(flood);
+    assert_eq!(get(&addr, "/livez").status, 200);
+}
+
+#[test]
+fn a_flood_beyond_the_open_files_limit_leaves_the_endpoint_serving_once_it_ends() {
+    const LIMIT: u64 = 64;
+    let spool = Spool::new();
+    let agent = agent(&spool);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hw-worker"));
+    cmd.arg(W)
+        .envs(base_env(&spool))
+        .env("CLAUDE_COMMAND", &agent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(spool.scratch("worker.log")).unwrap())
+        .process_group(0);
+    // SAFETY: setrlimit(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, LIMIT, LIMIT)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = Spawned(cmd.spawn().expect("start hw-worker"));
+    let pid = child.0.id() as i32;
+    let log = || std::fs::read_to_string(spool.scratch("worker.log")).unwrap_or_default();
+    let mut addr = None;
+    let ok = wait_until(DEADLINE, || {
+        addr = spool
+            .heartbeat(W)
+            .and_then(|h| h["metrics_addr"].as_str().map(String::from));
+        addr.is_some()
+    });
+    assert!(ok, "no metrics_addr in the heartbeat; log:\n{}", log());
+    let addr = addr.unwrap();
+    let flood = idle_connections(&addr, 4 * LIMIT as usize);
+    spool.drop_simple(W, "during-flood", "work");
+    let ran = wait_until(DEADLINE, || spool.result(W, "during-flood").is_some());
+    let held = sockets(pid);
+    drop(flood);
+    // The endpoint first: that it survives is the point of this test.
+    let text = scrape_eventually(&addr);
+    assert!(
+        text.is_some_and(|t| t.contains("watcher_tasks_processed_total")),
+        "the endpoint did not come back after the flood; log:\n{}",
+        log()
+    );
+    assert_eq!(get(&addr, "/livez").status, 200);
+    assert!(
+        ran,
+        "no result while the endpoint was flooded; log:\n{}",
+        log()
+    );
+    assert_eq!(
+        spool.result(W, "during-flood").unwrap()["status"],
+        "completed"
+    );
+    assert!(
+        held < LIMIT as usize / 2,
+        "{held} sockets of {LIMIT} descriptors during the flood"
+    );
 }
