@@ -7,9 +7,10 @@
 //! One thread serves every client from one poll(2) loop, one request per
 //! connection, and never holds more than `cap` connections: a flood of
 //! clients cannot take the descriptors that tasks need, and no accept
-//! error ends the loop (tiny_http, used before, gave up for good on the
-//! first EMFILE). Clients beyond the cap wait in the kernel's listen
-//! queue, which costs this process nothing. Once a connection at the cap
+//! error ends the loop. (tiny_http 0.12, used before, had no cap, and its
+//! accept thread panicked at the first EMFILE: tiny-http/tiny-http#195.)
+//! Clients beyond the cap wait in the kernel's listen queue, which costs
+//! this process nothing. Once a connection at the cap
 //! has sent no complete request for `YIELD_AFTER`, the crowd is taken for
 //! idle or leaked: every waiting client is accepted, each in the place of
 //! the connection silent longest, until none waits. So a scrape behind a
