@@ -10,6 +10,7 @@
 //! place before its result.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -182,7 +183,7 @@ fn place(files: &[&File]) -> Vec<bool> {
         .iter()
         .map(|f| publish::stage(&f.dir, &f.name, &f.bytes, alone).ok())
         .collect();
-    let flushed = alone || sync_all_staged(&staged);
+    let flushed = alone || sync_all_staged(files, &staged);
     let mut placed: Vec<bool> = files
         .iter()
         .zip(staged)
@@ -211,18 +212,28 @@ fn place(files: &[&File]) -> Vec<bool> {
     placed
 }
 
-/// One flush of the file system for every staged file.
-fn sync_all_staged(staged: &[Option<PathBuf>]) -> bool {
-    let Some(first) = staged.iter().flatten().next() else {
-        return true;
-    };
-    match publish::sync_filesystem(first) {
-        Ok(()) => true,
-        Err(e) => {
-            log::warn!("{e}; publishing one by one");
-            false
+/// One flush per file system that holds a staged file: TRIGGER_DIR and
+/// RESULT_DIR may each be moved to another one.
+fn sync_all_staged(files: &[&File], staged: &[Option<PathBuf>]) -> bool {
+    let mut looked: Vec<&Path> = Vec::new();
+    let mut flushed: Vec<u64> = Vec::new();
+    for (f, tmp) in files.iter().zip(staged) {
+        let Some(tmp) = tmp else { continue };
+        if looked.contains(&f.dir.as_path()) {
+            continue;
         }
+        looked.push(&f.dir);
+        let dev = std::fs::metadata(tmp).map(|m| m.dev());
+        if dev.as_ref().is_ok_and(|d| flushed.contains(d)) {
+            continue;
+        }
+        if let Err(e) = publish::sync_filesystem(tmp) {
+            log::warn!("{e}; publishing one by one");
+            return false;
+        }
+        flushed.extend(dev.ok());
     }
+    true
 }
 
 /// A receipt is a courtesy: failing to write one does not stop the task.

@@ -192,3 +192,32 @@ fn a_queue_cap_of_zero_is_a_bad_configuration() {
     assert!(err.contains("--queue-cap"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn receipts_and_results_on_two_file_systems_are_both_published() {
+    let spool = Spool::new();
+    // /dev/shm is a tmpfs where there is one: another file system than
+    // the spool's, so one batch needs a flush of each.
+    let elsewhere = tempfile::Builder::new()
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let results = elsewhere.path().join("results");
+    let agent = spool.script("agent.sh", "exit 0");
+    let env = [("RESULT_DIR", results.to_str().unwrap())];
+    let _w = worker(&spool, &agent, &["-c", "4"], &env);
+    let ids: Vec<String> = (0..30).map(|i| format!("fs{i:02}")).collect();
+    for id in &ids {
+        spool.drop_simple(W, id, "two file systems");
+    }
+    for id in &ids {
+        let result = results.join(W).join(format!("{id}.json"));
+        assert!(
+            wait_until(DEADLINE, || read_json(&result)
+                .is_some_and(|r| r["status"] == "completed")),
+            "{id}: no completed result in {}",
+            results.display()
+        );
+        assert!(spool.triggers(W).join(format!("{id}.trigger")).exists());
+    }
+}
