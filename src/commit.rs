@@ -150,7 +150,7 @@ struct Batch {
 }
 
 impl Batch {
-    /// Stage all, one flush, rename all (receipts first), sync each folder
+    /// Stage all, flush, rename all (receipts first), sync each folder
     /// once, then tell. A file whose fast path fails goes the slow way:
     /// its own publish, retried while the disk refuses.
     fn commit(self, abort: &Latch) {
@@ -175,7 +175,7 @@ impl Batch {
     }
 }
 
-/// Publishes `files` in order with one flush for all: whether each is now
+/// Publishes `files` in order with one flush per file system: whether each is now
 /// durable and in place.
 fn place(files: &[&File]) -> Vec<bool> {
     let alone = files.len() == 1;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
+use nix::NixPath;
 
 use crate::error::{Error, Result};
 
@@ -119,22 +120,33 @@ static NO_RENAME_FLAGS: AtomicBool = AtomicBool::new(false);
 /// classic NFS recipe, with the same outcome for a file (link refuses an
 /// existing name; the inode, and so any flock on it, stays the same).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    rename_noreplace_at(None, from, to)
+}
+
+/// `rename_noreplace` with names relative to the folder `dir` (the
+/// current one when `None`).
+fn rename_noreplace_at<P: ?Sized + NixPath>(
+    dir: Option<RawFd>,
+    from: &P,
+    to: &P,
+) -> io::Result<()> {
     if !NO_RENAME_FLAGS.load(Ordering::Relaxed) {
-        match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
+        match renameat2(dir, from, dir, to, RenameFlags::RENAME_NOREPLACE) {
             Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
                 NO_RENAME_FLAGS.store(true, Ordering::Relaxed);
             }
             other => return other.map_err(io::Error::from),
         }
     }
-    link_then_unlink(from, to)
+    link_then_unlink(dir, from, to)
 }
 
-fn link_then_unlink(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::hard_link(from, to)?;
-    std::fs::remove_file(from).inspect_err(|_| {
+fn link_then_unlink<P: ?Sized + NixPath>(dir: Option<RawFd>, from: &P, to: &P) -> io::Result<()> {
+    linkat(dir, from, dir, to, AtFlags::empty())?;
+    unlinkat(dir, from, UnlinkatFlags::NoRemoveDir).map_err(|e| {
         // Never leave the entry in two places: undo the link.
-        let _ = std::fs::remove_file(to);
+        let _ = unlinkat(dir, to, UnlinkatFlags::NoRemoveDir);
+        io::Error::from(e)
     })
 }
 
@@ -330,21 +342,7 @@ impl Folder {
 
     /// `rename_noreplace` within the folder.
     fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
-        let dir = Some(self.raw());
-        if !NO_RENAME_FLAGS.load(Ordering::Relaxed) {
-            match renameat2(dir, from, dir, to, RenameFlags::RENAME_NOREPLACE) {
-                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {
-                    NO_RENAME_FLAGS.store(true, Ordering::Relaxed);
-                }
-                other => return other.map_err(io::Error::from),
-            }
-        }
-        linkat(dir, from, dir, to, AtFlags::empty())?;
-        unlinkat(dir, from, UnlinkatFlags::NoRemoveDir).map_err(|e| {
-            // Never leave the entry in two places: undo the link.
-            let _ = unlinkat(dir, to, UnlinkatFlags::NoRemoveDir);
-            io::Error::from(e)
-        })
+        rename_noreplace_at(Some(self.raw()), from, to)
     }
 }
 
@@ -383,10 +381,10 @@ mod tests {
         );
         std::fs::write(&a, b"1").unwrap();
         std::fs::write(&c, b"3").unwrap();
-        link_then_unlink(&a, &b).unwrap();
+        link_then_unlink(None, a.as_path(), b.as_path()).unwrap();
         assert!(!a.exists());
         assert_eq!(std::fs::read(&b).unwrap(), b"1");
-        let err = link_then_unlink(&b, &c).unwrap_err();
+        let err = link_then_unlink(None, b.as_path(), c.as_path()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&c).unwrap(), b"3");
         assert!(b.exists());

@@ -238,8 +238,9 @@ fn check_histogram(text: &str, name: &str) -> f64 {
 // ---------------------------------------------------------------------------
 // Workers.
 
-/// Waits until the heartbeat of `worker` names its metrics address.
-fn metrics_addr(spool: &Spool, worker: &str, d: &Daemon) -> String {
+/// Waits until the heartbeat of `worker` names its metrics address;
+/// `log` is shown when it does not.
+fn wait_metrics_addr(spool: &Spool, worker: &str, log: impl Fn() -> String) -> String {
     let mut addr = None;
     let ok = wait_until(DEADLINE, || {
         addr = spool
@@ -250,9 +251,13 @@ fn metrics_addr(spool: &Spool, worker: &str, d: &Daemon) -> String {
     assert!(
         ok,
         "no metrics_addr in the heartbeat of {worker} within {DEADLINE:?}; log:\n{}",
-        d.log_text()
+        log()
     );
     addr.unwrap()
+}
+
+fn metrics_addr(spool: &Spool, worker: &str, d: &Daemon) -> String {
+    wait_metrics_addr(spool, worker, || d.log_text())
 }
 
 /// Waits for the first heartbeat of `worker` and returns it.
@@ -790,15 +795,7 @@ fn a_flood_beyond_the_open_files_limit_leaves_the_endpoint_serving_once_it_ends(
     let child = Spawned(cmd.spawn().expect("start hw-worker"));
     let pid = child.0.id() as i32;
     let log = || std::fs::read_to_string(spool.scratch("worker.log")).unwrap_or_default();
-    let mut addr = None;
-    let ok = wait_until(DEADLINE, || {
-        addr = spool
-            .heartbeat(W)
-            .and_then(|h| h["metrics_addr"].as_str().map(String::from));
-        addr.is_some()
-    });
-    assert!(ok, "no metrics_addr in the heartbeat; log:\n{}", log());
-    let addr = addr.unwrap();
+    let addr = wait_metrics_addr(&spool, W, log);
     let flood = idle_connections(&addr, 4 * LIMIT as usize);
     spool.drop_simple(W, "during-flood", "work");
     let ran = wait_until(DEADLINE, || spool.result(W, "during-flood").is_some());

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -128,13 +128,6 @@ fn rfc3339(s: &str) -> f64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     (days * 86_400 + hh * 3600 + mm * 60 + ss) as f64 + frac
-}
-
-/// Sets a file's modification time to `secs` before now.
-fn age_file(path: &Path, secs: u64) {
-    let t = SystemTime::now() - Duration::from_secs(secs);
-    let f = fs::File::options().write(true).open(path).unwrap();
-    f.set_modified(t).unwrap();
 }
 
 /// True when no live process has this pid. A zombie counts as gone: it is

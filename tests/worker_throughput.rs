@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -43,13 +43,7 @@ fn gated_agent(spool: &Spool) -> (std::path::PathBuf, std::path::PathBuf, std::p
 fn drop_aged(spool: &Spool, id: &str, priority: &str, age_secs: u64) {
     let task = json!({"task_id": id, "description": id, "priority": priority});
     spool.drop_task(W, &format!("{id}.json"), &task);
-    let path = spool.tasks(W).join(format!("{id}.json"));
-    let when = SystemTime::now() - Duration::from_secs(age_secs);
-    fs::File::options()
-        .write(true)
-        .open(&path)
-        .and_then(|f| f.set_modified(when))
-        .expect("age the task file");
+    age_file(&spool.tasks(W).join(format!("{id}.json")), age_secs);
 }
 
 fn queue_size(spool: &Spool) -> Option<u64> {

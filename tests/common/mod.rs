@@ -598,3 +598,10 @@ pub fn group_alive(pgid: i32) -> bool {
         f.len() > 2 && !matches!(f[0], "Z" | "X") && f[2] == pgid
     })
 }
+
+/// Sets a file's modification time to `secs` before now.
+pub fn age_file(path: &Path, secs: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+    let f = fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(t).unwrap();
+}
