@@ -18,9 +18,13 @@ use serde_json::{Map, Value};
 
 use crate::clock;
 use crate::error::{Error, Kind, Result};
-use crate::publish::{rename_noreplace, sync_dir, sync_filesystem};
-use crate::spool::{json_name, valid_name, Spool};
-use crate::task::{Priority, Task};
+use crate::model::task::{Priority, Task};
+use crate::spool::names::{dead_letter_id, enqueue_staged, task_file, valid_name};
+use crate::spool::publish::{json_line, rename_noreplace, sync_dir, sync_filesystem, Durability};
+use crate::spool::Spool;
+
+/// hw-enqueue writes nothing it may lose.
+const D: Durability = Durability::Durable;
 
 /// What every task of one invocation gets unless its own JSON says otherwise.
 #[derive(Debug, Clone, Default)]
@@ -186,7 +190,7 @@ impl<'a> Enqueuer<'a> {
     }
 
     fn prepare(&mut self, fields: Map<String, Value>, check_unique: bool) -> Result<Prepared> {
-        let bytes = crate::publish::json_line(&fields);
+        let bytes = json_line(&fields);
         let task = Task::parse(&bytes, &self.worker).map_err(|e| data(e.detail().to_string()))?;
         // A generated id is new by construction; a given one is looked up.
         if check_unique {
@@ -202,7 +206,7 @@ impl<'a> Enqueuer<'a> {
         let s = self.spool;
         let w = self.worker.clone();
         let w = &w;
-        let name = json_name(id);
+        let name = task_file(id);
         let places = [
             s.pending_dir(w).join(&name),
             s.active_dir(w).join(&name),
@@ -239,7 +243,7 @@ impl<'a> Enqueuer<'a> {
                     entries
                         .flatten()
                         .filter_map(|e| e.file_name().into_string().ok())
-                        .filter_map(|n| crate::spool::dead_letter_id(&n).map(String::from))
+                        .filter_map(|n| dead_letter_id(&n).map(String::from))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -262,35 +266,33 @@ impl<'a> Enqueuer<'a> {
             }
         }
         if let Some((_, first)) = staged.first() {
-            if let Err(e) = sync_filesystem(first) {
+            if let Err(e) = sync_filesystem(first, D) {
                 return Err(self.abandon(staged, e));
             }
         }
         let mut done = Vec::with_capacity(staged.len());
         let mut rest = staged.into_iter();
         for (id, tmp) in rest.by_ref() {
-            let target = self.pending.join(json_name(&id));
+            let target = self.pending.join(task_file(&id));
             if let Err(e) = rename_noreplace(&tmp, &target) {
                 let _ = fs::remove_file(&tmp);
                 let err = Error::io2("cannot publish", &tmp, &target, e);
                 for (_, t) in rest {
                     let _ = fs::remove_file(t);
                 }
-                let _ = sync_dir(&self.pending);
+                let _ = sync_dir(&self.pending, D);
                 return Err((done, err));
             }
             done.push(id);
         }
         if !done.is_empty() {
-            sync_dir(&self.pending).map_err(|e| (done.clone(), e))?;
+            sync_dir(&self.pending, D).map_err(|e| (done.clone(), e))?;
         }
         Ok(done)
     }
 
     fn stage(&self, p: &Prepared) -> Result<PathBuf> {
-        let tmp = self
-            .pending
-            .join(format!(".{}.{}.enqueue.tmp", p.id, self.pid));
+        let tmp = self.pending.join(enqueue_staged(&p.id, self.pid));
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -341,7 +343,7 @@ mod tests {
         let batch: Vec<Prepared> = (0..3)
             .map(|i| e.from_description(&format!("task {i}"), None, &t).unwrap())
             .collect();
-        let blocker = format!(".{}.{}.enqueue.tmp", batch[1].id, std::process::id());
+        let blocker = enqueue_staged(&batch[1].id, std::process::id());
         fs::write(e.pending.join(&blocker), b"theirs").unwrap();
         let (published, err) = e.publish(batch).unwrap_err();
         assert!(published.is_empty(), "{published:?}");

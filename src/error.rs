@@ -55,6 +55,15 @@ impl Error {
         }
     }
 
+    /// A failure of an operation on no path (a pipe, a thread, a signal
+    /// handler): `op: cause`.
+    pub fn os(op: &str, source: io::Error) -> Error {
+        Error {
+            path: None,
+            ..Error::io(op, Path::new(""), source)
+        }
+    }
+
     /// A failure of an operation that moves `from` to `to`.
     pub fn io2(op: &str, from: &Path, to: &Path, source: io::Error) -> Error {
         Error {

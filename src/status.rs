@@ -12,8 +12,10 @@ use serde::Serialize;
 
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::heartbeat::Heartbeat;
-use crate::spool::{is_task_file, read_regular, valid_worker_name, Spool};
+use crate::model::heartbeat::{BreakerState, Heartbeat, HeartbeatStatus};
+use crate::model::result::ResultStatus;
+use crate::spool::names::{heartbeat_worker, is_task_file, result_id};
+use crate::spool::{read_regular, Spool, RECORD_MAX};
 
 /// A worker is stale when its heartbeat is older than this many of the
 /// intervals the heartbeat itself names.
@@ -49,10 +51,36 @@ impl Overall {
     }
 }
 
+/// What hw-status says of a worker: its heartbeat's status, unless the
+/// heartbeat is stale or missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Reported(HeartbeatStatus),
+    /// Older than three of the intervals it names.
+    Stale,
+    /// No heartbeat that can be read.
+    Missing,
+}
+
+impl Seen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seen::Reported(s) => s.as_str(),
+            Seen::Stale => "stale",
+            Seen::Missing => "missing",
+        }
+    }
+}
+
+impl Serialize for Seen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct WorkerStatus {
-    /// The heartbeat's status, or `stale`, or `missing`.
-    pub status: String,
+    pub status: Seen,
     pub heartbeat_age_seconds: Option<f64>,
     pub pending: u64,
     pub active: u64,
@@ -60,16 +88,16 @@ pub struct WorkerStatus {
     pub completed: u64,
     pub failed: u64,
     pub dlq: u64,
-    pub circuit_breaker_state: Option<String>,
+    pub circuit_breaker_state: Option<BreakerState>,
     pub metrics_addr: Option<String>,
     pub uptime_seconds: Option<u64>,
 }
 
 impl WorkerStatus {
     fn verdict(&self) -> Overall {
-        match self.status.as_str() {
-            "missing" => Overall::Critical,
-            "healthy" if self.dlq == 0 => Overall::Ok,
+        match self.status {
+            Seen::Missing => Overall::Critical,
+            Seen::Reported(HeartbeatStatus::Healthy) if self.dlq == 0 => Overall::Ok,
             _ => Overall::Warning,
         }
     }
@@ -123,15 +151,15 @@ pub fn collect(spool: &Spool, expected: &[String]) -> Result<StatusReport> {
 }
 
 fn reason(name: &str, s: &WorkerStatus) -> String {
-    match s.status.as_str() {
-        "healthy" if s.dlq == 1 => format!("{name}: 1 dead letter"),
-        "healthy" => format!("{name}: {} dead letters", s.dlq),
-        "missing" => format!("{name}: no heartbeat"),
-        "degraded" => format!(
+    match s.status {
+        Seen::Reported(HeartbeatStatus::Healthy) if s.dlq == 1 => format!("{name}: 1 dead letter"),
+        Seen::Reported(HeartbeatStatus::Healthy) => format!("{name}: {} dead letters", s.dlq),
+        Seen::Missing => format!("{name}: no heartbeat"),
+        Seen::Reported(HeartbeatStatus::Degraded) => format!(
             "{name}: breaker {}",
-            s.circuit_breaker_state.as_deref().unwrap_or("?")
+            s.circuit_breaker_state.map_or("?", BreakerState::as_str)
         ),
-        other => format!("{name}: {other}"),
+        other => format!("{name}: {}", other.as_str()),
     }
 }
 
@@ -143,12 +171,13 @@ fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
         .map(|t| ((now - t).max(0.0) * 10.0).round() / 10.0);
     let status = match (&beat, age) {
         (Some(b), Some(age))
-            if b.status != "stopped" && age > STALE_INTERVALS * b.interval().as_secs_f64() =>
+            if b.status != HeartbeatStatus::Stopped
+                && age > STALE_INTERVALS * b.interval().as_secs_f64() =>
         {
-            "stale".to_string()
+            Seen::Stale
         }
-        (Some(b), Some(_)) => b.status.clone(),
-        _ => "missing".to_string(),
+        (Some(b), Some(_)) => Seen::Reported(b.status),
+        _ => Seen::Missing,
     };
     let (completed, failed) = count_results(&spool.result_dir(name))?;
     Ok(WorkerStatus {
@@ -160,7 +189,7 @@ fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
         completed,
         failed,
         dlq: count_tasks(&spool.dlq_dir(name))?,
-        circuit_breaker_state: beat.as_ref().map(|b| b.circuit_breaker_state.clone()),
+        circuit_breaker_state: beat.as_ref().map(|b| b.circuit_breaker_state),
         metrics_addr: beat.as_ref().and_then(|b| b.metrics_addr.clone()),
         uptime_seconds: beat.as_ref().map(|b| b.uptime_seconds),
     })
@@ -178,8 +207,7 @@ fn read_heartbeat(path: &Path) -> Option<Heartbeat> {
 fn heartbeat_names(spool: &Spool) -> Result<Vec<String>> {
     Ok(list(&spool.heartbeats)?
         .into_iter()
-        .filter_map(|n| n.strip_suffix(".json").map(String::from))
-        .filter(|n| valid_worker_name(n))
+        .filter_map(|n| heartbeat_worker(&n).map(String::from))
         .collect())
 }
 
@@ -208,22 +236,16 @@ fn count_tasks(dir: &Path) -> Result<u64> {
 
 /// Completed and failed results, by each result's `status`.
 fn count_results(dir: &Path) -> Result<(u64, u64)> {
-    #[derive(serde::Deserialize)]
-    struct Status {
-        status: String,
-    }
     let (mut completed, mut failed) = (0, 0);
-    for name in list(dir)?
-        .iter()
-        .filter(|n| !n.starts_with('.') && n.ends_with(".json"))
-    {
-        let status = read_regular(&dir.join(name), crate::spool::RECORD_MAX)
+    for name in list(dir)?.iter().filter(|n| result_id(n).is_some()) {
+        let status = read_regular(&dir.join(name), RECORD_MAX)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Status>(&b).ok());
-        match status.as_ref().map(|s| s.status.as_str()) {
-            Some("completed") => completed += 1,
-            Some("failed") => failed += 1,
-            _ => {}
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|record| ResultStatus::of(&record));
+        match status {
+            Some(ResultStatus::Completed) => completed += 1,
+            Some(ResultStatus::Failed) => failed += 1,
+            None => {}
         }
     }
     Ok((completed, failed))
@@ -251,7 +273,7 @@ pub fn render_table(report: &StatusReport) -> String {
         let dash = || "-".to_string();
         rows.push(vec![
             name.clone(),
-            w.status.clone(),
+            w.status.as_str().to_string(),
             w.heartbeat_age_seconds
                 .map_or_else(dash, |a| format!("{a:.1}s")),
             w.pending.to_string(),
@@ -260,7 +282,8 @@ pub fn render_table(report: &StatusReport) -> String {
             w.completed.to_string(),
             w.failed.to_string(),
             w.dlq.to_string(),
-            w.circuit_breaker_state.clone().unwrap_or_else(dash),
+            w.circuit_breaker_state
+                .map_or_else(dash, |b| b.as_str().to_string()),
             w.uptime_seconds.map_or_else(dash, human_duration),
             w.metrics_addr.clone().unwrap_or_else(dash),
         ]);

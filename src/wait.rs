@@ -14,7 +14,11 @@ use inotify::{EventMask, Inotify, WatchMask};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
-use crate::spool::{create_dir, dead_letter_id, Spool};
+use crate::model::dead_letter::DlqReason;
+use crate::model::result::ResultStatus;
+use crate::model::Word;
+use crate::spool::names::{dead_letter_id, result_id, task_file};
+use crate::spool::{create_dir, Spool};
 
 /// How a wait ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -118,7 +122,7 @@ impl Waiter {
     fn look_everywhere(&mut self, out: &mut impl Write) -> Result<()> {
         let ids: Vec<String> = self.waiting.iter().cloned().collect();
         for id in ids {
-            self.consider(&crate::spool::json_name(&id), out)?;
+            self.consider(&task_file(&id), out)?;
         }
         let letters: Vec<String> = fs::read_dir(&self.dlq)
             .map(|d| {
@@ -135,12 +139,9 @@ impl Waiter {
 
     /// A file appeared: a result `<id>.json`, or a dead letter `<id>_<unix>.json`.
     fn consider(&mut self, name: &str, out: &mut impl Write) -> Result<()> {
-        if let Some(id) = name
-            .strip_suffix(".json")
-            .filter(|id| self.waiting.contains(*id))
-        {
+        if let Some(id) = result_id(name).filter(|id| self.waiting.contains(*id)) {
             if let Some((record, raw)) = read_record(&self.results.join(name)) {
-                let completed = record.get("status").and_then(|s| s.as_str()) == Some("completed");
+                let completed = ResultStatus::of(&record) == Some(ResultStatus::Completed);
                 return self.emit(id.to_string(), &raw, completed, out);
             }
         }
@@ -152,7 +153,11 @@ impl Waiter {
         };
         // A task out of attempts gets a failed result right after its dead
         // letter: that result is the record to print.
-        if record.get("dlq_reason").and_then(|r| r.as_str()) == Some("max_retries_exceeded") {
+        let reason = record.get("dlq_reason").and_then(|r| r.as_str());
+        if reason
+            .and_then(DlqReason::parse)
+            .is_some_and(DlqReason::has_result)
+        {
             return Ok(());
         }
         self.emit(id.to_string(), &raw, false, out)

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use hookwatch::task::Task;
+use hookwatch::model::task::Task;
 use nix::libc;
 use serde_json::{json, Value};
 
@@ -2454,7 +2454,7 @@ fn fate(bytes: &[u8], max_bytes: usize, now: f64) -> Fate {
             Fate::Waits
         }
         Ok(t) => Fate::Runs(t.id),
-        Err(e) => Fate::Dead(e.reason()),
+        Err(e) => Fate::Dead(e.reason().as_str()),
     }
 }
 
@@ -2498,7 +2498,7 @@ fn the_task_parser_survives_100000_mutated_files_without_a_panic() {
                 );
             }
             Ok(Err(e)) => assert!(
-                matches!(e.reason(), "invalid_json" | "invalid_task"),
+                matches!(e.reason().as_str(), "invalid_json" | "invalid_task"),
                 "input {i}, {replay}: reason {:?}",
                 e.reason()
             ),

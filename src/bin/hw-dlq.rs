@@ -5,9 +5,10 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use hookwatch::dlq_admin::{self, Filter, Outcome, Selection};
+use hookwatch::cli::exit;
+use hookwatch::cli::{self, Command};
+use hookwatch::dlq::admin::{self as dlq_admin, Filter, Outcome, Selection};
 use hookwatch::error::{Error, Kind};
-use hookwatch::exit::{self, Command};
 use hookwatch::spool::Spool;
 
 const USAGE: &str = "\
@@ -135,7 +136,7 @@ fn parse_command(mut parser: lexopt::Parser, mut a: Args) -> Result<Command<Args
 
 fn main() -> ExitCode {
     let parsed = parse_args(lexopt::Parser::from_env());
-    let args = match exit::command_line("hw-dlq", USAGE, parsed) {
+    let args = match cli::command_line("hw-dlq", USAGE, parsed) {
         Ok(args) => args,
         Err(status) => return status,
     };

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use hookwatch::config::{invalid_worker_name, parse_duration};
+use hookwatch::cli::exit;
+use hookwatch::cli::values::{invalid, invalid_worker_name, parse_duration};
+use hookwatch::cli::{self, Command};
 use hookwatch::enqueue::{check_id, Enqueuer, Prepared, Template};
 use hookwatch::error::{Error, Kind};
-use hookwatch::exit::{self, Command};
-use hookwatch::spool::{valid_worker_name, Spool};
-use hookwatch::task::Priority;
+use hookwatch::model::task::Priority;
+use hookwatch::spool::names::valid_worker_name;
+use hookwatch::spool::Spool;
 use hookwatch::wait::{WaitEnd, Waiter};
 
 const USAGE: &str = "\
@@ -102,10 +104,6 @@ struct Plan {
     wait: Option<Option<Duration>>,
 }
 
-fn bad_value(flag: &str, value: &str, why: &str) -> Error {
-    Error::config(format!("invalid value {value:?} for {flag}: {why}"))
-}
-
 fn plan(a: &Args) -> Result<Plan, Error> {
     let worker = a
         .worker
@@ -121,7 +119,7 @@ fn plan(a: &Args) -> Result<Plan, Error> {
         None => None,
         Some(p) => Some(
             Priority::parse(p)
-                .ok_or_else(|| bad_value("--priority", p, "not high, normal or low"))?,
+                .ok_or_else(|| invalid(p, "--priority", "not high, normal or low"))?,
         ),
     };
     let seconds = |flag: &str, v: &Option<String>| -> Result<Option<Duration>, Error> {
@@ -129,9 +127,9 @@ fn plan(a: &Args) -> Result<Plan, Error> {
             None => Ok(None),
             Some(s) => match parse_duration(s) {
                 Some(d) if !d.is_zero() => Ok(Some(d)),
-                _ => Err(bad_value(
-                    flag,
+                _ => Err(invalid(
                     s,
+                    flag,
                     "not a positive duration (seconds, or with s, m, h or d)",
                 )),
             },
@@ -141,7 +139,7 @@ fn plan(a: &Args) -> Result<Plan, Error> {
     for kv in &a.meta {
         match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => meta.push((k.to_string(), v.to_string())),
-            _ => return Err(bad_value("--meta", kv, "not KEY=VALUE")),
+            _ => return Err(invalid(kv, "--meta", "not KEY=VALUE")),
         }
     }
     let count = match &a.count {
@@ -150,7 +148,7 @@ fn plan(a: &Args) -> Result<Plan, Error> {
             .parse::<u64>()
             .ok()
             .filter(|n| (1..=1_000_000).contains(n))
-            .ok_or_else(|| bad_value("--count", n, "not a whole number from 1 to 1000000"))?,
+            .ok_or_else(|| invalid(n, "--count", "not a whole number from 1 to 1000000"))?,
     };
     let description = (!a.words.is_empty()).then(|| (a.words.join(" "), count));
     if a.json && description.is_some() {
@@ -202,7 +200,7 @@ fn plan(a: &Args) -> Result<Plan, Error> {
 
 fn main() -> ExitCode {
     let parsed = parse_args(lexopt::Parser::from_env());
-    let args = match exit::command_line("hw-enqueue", USAGE, parsed) {
+    let args = match cli::command_line("hw-enqueue", USAGE, parsed) {
         Ok(args) => args,
         Err(status) => return status,
     };

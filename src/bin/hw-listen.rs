@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use hookwatch::config::ListenFlags;
-use hookwatch::exit::{self, Command};
-use hookwatch::listen::ListenConfig;
+use hookwatch::cli::exit;
+use hookwatch::cli::{self, Command};
+use hookwatch::listen::config::{ListenConfig, ListenFlags};
 
 const USAGE: &str = "\
 Usage: hw-listen [OPTIONS]
@@ -75,7 +75,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<ListenFlags>>, l
 
 fn main() -> ExitCode {
     let parsed = parse_args(lexopt::Parser::from_env());
-    let flags = match exit::command_line("hw-listen", USAGE, parsed) {
+    let flags = match cli::command_line("hw-listen", USAGE, parsed) {
         Ok(flags) => flags,
         Err(status) => return status,
     };

@@ -5,11 +5,11 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hookwatch::config::invalid_worker_name;
-use hookwatch::config::parse_duration;
+use hookwatch::cli::exit;
+use hookwatch::cli::values::{invalid, parse_duration, worker_names, Raw};
+use hookwatch::cli::{self, Command};
 use hookwatch::error::Error;
-use hookwatch::exit::{self, Command};
-use hookwatch::spool::{valid_worker_name, Spool};
+use hookwatch::spool::Spool;
 use hookwatch::status::{self, Overall};
 
 const USAGE: &str = "\
@@ -79,7 +79,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Args>, lexopt::Error
 
 fn main() -> ExitCode {
     let parsed = parse_args(lexopt::Parser::from_env());
-    let args = match exit::command_line("hw-status", USAGE, parsed) {
+    let args = match cli::command_line("hw-status", USAGE, parsed) {
         Ok(args) => args,
         Err(status) => return status,
     };
@@ -113,26 +113,19 @@ fn watch_interval(given: &Option<String>) -> Result<Duration, Error> {
     let Some(s) = given else {
         return Ok(Duration::from_secs(2));
     };
-    parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| {
-        Error::config(format!(
-            "invalid value {s:?} for --watch: not a positive duration"
-        ))
-    })
+    parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| invalid(s, "--watch", "not a positive duration"))
 }
 
 /// Comma-separated worker names, each checked; a bad one is a bad value
 /// of the flag or variable it came from.
 fn names_of(list: &str, origin: &str) -> Result<Vec<String>, Error> {
-    let names: Vec<String> = list
-        .split(',')
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .collect();
-    let bad = |why: String| Error::config(format!("invalid value {list:?} for {origin}: {why}"));
-    match names.iter().find(|n| !valid_worker_name(n)) {
-        Some(name) => Err(bad(invalid_worker_name(name))),
-        None if names.is_empty() => Err(bad("no worker names".into())),
-        None => Ok(names),
+    let raw = Raw::new(list, origin);
+    let names = worker_names(&raw)?;
+    match names.is_empty() {
+        true => Err(raw.invalid("no worker names")),
+        false => Ok(names),
     }
 }
 

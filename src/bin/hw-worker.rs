@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
-use hookwatch::config::{WorkerConfig, WorkerFlags};
-use hookwatch::exit::{self, Command};
+use hookwatch::cli::exit;
+use hookwatch::cli::{self, Command};
+use hookwatch::worker::config::{WorkerConfig, WorkerFlags};
 
 const USAGE: &str = "\
 Usage: hw-worker [OPTIONS] NAME
@@ -113,7 +114,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<WorkerFlags>>, l
 
 fn main() -> ExitCode {
     let parsed = parse_args(lexopt::Parser::from_env());
-    let flags = match exit::command_line("hw-worker", USAGE, parsed) {
+    let flags = match cli::command_line("hw-worker", USAGE, parsed) {
         Ok(flags) => flags,
         Err(status) => return status,
     };

@@ -7,26 +7,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::heartbeat::HeartbeatStats;
-
-/// Why an attempt failed, as `watcher_tasks_failed_total{reason}` says it.
-pub const FAILURE_REASONS: [&str; 5] = [
-    "exit_status",
-    "timeout",
-    "spawn_failed",
-    "agent_reported_error",
-    "interrupted",
-];
-
-/// Why a dead letter was written, as `watcher_tasks_dlq_total{reason}` says it.
-pub const DLQ_REASONS: [&str; 6] = [
-    "max_retries_exceeded",
-    "invalid_json",
-    "invalid_task",
-    "task_too_large",
-    "not_a_regular_file",
-    "dependency_failed",
-];
+use crate::model::dead_letter::DlqReason;
+use crate::model::failure::FailureClass;
+use crate::model::heartbeat::{BreakerState, HeartbeatStats};
+use crate::model::result::ResultStatus;
+use crate::model::Word;
 
 const DURATION_BUCKETS: [f64; 13] = [
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
@@ -34,6 +19,43 @@ const DURATION_BUCKETS: [f64; 13] = [
 const PICKUP_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
+
+/// One counter per word of a vocabulary: a metric with a label whose
+/// values are exactly the words, all of them always present.
+#[derive(Debug)]
+pub struct Counters<W: Word> {
+    counts: Vec<AtomicU64>,
+    words: std::marker::PhantomData<W>,
+}
+
+impl<W: Word> Counters<W> {
+    fn new() -> Counters<W> {
+        Counters {
+            counts: W::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            words: std::marker::PhantomData,
+        }
+    }
+
+    pub fn add(&self, word: W) {
+        self.counts[word.index()].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, word: W) -> u64 {
+        self.counts[word.index()].load(Relaxed)
+    }
+
+    fn sum(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// `name{labels,label="word"} n` for every word.
+    fn render(&self, out: &mut String, name: &str, labels: &str, label: &str) {
+        for w in W::ALL {
+            let n = self.get(*w);
+            let _ = writeln!(out, "{name}{{{labels},{label}=\"{}\"}} {n}", w.as_str());
+        }
+    }
+}
 
 /// A histogram of seconds with fixed buckets.
 #[derive(Debug)]
@@ -84,11 +106,10 @@ impl Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     worker: String,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    attempt_failures: [AtomicU64; FAILURE_REASONS.len()],
+    processed: Counters<ResultStatus>,
+    attempt_failures: Counters<FailureClass>,
     retried: AtomicU64,
-    dead_letters: [AtomicU64; DLQ_REASONS.len()],
+    dead_letters: Counters<DlqReason>,
     pub duration: Histogram,
     pub pickup: Histogram,
     queue_size: AtomicU64,
@@ -102,11 +123,10 @@ impl Metrics {
     pub fn new(worker: &str) -> Metrics {
         Metrics {
             worker: worker.to_string(),
-            completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            attempt_failures: Default::default(),
+            processed: Counters::new(),
+            attempt_failures: Counters::new(),
             retried: AtomicU64::new(0),
-            dead_letters: Default::default(),
+            dead_letters: Counters::new(),
             duration: Histogram::new(&DURATION_BUCKETS),
             pickup: Histogram::new(&PICKUP_BUCKETS),
             queue_size: AtomicU64::new(0),
@@ -116,33 +136,23 @@ impl Metrics {
         }
     }
 
-    pub fn completed(&self) {
-        self.completed.fetch_add(1, Relaxed);
+    /// A task reached its terminal result.
+    pub fn processed(&self, status: ResultStatus) {
+        self.processed.add(status);
     }
 
-    /// A task's final result is failed.
-    pub fn failed(&self) {
-        self.failed.fetch_add(1, Relaxed);
-    }
-
-    /// One failed attempt; `reason` is one of `FAILURE_REASONS`.
-    pub fn attempt_failed(&self, reason: &str) {
-        let i = FAILURE_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.attempt_failures[i].fetch_add(1, Relaxed);
+    /// One failed attempt.
+    pub fn attempt_failed(&self, class: FailureClass) {
+        self.attempt_failures.add(class);
     }
 
     pub fn retried(&self) {
         self.retried.fetch_add(1, Relaxed);
     }
 
-    /// A dead letter; `reason` is one of `DLQ_REASONS`.
-    pub fn dead_lettered(&self, reason: &str) {
-        if let Some(i) = DLQ_REASONS.iter().position(|r| *r == reason) {
-            self.dead_letters[i].fetch_add(1, Relaxed);
-        }
+    /// A dead letter was written.
+    pub fn dead_lettered(&self, reason: DlqReason) {
+        self.dead_letters.add(reason);
     }
 
     pub fn set_queue_size(&self, n: usize) {
@@ -153,9 +163,8 @@ impl Metrics {
         self.active.store(n as u64, Relaxed);
     }
 
-    /// 0 closed, 1 open, 2 half-open.
-    pub fn set_breaker(&self, gauge: u8) {
-        self.breaker.store(u64::from(gauge), Relaxed);
+    pub fn set_breaker(&self, state: BreakerState) {
+        self.breaker.store(u64::from(state.gauge()), Relaxed);
     }
 
     pub fn set_stopping(&self) {
@@ -168,13 +177,11 @@ impl Metrics {
     }
 
     pub fn heartbeat_stats(&self) -> HeartbeatStats {
-        let completed = self.completed.load(Relaxed);
-        let failed = self.failed.load(Relaxed);
         HeartbeatStats {
-            tasks_processed: completed + failed,
-            tasks_failed: failed,
+            tasks_processed: self.processed.sum(),
+            tasks_failed: self.processed.get(ResultStatus::Failed),
             tasks_retried: self.retried.load(Relaxed),
-            tasks_dlq: self.dead_letters.iter().map(|c| c.load(Relaxed)).sum(),
+            tasks_dlq: self.dead_letters.sum(),
         }
     }
 
@@ -193,25 +200,15 @@ impl Metrics {
             "watcher_tasks_processed_total",
             "Tasks that reached a terminal result.",
         );
-        for (status, c) in [("completed", &self.completed), ("failed", &self.failed)] {
-            let _ = writeln!(
-                out,
-                "watcher_tasks_processed_total{{{w},status=\"{status}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
+        self.processed
+            .render(&mut out, "watcher_tasks_processed_total", &w, "status");
         counter(
             &mut out,
             "watcher_tasks_failed_total",
             "Failed attempts, by reason.",
         );
-        for (reason, c) in FAILURE_REASONS.iter().zip(&self.attempt_failures) {
-            let _ = writeln!(
-                out,
-                "watcher_tasks_failed_total{{{w},reason=\"{reason}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
+        self.attempt_failures
+            .render(&mut out, "watcher_tasks_failed_total", &w, "reason");
         counter(
             &mut out,
             "watcher_tasks_retried_total",
@@ -227,13 +224,8 @@ impl Metrics {
             "watcher_tasks_dlq_total",
             "Dead letters written, by reason.",
         );
-        for (reason, c) in DLQ_REASONS.iter().zip(&self.dead_letters) {
-            let _ = writeln!(
-                out,
-                "watcher_tasks_dlq_total{{{w},reason=\"{reason}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
+        self.dead_letters
+            .render(&mut out, "watcher_tasks_dlq_total", &w, "reason");
         let _ = writeln!(
             out,
             "# HELP watcher_task_duration_seconds Duration of attempts.\n# TYPE watcher_task_duration_seconds histogram"
@@ -358,13 +350,12 @@ impl ProcessStats {
         let rest = &stat[stat.rfind(')')? + 2..];
         let f: Vec<&str> = rest.split_whitespace().collect();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-        // SAFETY: sysconf only reads a system constant.
-        let (tick, page) = unsafe {
-            (
-                nix::libc::sysconf(nix::libc::_SC_CLK_TCK) as f64,
-                nix::libc::sysconf(nix::libc::_SC_PAGESIZE) as f64,
-            )
-        };
+        use nix::unistd::{sysconf, SysconfVar};
+        let constant = |var| sysconf(var).ok().flatten().map(|v| v as f64);
+        let (tick, page) = (
+            constant(SysconfVar::CLK_TCK)?,
+            constant(SysconfVar::PAGE_SIZE)?,
+        );
         // Field numbers of proc(5), minus 3 (pid, comm and state are gone).
         let (utime, stime, start, vsize, rss) = (num(11)?, num(12)?, num(19)?, num(20)?, num(21)?);
         let boot = std::fs::read_to_string("/proc/stat")

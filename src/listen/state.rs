@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
+
+use nix::fcntl::{Flock, FlockArg};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Kind, Result};
-use crate::publish::{json_line, publish};
+use crate::listen::health::Health;
+use crate::spool::names::{state_journal, state_lock};
+use crate::spool::publish::{json_line, publish, Durability};
 
 /// The largest state file or journal read (a state of a million tasks
 /// takes a few hundred MB).
@@ -60,16 +64,6 @@ impl TaskState {
     pub fn is_terminal(&self) -> bool {
         self.status.is_some() || self.dead_lettered
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    #[default]
-    Unknown,
-    Healthy,
-    Unhealthy,
-    Disconnected,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -121,7 +115,7 @@ pub struct State {
     journal: Option<BufWriter<File>>,
     journaled: usize,
     /// Held while this listener uses the state: two would emit twice.
-    _lock: File,
+    _lock: Flock<File>,
 }
 
 impl State {
@@ -133,7 +127,7 @@ impl State {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let journal_path = path.with_file_name(format!(".{name}.journal"));
+        let journal_path = path.with_file_name(state_journal(&name));
         let lock = lock_state(path)?;
         let snap = match crate::spool::read_regular(path, STATE_MAX) {
             Ok(bytes) => parse_snapshot(&bytes).map_err(|e| {
@@ -318,7 +312,7 @@ impl State {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        publish(&dir, &name, &json_line(&self.snap))?;
+        publish(&dir, &name, &json_line(&self.snap), Durability::Durable)?;
         // The snapshot holds everything the journal said, and what it still
         // held unwritten: that is dropped, not written to a file that goes.
         if let Some(j) = self.journal.take() {
@@ -336,12 +330,12 @@ impl State {
 
 /// Takes the lock file beside the state (`.<name>.lock`), or fails with
 /// a temporary error (75) naming it when another listener holds it.
-fn lock_state(path: &Path) -> Result<File> {
+fn lock_state(path: &Path) -> Result<Flock<File>> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let lock_path = path.with_file_name(format!(".{name}.lock"));
+    let lock_path = path.with_file_name(state_lock(&name));
     if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::spool::create_dir(dir)?;
     }
@@ -353,24 +347,16 @@ fn lock_state(path: &Path) -> Result<File> {
         .mode(0o640)
         .open(&lock_path)
         .map_err(|e| Error::io("cannot open", &lock_path, e))?;
-    // SAFETY: flock(2) on a descriptor that `file` owns.
-    let locked = unsafe {
-        nix::libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            nix::libc::LOCK_EX | nix::libc::LOCK_NB,
-        )
-    } == 0;
-    if !locked {
-        return Err(Error::new(
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Error::new(
             Kind::TempFail,
             format!(
                 "another hw-listen uses the state file {} (it holds {})",
                 path.display(),
                 lock_path.display()
             ),
-        ));
-    }
-    Ok(file)
+        )
+    })
 }
 
 #[cfg(test)]

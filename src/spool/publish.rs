@@ -1,50 +1,70 @@
 //! The one publish primitive: a dot-file in the target folder, write,
 //! fsync, rename, fsync of the folder. A reader never sees half a file and
 //! a crash never leaves a torn one. Every file hookwatch writes goes
+//! through here; every reader ignores dot-files. How much is flushed is a
+//! `Durability`, given by the caller: `hw-worker --no-fsync` passes
+//! `Volatile` to what it publishes, every other writer `Durable`.
+
+//! The one publish primitive: a dot-file in the target folder, write,
+//! fsync, rename, fsync of the folder. A reader never sees half a file and
+//! a crash never leaves a torn one. Every file hookwatch writes goes
 //! through here; every reader ignores dot-files.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags};
+use nix::fcntl::{renameat2, AtFlags, OFlag, RenameFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 use nix::NixPath;
 
 use crate::error::{Error, Result};
+use crate::spool::names::{self, Numbered};
+use crate::sys;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Cleared by `hw-worker --no-fsync`: a throwaway spool trades crash
-/// safety for speed. Writes stay atomic for readers either way.
-static DURABLE: AtomicBool = AtomicBool::new(true);
-
-/// Whether publishes fsync (the default) or only write and rename.
-pub fn set_durable(durable: bool) {
-    DURABLE.store(durable, Ordering::Relaxed);
+/// Whether a publish flushes what it wrote before it counts. Writes are
+/// atomic for readers either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync the file, rename, fsync the folder: survives a crash.
+    #[default]
+    Durable,
+    /// Write and rename only (`--no-fsync`, throwaway spools): a crash
+    /// may lose or tear what was not yet flushed by the kernel.
+    Volatile,
 }
 
-fn durable() -> bool {
-    DURABLE.load(Ordering::Relaxed)
+impl Durability {
+    pub fn flushes(self) -> bool {
+        self == Durability::Durable
+    }
 }
 
 /// Writes `name` in `dir` atomically, replacing what was there.
-pub fn publish(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
-    let target = dir.join(name);
-    let tmp = write_temp(dir, name, bytes, true)?;
+pub fn publish(
+    dir: &Path,
+    name: impl AsRef<OsStr>,
+    bytes: &[u8],
+    d: Durability,
+) -> Result<PathBuf> {
+    let target = dir.join(name.as_ref());
+    let tmp = write_temp(dir, name.as_ref(), bytes, d.flushes())?;
     install(&tmp, &target)?;
-    sync_dir(dir)?;
+    sync_dir(dir, d)?;
     Ok(target)
 }
 
 /// The first half of a publish: `bytes` in a dot-file beside `name`,
 /// fsynced only when `sync` is set (a group commit syncs many at once).
 /// `install` is the second half.
-pub fn stage(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBuf> {
+pub fn stage(dir: &Path, name: &OsStr, bytes: &[u8], sync: bool) -> Result<PathBuf> {
     write_temp(dir, name, bytes, sync)
 }
 
@@ -59,48 +79,36 @@ pub fn install(tmp: &Path, target: &Path) -> Result<()> {
 
 /// Writes `name` in `dir` atomically unless it exists (then the error's
 /// kind is `CannotCreate` and nothing was changed).
-pub fn publish_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+pub fn publish_new(dir: &Path, name: &str, bytes: &[u8], d: Durability) -> Result<PathBuf> {
     let target = dir.join(name);
-    let tmp = write_temp(dir, name, bytes, true)?;
+    let tmp = write_temp(dir, name.as_ref(), bytes, d.flushes())?;
     let moved = rename_noreplace(&tmp, &target);
     if let Err(e) = moved {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io2("cannot publish", &tmp, &target, e));
     }
-    sync_dir(dir)?;
+    sync_dir(dir, d)?;
     Ok(target)
 }
 
 /// Publishes `<stem>_<unix>.json`, or on a clash `<stem>_<unix>-2.json`,
 /// `-3`…, and returns the name it took (dead letters are named so).
-pub fn publish_numbered(dir: &Path, stem: &str, unix: u64, bytes: &[u8]) -> Result<String> {
-    let name = numbered(dir, stem, unix, bytes, true)?;
-    sync_dir(dir)?;
-    Ok(name)
-}
-
-/// `publish_numbered` without any fsync: atomic and complete for readers,
-/// durable only once the caller syncs the file system (one `syncfs` for
-/// a whole burst of listener events).
-pub fn publish_numbered_unsynced(
+pub fn publish_numbered(
     dir: &Path,
     stem: &str,
     unix: u64,
     bytes: &[u8],
+    d: Durability,
 ) -> Result<String> {
-    numbered(dir, stem, unix, bytes, false)
-}
-
-fn numbered(dir: &Path, stem: &str, unix: u64, bytes: &[u8], sync: bool) -> Result<String> {
-    let tmp = write_temp(dir, stem, bytes, sync)?;
+    let tmp = write_temp(dir, stem.as_ref(), bytes, d.flushes())?;
     for n in 1u32.. {
-        let name = match n {
-            1 => format!("{stem}_{unix}.json"),
-            _ => format!("{stem}_{unix}-{n}.json"),
-        };
+        let name = Numbered::new(stem, unix, n).format();
         let target = dir.join(&name);
         match rename_noreplace(&tmp, &target) {
-            Ok(()) => return Ok(name),
+            Ok(()) => {
+                sync_dir(dir, d)?;
+                return Ok(name);
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => continue,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -151,8 +159,8 @@ fn link_then_unlink<P: ?Sized + NixPath>(dir: Option<RawFd>, from: &P, to: &P) -
 }
 
 /// Makes the entries of `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    if !durable() {
+pub fn sync_dir(dir: &Path, d: Durability) -> Result<()> {
+    if !d.flushes() {
         return Ok(());
     }
     File::open(dir)
@@ -162,8 +170,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Flushes the file system that holds `path`: one flush makes a whole
 /// batch of unsynced writes durable.
-pub fn sync_filesystem(path: &Path) -> Result<()> {
-    if !durable() {
+pub fn sync_filesystem(path: &Path, d: Durability) -> Result<()> {
+    if !d.flushes() {
         return Ok(());
     }
     let f = File::open(path).map_err(|e| Error::io("cannot open", path, e))?;
@@ -171,9 +179,9 @@ pub fn sync_filesystem(path: &Path) -> Result<()> {
         .map_err(|e| Error::io("cannot sync the file system of", path, io::Error::from(e)))
 }
 
-fn write_temp(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBuf> {
+fn write_temp(dir: &Path, name: &OsStr, bytes: &[u8], sync: bool) -> Result<PathBuf> {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let tmp = dir.join(names::staged(name, std::process::id(), n));
     let written = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -181,7 +189,7 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBu
         .open(&tmp)
         .and_then(|mut f| {
             f.write_all(bytes)?;
-            if sync && durable() {
+            if sync {
                 f.sync_all()?;
             }
             Ok(())
@@ -191,19 +199,6 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> Result<PathBu
         return Err(Error::io("cannot write", &tmp, e));
     }
     Ok(tmp)
-}
-
-/// A temporary file of ours (`.<name>.<pid>.<n>.tmp`, or hw-enqueue's
-/// `.<id>.<pid>.enqueue.tmp`), not a producer's staging file.
-fn is_our_temp(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
-        return false;
-    };
-    let mut parts = rest.rsplit('.');
-    let (last, pid) = (parts.next(), parts.next());
-    let digits =
-        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()));
-    (digits(last) || last == Some("enqueue")) && digits(pid) && parts.next().is_some()
 }
 
 /// Removes our temporary files older than `age` from `dir`: left by a
@@ -217,7 +212,7 @@ pub fn remove_stale_temps(dir: &Path, age: std::time::Duration) -> usize {
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(name) = name.to_str().filter(|n| is_our_temp(n)) else {
+        let Some(name) = name.to_str().filter(|n| names::is_our_temp(n)) else {
             continue;
         };
         let old = entry
@@ -246,23 +241,19 @@ pub struct Folder {
     path: PathBuf,
     fd: OwnedFd,
     pid: u32,
+    durability: Durability,
 }
 
 impl Folder {
-    pub fn open(path: &Path) -> Result<Folder> {
-        let fd = openat(
-            None,
-            path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::io("cannot open", path, e.into()))?;
-        // SAFETY: openat returned a descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    pub fn open(path: &Path, durability: Durability) -> Result<Folder> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = sys::openat(None, path, flags, Mode::empty())
+            .map_err(|e| Error::io("cannot open", path, e))?;
         Ok(Folder {
             path: path.to_path_buf(),
             fd,
             pid: std::process::id(),
+            durability,
         })
     }
 
@@ -270,28 +261,30 @@ impl Folder {
         &self.path
     }
 
-    /// `publish_numbered_unsynced` into this folder, trying the numbers
-    /// from `first` on (1 is the name without a number), so that a caller
-    /// who remembers the last number it took need not try the taken ones
-    /// again. Returns the name and its number.
+    /// `<stem>_<time>[-n].json` into this folder, unsynced (`sync` makes a
+    /// burst durable), trying the numbers from `first` on (1 is the name
+    /// without a number), so that a caller who remembers the last number
+    /// it took need not try the taken ones again. Returns the name and its
+    /// number.
     pub fn publish_numbered_unsynced(
         &self,
         stem: &str,
-        unix: u64,
+        time: u64,
         first: u32,
         bytes: &[u8],
     ) -> Result<(String, u32)> {
         let tmp = self.write_temp(stem, bytes)?;
         for n in first.max(1).. {
-            let name = match n {
-                1 => format!("{stem}_{unix}.json"),
-                _ => format!("{stem}_{unix}-{n}.json"),
-            };
-            match self.rename_noreplace(&tmp, &name) {
+            let name = Numbered::new(stem, time, n).format();
+            match self.rename_noreplace(tmp.as_os_str(), OsStr::new(&name)) {
                 Ok(()) => return Ok((name, n)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 10_000 => continue,
                 Err(e) => {
-                    let _ = unlinkat(Some(self.raw()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                    let _ = unlinkat(
+                        Some(self.raw()),
+                        tmp.as_os_str(),
+                        UnlinkatFlags::NoRemoveDir,
+                    );
                     return Err(Error::io2(
                         "cannot publish",
                         &self.path.join(&tmp),
@@ -306,6 +299,9 @@ impl Folder {
 
     /// `sync_filesystem` and `sync_dir` on the folder held.
     pub fn sync(&self) -> Result<()> {
+        if !self.durability.flushes() {
+            return Ok(());
+        }
         nix::unistd::syncfs(self.raw())
             .map_err(|e| Error::io("cannot sync the file system of", &self.path, e.into()))?;
         nix::unistd::fsync(self.raw())
@@ -318,30 +314,30 @@ impl Folder {
 
     /// `write_temp` relative to the folder, unsynced, under the same name
     /// (so `remove_stale_temps` knows it).
-    fn write_temp(&self, name: &str, bytes: &[u8]) -> Result<String> {
+    fn write_temp(&self, name: &str, bytes: &[u8]) -> Result<std::ffi::OsString> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = format!(".{name}.{}.{n}.tmp", self.pid);
-        let written = openat(
+        let tmp = names::staged(OsStr::new(name), self.pid, n);
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+        let written = sys::openat(
             Some(self.raw()),
-            tmp.as_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
+            tmp.as_os_str(),
+            flags,
             Mode::from_bits_truncate(0o640),
         )
-        .map_err(io::Error::from)
-        .and_then(|fd| {
-            // SAFETY: openat returned a descriptor that nothing else owns.
-            let mut f = unsafe { File::from_raw_fd(fd) };
-            f.write_all(bytes)
-        });
+        .and_then(|fd| File::from(fd).write_all(bytes));
         if let Err(e) = written {
-            let _ = unlinkat(Some(self.raw()), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(
+                Some(self.raw()),
+                tmp.as_os_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
             return Err(Error::io("cannot write", &self.path.join(&tmp), e));
         }
         Ok(tmp)
     }
 
     /// `rename_noreplace` within the folder.
-    fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+    fn rename_noreplace(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
         rename_noreplace_at(Some(self.raw()), from, to)
     }
 }
@@ -350,25 +346,18 @@ impl Folder {
 mod tests {
     use super::*;
 
+    const D: Durability = Durability::Durable;
+
     #[test]
     fn publish_replaces_and_publish_new_refuses() {
         let dir = tempfile::tempdir().unwrap();
-        publish(dir.path(), "a.json", b"1").unwrap();
-        publish(dir.path(), "a.json", b"2").unwrap();
+        publish(dir.path(), "a.json", b"1", D).unwrap();
+        publish(dir.path(), "a.json", b"2", D).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"2");
-        let err = publish_new(dir.path(), "a.json", b"3").unwrap_err();
+        let err = publish_new(dir.path(), "a.json", b"3", D).unwrap_err();
         assert_eq!(err.kind, crate::error::Kind::CannotCreate);
         assert_eq!(std::fs::read(dir.path().join("a.json")).unwrap(), b"2");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn only_our_temporary_files_are_recognised() {
-        assert!(is_our_temp(".a.json.123.4.tmp"));
-        assert!(is_our_temp(".t-1.123.enqueue.tmp"));
-        assert!(!is_our_temp(".x.tmp"));
-        assert!(!is_our_temp("a.json.1.2.tmp"));
-        assert!(!is_our_temp(".a.json.x.4.tmp"));
     }
 
     #[test]
@@ -394,11 +383,11 @@ mod tests {
     fn numbered_names_count_up_on_clash() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            publish_numbered(dir.path(), "t", 7, b"a").unwrap(),
+            publish_numbered(dir.path(), "t", 7, b"a", D).unwrap(),
             "t_7.json"
         );
         assert_eq!(
-            publish_numbered(dir.path(), "t", 7, b"b").unwrap(),
+            publish_numbered(dir.path(), "t", 7, b"b", D).unwrap(),
             "t_7-2.json"
         );
     }
@@ -406,7 +395,7 @@ mod tests {
     #[test]
     fn a_folder_publishes_from_the_number_asked_and_skips_taken_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let f = Folder::open(dir.path()).unwrap();
+        let f = Folder::open(dir.path(), D).unwrap();
         let first = f.publish_numbered_unsynced("t", 7, 1, b"a").unwrap();
         assert_eq!(first, ("t_7.json".to_string(), 1));
         assert_eq!(

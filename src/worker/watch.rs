@@ -18,7 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
 use crate::latch::Latch;
-use crate::spool::is_task_file;
+use crate::spool::names::is_task_file;
 
 /// What the watcher tells the dispatcher.
 #[derive(Debug, PartialEq, Eq)]

@@ -12,18 +12,19 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 use nix::sys::stat::futimens;
 use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result};
-use crate::publish::rename_noreplace;
+use crate::spool::publish::rename_noreplace;
 
 /// A task file locked by this process: pending until `activate` moves it
 /// into `.active/`.
 #[derive(Debug)]
 pub struct Claim {
-    file: File,
+    file: Flock<File>,
     pub name: OsString,
     pub path: PathBuf,
     /// When the producer last wrote the file (for the pickup latency).
@@ -77,9 +78,9 @@ pub fn lock(dir: &Path, name: &OsStr) -> Result<Attempt> {
     if !meta.is_file() || meta.ino() != before.ino() {
         return Ok(Attempt::Lost);
     }
-    if !try_lock(&file) || !same_inode(&path, &meta) {
+    let Some(file) = try_lock(file).filter(|_| same_inode(&path, &meta)) else {
         return Ok(Attempt::Lost);
-    }
+    };
     let written = meta.modified().unwrap_or_else(|_| SystemTime::now());
     Ok(Attempt::Locked(Claim {
         file,
@@ -102,10 +103,13 @@ pub fn probe(active_dir: &Path, name: &OsStr) -> Result<Option<Claim>> {
     let meta = file
         .metadata()
         .map_err(|e| Error::io("cannot stat", &path, e))?;
-    // nlink 0: the claimer finished and removed it between our open and lock.
-    if !meta.is_file() || !try_lock(&file) || meta.nlink() == 0 || !same_inode(&path, &meta) {
+    if !meta.is_file() {
         return Ok(None);
     }
+    // nlink 0: the claimer finished and removed it between our open and lock.
+    let Some(file) = try_lock(file).filter(|_| meta.nlink() > 0 && same_inode(&path, &meta)) else {
+        return Ok(None);
+    };
     let claimed = meta.modified().unwrap_or_else(|_| SystemTime::now());
     Ok(Some(Claim {
         file,
@@ -144,9 +148,9 @@ impl Claim {
     /// The file's content, read from the start.
     pub fn read(&mut self) -> Result<Vec<u8>> {
         let mut bytes = Vec::with_capacity(self.size.min(1 << 24) as usize);
-        let read = (&self.file)
+        let read = (&*self.file)
             .seek(SeekFrom::Start(0))
-            .and_then(|_| (&self.file).read_to_end(&mut bytes));
+            .and_then(|_| (&*self.file).read_to_end(&mut bytes));
         read.map_err(|e| Error::io("cannot read", &self.path, e))?;
         Ok(bytes)
     }
@@ -193,9 +197,8 @@ fn open_nofollow(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-fn try_lock(file: &File) -> bool {
-    // SAFETY: flock(2) on a descriptor that `file` owns.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+fn try_lock(file: File) -> Option<Flock<File>> {
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()
 }
 
 fn same_inode(path: &Path, meta: &fs::Metadata) -> bool {

@@ -19,7 +19,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::error::Result;
 use crate::latch::Latch;
-use crate::publish;
+use crate::spool::publish::{self, Durability};
 
 /// Files in flight beyond this make pool threads wait: back-pressure when
 /// the disk is slow or full.
@@ -66,12 +66,12 @@ pub struct Committer {
 
 impl Committer {
     /// `unpublished`: how many results may wait to be made durable.
-    pub fn start(abort: Latch, unpublished: usize) -> std::io::Result<Committer> {
+    pub fn start(abort: Latch, unpublished: usize, d: Durability) -> std::io::Result<Committer> {
         let (tx, rx) = bounded(CAPACITY);
         let (permits, returned) = bounded(unpublished.max(1));
         let thread = thread::Builder::new()
             .name("commit".into())
-            .spawn(move || serve(&rx, &returned, &abort))?;
+            .spawn(move || serve(&rx, &returned, &abort, d))?;
         Ok(Committer {
             commits: Commits { tx, permits },
             thread,
@@ -122,7 +122,7 @@ fn then_not_durable(item: Item) {
     }
 }
 
-fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch) {
+fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, d: Durability) {
     // Whatever queued up while the last batch was being written is the
     // next batch: the busier the worker, the more each flush covers.
     while let Ok(first) = rx.recv() {
@@ -135,7 +135,7 @@ fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch) {
             }
         }
         let results = batch.results.len();
-        batch.commit(abort);
+        batch.commit(abort, d);
         for _ in 0..results {
             let _ = permits.try_recv();
         }
@@ -153,21 +153,22 @@ impl Batch {
     /// Stage all, flush, rename all (receipts first), sync each folder
     /// once, then tell. A file whose fast path fails goes the slow way:
     /// its own publish, retried while the disk refuses.
-    fn commit(self, abort: &Latch) {
+    fn commit(self, abort: &Latch, d: Durability) {
         let files: Vec<&File> = self
             .receipts
             .iter()
             .chain(self.results.iter().map(|(f, _)| f))
             .collect();
-        let placed = place(&files);
+        let placed = place(&files, d);
         let receipts = self.receipts.len();
         for (f, ok) in self.receipts.iter().zip(&placed) {
             if !ok {
-                publish_receipt(f);
+                publish_receipt(f, d);
             }
         }
         for ((f, then), ok) in self.results.into_iter().zip(&placed[receipts..]) {
-            then(*ok || persist(abort, || publish::publish(&f.dir, &f.name, &f.bytes)).is_some());
+            let slow = || publish::publish(&f.dir, &f.name, &f.bytes, d);
+            then(*ok || persist(abort, slow).is_some());
         }
         for answer in self.answers {
             let _ = answer.send(());
@@ -177,13 +178,13 @@ impl Batch {
 
 /// Publishes `files` in order with one flush per file system: whether each is now
 /// durable and in place.
-fn place(files: &[&File]) -> Vec<bool> {
+fn place(files: &[&File], d: Durability) -> Vec<bool> {
     let alone = files.len() == 1;
     let staged: Vec<Option<PathBuf>> = files
         .iter()
-        .map(|f| publish::stage(&f.dir, &f.name, &f.bytes, alone).ok())
+        .map(|f| publish::stage(&f.dir, f.name.as_ref(), &f.bytes, alone && d.flushes()).ok())
         .collect();
-    let flushed = alone || sync_all_staged(files, &staged);
+    let flushed = alone || sync_all_staged(files, &staged, d);
     let mut placed: Vec<bool> = files
         .iter()
         .zip(staged)
@@ -204,7 +205,7 @@ fn place(files: &[&File]) -> Vec<bool> {
         .collect();
     let unsynced: Vec<&Path> = folders
         .into_iter()
-        .filter(|d| publish::sync_dir(d).is_err())
+        .filter(|dir| publish::sync_dir(dir, d).is_err())
         .collect();
     for (f, ok) in files.iter().zip(placed.iter_mut()) {
         *ok = *ok && !unsynced.contains(&f.dir.as_path());
@@ -214,7 +215,7 @@ fn place(files: &[&File]) -> Vec<bool> {
 
 /// One flush per file system that holds a staged file: TRIGGER_DIR and
 /// RESULT_DIR may each be moved to another one.
-fn sync_all_staged(files: &[&File], staged: &[Option<PathBuf>]) -> bool {
+fn sync_all_staged(files: &[&File], staged: &[Option<PathBuf>], d: Durability) -> bool {
     let mut looked: Vec<&Path> = Vec::new();
     let mut flushed: Vec<u64> = Vec::new();
     for (f, tmp) in files.iter().zip(staged) {
@@ -227,7 +228,7 @@ fn sync_all_staged(files: &[&File], staged: &[Option<PathBuf>]) -> bool {
         if dev.as_ref().is_ok_and(|d| flushed.contains(d)) {
             continue;
         }
-        if let Err(e) = publish::sync_filesystem(tmp) {
+        if let Err(e) = publish::sync_filesystem(tmp, d) {
             log::warn!("{e}; publishing one by one");
             return false;
         }
@@ -237,8 +238,8 @@ fn sync_all_staged(files: &[&File], staged: &[Option<PathBuf>]) -> bool {
 }
 
 /// A receipt is a courtesy: failing to write one does not stop the task.
-fn publish_receipt(f: &File) {
-    if let Err(e) = publish::publish(&f.dir, &f.name, &f.bytes) {
+fn publish_receipt(f: &File, d: Durability) {
+    if let Err(e) = publish::publish(&f.dir, &f.name, &f.bytes, d) {
         log::warn!("{e}");
     }
 }

@@ -18,23 +18,19 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::claim::{self, Attempt, Claim};
+use crate::cli::values::{invalid, invalid_worker_name, parse_duration};
 use crate::clock;
-use crate::config::{invalid_worker_name, parse_duration};
 use crate::error::{Error, Kind, Result};
-use crate::publish;
-use crate::spool::{
-    is_task_file, json_name, parse_dead_letter_name, valid_name, valid_worker_name, Spool,
-};
-use crate::task::Task;
+use crate::model::dead_letter::DlqReason;
+use crate::model::task::Task;
+use crate::model::Word;
+use crate::spool::claim::{self, Attempt, Claim};
+use crate::spool::names::{is_task_file, task_file, valid_name, valid_worker_name, Numbered};
+use crate::spool::publish::{self, Durability};
+use crate::spool::Spool;
 
-/// The reasons of bad entries: there is no task in them to replay.
-pub const BAD_ENTRY_REASONS: [&str; 4] = [
-    "invalid_json",
-    "invalid_task",
-    "task_too_large",
-    "not_a_regular_file",
-];
+/// hw-dlq writes nothing it may lose.
+const D: Durability = Durability::Durable;
 
 /// What a dead letter adds to a task, dropped again by a replay (the task
 /// starts over: no attempts counted, no schedule, no error).
@@ -83,7 +79,7 @@ impl Record {
             Some(Ok(Value::Object(map))) => Some(map),
             _ => None,
         };
-        let name = parse_dead_letter_name(file_name);
+        let name = Numbered::parse(file_name);
         let stem = match name {
             Some(n) => n.stem,
             None => file_name.strip_suffix(".json").unwrap_or(file_name),
@@ -97,7 +93,7 @@ impl Record {
             worker: worker.to_string(),
             file_name: file_name.to_string(),
             task_id: task_id.to_string(),
-            order: name.map_or((mtime.max(0.0) as u64, 0), |n| (n.unix, n.n)),
+            order: name.map_or((mtime.max(0.0) as u64, 0), |n| (n.time, n.n)),
             fields,
             when,
             path,
@@ -112,14 +108,18 @@ impl Record {
         self.text("dlq_reason")
     }
 
+    /// The reason, when it is one hookwatch writes.
+    fn known_reason(&self) -> Option<DlqReason> {
+        self.reason().and_then(DlqReason::parse)
+    }
+
     pub fn last_error(&self) -> Option<&str> {
         self.text("last_error")
     }
 
     /// A record of a bad entry, which holds no task.
     pub fn is_bad_entry(&self) -> bool {
-        self.reason()
-            .is_some_and(|r| BAD_ENTRY_REASONS.contains(&r))
+        self.known_reason().is_some_and(DlqReason::is_bad_entry)
     }
 
     /// Attempts made: `retry_count` + 1 after the last retry failed, else
@@ -127,8 +127,8 @@ impl Record {
     /// for a task that never ran).
     pub fn attempts(&self) -> Option<u64> {
         let retries = self.fields.as_ref()?.get("retry_count")?.as_u64()?;
-        match self.reason() {
-            Some("max_retries_exceeded") => retries.checked_add(1),
+        match self.known_reason() {
+            Some(r) if r.has_result() => retries.checked_add(1),
             _ => Some(retries),
         }
     }
@@ -154,15 +154,16 @@ impl Filter {
     /// The filters from their raw values; a bad value names its flag (78).
     pub fn parse(reason: Option<&str>, older_than: Option<&str>) -> Result<Filter> {
         if reason == Some("") {
-            return Err(Error::config("invalid value \"\" for --reason: empty"));
+            return Err(invalid("", "--reason", "empty"));
         }
         let older_than = match older_than {
             None => None,
             Some(raw) => Some(parse_duration(raw).ok_or_else(|| {
-                Error::config(format!(
-                    "invalid value {raw:?} for --older-than: not a duration \
-                     (seconds, or with s, m, h or d)"
-                ))
+                invalid(
+                    raw,
+                    "--older-than",
+                    "not a duration (seconds, or with s, m, h or d)",
+                )
             })?),
         };
         Ok(Filter {
@@ -565,7 +566,7 @@ fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
     }
     let dir = spool.pending_dir(&r.worker);
     let published = crate::spool::create_dir(&dir)
-        .and_then(|()| publish::publish_new(&dir, &json_name(&task.id), &task.to_json()));
+        .and_then(|()| publish::publish_new(&dir, &task_file(&task.id), &task.to_json(), D));
     match published {
         Ok(_) => {}
         Err(e) if e.kind == Kind::CannotCreate => {
@@ -585,7 +586,7 @@ fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
     match record.finish() {
         // Best effort: a record that comes back after a crash is a
         // duplicate, which a later replay refuses while the task is queued.
-        Ok(()) => drop(publish::sync_dir(&spool.dlq_dir(&r.worker))),
+        Ok(()) => drop(publish::sync_dir(&spool.dlq_dir(&r.worker), D)),
         Err(e) => report(Outcome::Failed(e)),
     }
 }
@@ -600,7 +601,8 @@ fn task_of(bytes: &[u8], worker: &str) -> std::result::Result<Task, String> {
     if let Some(reason) = fields
         .get("dlq_reason")
         .and_then(Value::as_str)
-        .filter(|r| BAD_ENTRY_REASONS.contains(r))
+        .and_then(DlqReason::parse)
+        .filter(|r| r.is_bad_entry())
     {
         return Err(format!("a bad entry ({reason}) holds no task"));
     }
@@ -656,12 +658,12 @@ fn purge_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
         if let Err(e) = remove_entry(path) {
             return report(Outcome::Failed(e));
         }
-        let _ = publish::sync_dir(&spool.rejected_dir(&r.worker));
+        let _ = publish::sync_dir(&spool.rejected_dir(&r.worker), D);
     }
     if let Err(e) = record.finish() {
         return report(Outcome::Failed(e));
     }
-    let _ = publish::sync_dir(&spool.dlq_dir(&r.worker));
+    let _ = publish::sync_dir(&spool.dlq_dir(&r.worker), D);
     report(Outcome::Done(Done {
         act: Act::Purged,
         worker: r.worker.clone(),

@@ -5,7 +5,8 @@
 use serde_json::{Map, Value};
 
 use crate::clock;
-use crate::spool::valid_name;
+use crate::model::dead_letter::DlqReason;
+use crate::spool::names::valid_name;
 
 /// Linux's MAX_ARG_STRLEN: the longest single argument, with its NUL.
 const MAX_ARGUMENT: usize = 131_072;
@@ -48,10 +49,10 @@ pub enum Invalid {
 }
 
 impl Invalid {
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> DlqReason {
         match self {
-            Invalid::Json(_) => "invalid_json",
-            Invalid::Task(_) => "invalid_task",
+            Invalid::Json(_) => DlqReason::InvalidJson,
+            Invalid::Task(_) => DlqReason::InvalidTask,
         }
     }
 
@@ -199,7 +200,7 @@ impl Task {
 
     /// The task file's content: every field, one JSON line.
     pub fn to_json(&self) -> Vec<u8> {
-        crate::publish::json_line(&self.fields)
+        crate::spool::publish::json_line(&self.fields)
     }
 }
 
@@ -236,8 +237,8 @@ mod tests {
 
     #[test]
     fn bad_tasks_name_their_fault() {
-        assert_eq!(parse("{").unwrap_err().reason(), "invalid_json");
-        assert_eq!(parse("[1]").unwrap_err().reason(), "invalid_task");
+        assert_eq!(parse("{").unwrap_err().reason(), DlqReason::InvalidJson);
+        assert_eq!(parse("[1]").unwrap_err().reason(), DlqReason::InvalidTask);
         let cases = [
             r#"{"description":"d"}"#,
             r#"{"task_id":"../x","description":"d"}"#,
@@ -250,14 +251,18 @@ mod tests {
             r#"{"task_id":"a","description":"a\u0000b"}"#,
         ];
         for c in cases {
-            assert_eq!(parse(c).unwrap_err().reason(), "invalid_task", "{c}");
+            assert_eq!(
+                parse(c).unwrap_err().reason(),
+                DlqReason::InvalidTask,
+                "{c}"
+            );
         }
     }
 
     #[test]
     fn deep_nesting_is_invalid_json_not_a_crash() {
         let deep = "[".repeat(100_000);
-        assert_eq!(parse(&deep).unwrap_err().reason(), "invalid_json");
+        assert_eq!(parse(&deep).unwrap_err().reason(), DlqReason::InvalidJson);
     }
 
     #[test]

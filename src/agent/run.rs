@@ -6,18 +6,23 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStderr, ChildStdout, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::latch::Latch;
+use crate::model::failure::FailureClass;
+use crate::sys::{self, ChildLimit};
 
 /// systemd's variables, which belong to the worker and not to its agents.
 const ENV_REMOVED: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
@@ -25,108 +30,6 @@ const ENV_REMOVED: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"
 /// How long to keep reading after the main process exited and its group
 /// was killed; only a process that left the group can hold a pipe longer.
 const DRAIN_BOUND: Duration = Duration::from_secs(1);
-
-/// The agent command: `CLAUDE_COMMAND` split on whitespace.
-#[derive(Debug, Clone)]
-pub struct AgentCommand {
-    words: Vec<String>,
-    system_prompt_file: Option<PathBuf>,
-}
-
-impl AgentCommand {
-    /// `None` when the command has no words.
-    pub fn parse(command: &str, system_prompt_file: Option<PathBuf>) -> Option<AgentCommand> {
-        let words: Vec<String> = command.split_whitespace().map(String::from).collect();
-        (!words.is_empty()).then_some(AgentCommand {
-            words,
-            system_prompt_file,
-        })
-    }
-
-    /// A command line split like a shell splits words (single and double
-    /// quotes, backslash), without any other shell meaning: `sh -c "…"`
-    /// is how a user asks for a shell. `None` when it has no words or an
-    /// open quote.
-    pub fn parse_quoted(command: &str) -> Option<AgentCommand> {
-        let words = split_words(command)?;
-        (!words.is_empty()).then_some(AgentCommand {
-            words,
-            system_prompt_file: None,
-        })
-    }
-
-    /// The command's own words, as given (for hooks, which get no prompt).
-    pub fn words(&self) -> Vec<String> {
-        self.words.clone()
-    }
-
-    /// The argv for one task: `{}` replaced by the description (xargs
-    /// style, nothing appended), else the system prompt option and
-    /// `-p DESCRIPTION` appended. The description is always one element.
-    pub fn argv(&self, description: &str) -> Vec<String> {
-        if self.words.iter().any(|w| w == "{}") {
-            let fill = |w: &String| {
-                if w == "{}" {
-                    description.to_string()
-                } else {
-                    w.clone()
-                }
-            };
-            return self.words.iter().map(fill).collect();
-        }
-        let mut argv = self.words.clone();
-        if let Some(file) = &self.system_prompt_file {
-            argv.push("--system-prompt-file".into());
-            argv.push(file.display().to_string());
-        }
-        argv.push("-p".into());
-        argv.push(description.into());
-        argv
-    }
-}
-
-/// Shell-like word splitting: whitespace separates words; '…' keeps
-/// everything; "…" keeps everything but `\"`, `\\`, `\$` and `` \` ``
-/// escapes; a backslash outside quotes keeps the next character.
-fn split_words(line: &str) -> Option<Vec<String>> {
-    let mut words = Vec::new();
-    let mut word: Option<String> = None;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => words.extend(word.take()),
-            '\'' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next()? {
-                        '\'' => break,
-                        c => w.push(c),
-                    }
-                }
-            }
-            '"' => {
-                let w = word.get_or_insert_with(String::new);
-                loop {
-                    match chars.next()? {
-                        '"' => break,
-                        '\\' => match chars.next()? {
-                            c @ ('"' | '\\' | '$' | '`') => w.push(c),
-                            c => {
-                                w.push('\\');
-                                w.push(c);
-                            }
-                        },
-                        c => w.push(c),
-                    }
-                }
-            }
-            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
-            c => word.get_or_insert_with(String::new).push(c),
-        }
-    }
-    words.extend(word);
-    Some(words)
-}
 
 /// The bounds of one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +50,10 @@ pub struct Outcome {
     pub stdout: Captured,
     pub stderr: Captured,
     pub duration: Duration,
-    /// `timeout`, `spawn_failed: …` or `agent_reported_error`.
+    /// Why it failed, when the exit status alone does not say.
+    pub class: Option<FailureClass>,
+    /// `timeout`, `spawn_failed: …`, `agent_reported_error`, or
+    /// `memory_limit_exceeded` / `cpu_limit_exceeded`.
     pub error: Option<String>,
     /// Cut short by shutdown: not the task's fault, no attempt is charged.
     pub aborted: bool,
@@ -162,6 +68,16 @@ pub struct Outcome {
 impl Outcome {
     pub fn succeeded(&self) -> bool {
         self.exit_code == 0 && self.error.is_none() && !self.aborted
+    }
+
+    /// The class of a failed attempt, as the metrics count it.
+    pub fn class(&self) -> FailureClass {
+        self.class.unwrap_or(FailureClass::ExitStatus)
+    }
+
+    fn fail(&mut self, class: FailureClass, error: String) {
+        self.class = Some(class);
+        self.error = Some(error);
     }
 
     /// One line for `last_error`.
@@ -217,15 +133,7 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
         .current_dir(inv.workdir)
         .process_group(0);
     let limits = inv.limits;
-    let nofile = INHERITED_NOFILE.get().copied();
-    if limits.max_memory.is_some() || limits.max_cpu.is_some() || nofile.is_some() {
-        let memory = limits.max_memory;
-        let cpu = limits.max_cpu.map(|d| d.as_secs().max(1));
-        // SAFETY: only getrlimit/setrlimit, async-signal-safe, between fork and exec.
-        unsafe {
-            command.pre_exec(move || set_limits(memory, cpu, nofile));
-        }
-    }
+    sys::limits_before_exec(&mut command, child_limits(&limits));
     for var in ENV_REMOVED {
         command.env_remove(var);
     }
@@ -239,69 +147,56 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
         outcome.error = Some(format!("{limit}_limit_exceeded"));
     }
     if outcome.exit_code == 0 && outcome.error.is_none() && reports_error(&outcome.stdout.bytes) {
-        outcome.error = Some("agent_reported_error".into());
+        let class = FailureClass::AgentReportedError;
+        outcome.fail(class, class.as_str().into());
     }
     outcome
 }
 
-/// The soft limit of open files this process was given, when
-/// `raise_open_files_limit` raised it: agents get it back.
-static INHERITED_NOFILE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+/// The limits of open files this process was given (soft, hard), when
+/// `raise_open_files_limit` raised them: agents get them back.
+static INHERITED_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
 
 /// Raises this process's soft limit of open files to its hard limit, so
 /// that many tasks, watches and metrics clients never starve it; agents
 /// are started with the limit it was given (some programs still use
 /// select(2) and break above 1024).
 pub fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit value.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
-        {
-            return;
-        }
-        let soft = limit.rlim_cur;
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-            let _ = INHERITED_NOFILE.set(soft);
-        }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        let _ = INHERITED_NOFILE.set((soft, hard));
     }
 }
 
-/// In the child, before exec: the resource limits of `--max-memory` and
-/// `--max-cpu`, and the open-files limit the worker was given.
-fn set_limits(memory: Option<u64>, cpu: Option<u64>, nofile: Option<u64>) -> io::Result<()> {
-    let set = |resource, soft: u64, hard: u64| {
-        let limit = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit with a valid rlimit value.
-        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    if let Some(bytes) = memory {
-        set(libc::RLIMIT_AS, bytes, bytes)?;
+/// The limits an agent gets: those of `--max-memory` and `--max-cpu`, and
+/// the open-files limit the worker was given.
+fn child_limits(limits: &Limits) -> Vec<ChildLimit> {
+    let mut out = Vec::new();
+    if let Some(bytes) = limits.max_memory {
+        out.push(ChildLimit {
+            resource: Resource::RLIMIT_AS,
+            soft: bytes,
+            hard: bytes,
+        });
     }
-    if let Some(secs) = cpu {
-        set(libc::RLIMIT_CPU, secs, secs + 1)?;
+    if let Some(cpu) = limits.max_cpu {
+        let secs = cpu.as_secs().max(1);
+        out.push(ChildLimit {
+            resource: Resource::RLIMIT_CPU,
+            soft: secs,
+            hard: secs + 1,
+        });
     }
-    if let Some(soft) = nofile {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit with a valid rlimit value to fill.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-            set(libc::RLIMIT_NOFILE, soft, limit.rlim_max)?;
-        }
+    if let Some(&(soft, hard)) = INHERITED_NOFILE.get() {
+        out.push(ChildLimit {
+            resource: Resource::RLIMIT_NOFILE,
+            soft,
+            hard,
+        });
     }
-    Ok(())
+    out
 }
 
 fn spawn_failed(e: &io::Error) -> Outcome {
@@ -318,6 +213,7 @@ fn spawn_failed(e: &io::Error) -> Outcome {
     );
     Outcome {
         exit_code,
+        class: Some(FailureClass::SpawnFailed),
         error: Some(format!("spawn_failed: {message}")),
         transient,
         ..Outcome::default()
@@ -372,7 +268,7 @@ impl<'a> Supervisor<'a> {
         let pid = child.id() as i32;
         Supervisor {
             pgid: Pid::from_raw(pid),
-            pidfd: pidfd_open(pid),
+            pidfd: sys::pidfd_open(pid),
             stdout: child.stdout.take(),
             stderr: child.stderr.take(),
             child,
@@ -397,7 +293,8 @@ impl<'a> Supervisor<'a> {
                     Phase::Killed
                 }
                 Phase::Running if now >= deadline => {
-                    self.out.error = Some("timeout".into());
+                    let class = FailureClass::Timeout;
+                    self.out.fail(class, class.as_str().into());
                     self.signal(Signal::SIGTERM);
                     Phase::Terminating {
                         until: now + self.limits.kill_grace,
@@ -421,8 +318,8 @@ impl<'a> Supervisor<'a> {
         self.drain(Instant::now() + DRAIN_BOUND);
         let cpu = self.reap();
         self.out.resource_limit = self.limit_hit(status, cpu);
-        self.out.exit_code = match (&self.out.error, status.code(), status.signal()) {
-            (Some(e), _, _) if e == "timeout" => 124,
+        self.out.exit_code = match (self.out.class, status.code(), status.signal()) {
+            (Some(FailureClass::Timeout), _, _) => 124,
             (_, Some(code), _) => code,
             (_, None, Some(sig)) => 128 + sig,
             _ => 255,
@@ -432,47 +329,26 @@ impl<'a> Supervisor<'a> {
 
     /// The child's exit status once it has exited, without reaping it, so
     /// that its pid (and so its process group id) stays reserved.
-    fn exited(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-        // SAFETY: waitid with a valid pid and a zeroed siginfo to fill.
-        let rc = unsafe { libc::waitid(libc::P_PID, self.child.id(), &mut info, flags) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: si_pid and si_status are valid for a WEXITED report.
-        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-        if pid == 0 {
-            return Ok(None);
-        }
-        let raw = match code {
-            libc::CLD_EXITED => (status & 0xff) << 8,
-            _ => status & 0x7f,
-        };
-        Ok(Some(std::process::ExitStatus::from_raw(raw)))
+    fn exited(&mut self) -> io::Result<Option<ExitStatus>> {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        Ok(match waitid(Id::Pid(pid), flags)? {
+            WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+            WaitStatus::Signaled(_, sig, _) => Some(ExitStatus::from_raw(sig as i32 & 0x7f)),
+            _ => None,
+        })
     }
 
     /// Reaps the child; returns the CPU time it used.
     fn reap(&mut self) -> Duration {
-        let mut status = 0;
-        // SAFETY: rusage is plain data that wait4 fills.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: wait4 on our own child, which has exited (waitid said so).
-        let rc = unsafe { libc::wait4(self.child.id() as i32, &mut status, 0, &mut usage) };
-        if rc <= 0 {
-            return Duration::ZERO;
-        }
-        let secs = |t: libc::timeval| {
-            Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) * 1000) as u32)
-        };
-        secs(usage.ru_utime) + secs(usage.ru_stime)
+        sys::reap(self.child.id() as i32).unwrap_or_default()
     }
 
     /// Which limit, if any, ended the attempt. CPU: SIGXCPU, or SIGKILL
     /// with the CPU time used up. Memory (an educated guess, as a process
     /// out of address space fails in its own way): a failed attempt that
     /// died of SIGSEGV, SIGBUS, SIGABRT or SIGKILL, or said so on stderr.
-    fn limit_hit(&self, status: std::process::ExitStatus, cpu: Duration) -> Option<&'static str> {
+    fn limit_hit(&self, status: ExitStatus, cpu: Duration) -> Option<&'static str> {
         let failed = !status.success() && self.out.error.is_none() && !self.out.aborted;
         let sig = status.signal();
         if let Some(max) = self.limits.max_cpu {
@@ -603,14 +479,15 @@ fn read_some<R: Read + AsRawFd>(pipe: &mut Option<R>, into: &mut Captured, max: 
     }
 }
 
+/// Failure only means blocking reads after poll said readable, which
+/// still return.
 fn set_nonblocking(fd: i32) {
-    // SAFETY: fcntl on a descriptor we own; failure only means blocking reads
-    // after poll said readable, which still return.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+    let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) else {
+        return;
+    };
+    let flags = OFlag::from_bits_retain(flags);
+    if !flags.contains(OFlag::O_NONBLOCK) {
+        let _ = fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK));
     }
 }
 
@@ -619,45 +496,9 @@ fn millis_until(at: Instant) -> PollTimeout {
     PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2) returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a non-negative return is a descriptor that we now own.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argv_appends_prompt_or_fills_placeholder() {
-        let c = AgentCommand::parse("claude --x", Some("s.txt".into())).unwrap();
-        assert_eq!(
-            c.argv("a b"),
-            [
-                "claude",
-                "--x",
-                "--system-prompt-file",
-                "s.txt",
-                "-p",
-                "a b"
-            ]
-        );
-        let c = AgentCommand::parse("echo {} end", Some("s.txt".into())).unwrap();
-        assert_eq!(c.argv("a; b"), ["echo", "a; b", "end"]);
-        assert!(AgentCommand::parse("  ", None).is_none());
-    }
-
-    #[test]
-    fn quoted_words_split_like_a_shell() {
-        let w = |s| split_words(s).unwrap();
-        assert_eq!(w(r#"sh -c "cat >> f""#), ["sh", "-c", "cat >> f"]);
-        assert_eq!(w("a 'b c' d\\ e"), ["a", "b c", "d e"]);
-        assert_eq!(w(r#""a \"q\" \n""#), [r#"a "q" \n"#]);
-        assert_eq!(w("''"), [""]);
-        assert!(split_words("'open").is_none());
-    }
 
     #[test]
     fn is_error_in_whole_output_or_last_line() {

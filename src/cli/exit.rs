@@ -30,36 +30,6 @@ pub fn status(error: &Error) -> u8 {
     }
 }
 
-/// What a tool's command line asks for: a run with these arguments, the
-/// usage or the version.
-pub enum Command<T> {
-    Run(T),
-    Help,
-    Version,
-}
-
-/// The arguments to run with; or, for `--help`, `--version` and a command
-/// line that does not parse, the status to exit with once the usage
-/// (stdout), the version (stdout) or a one-line error (stderr) is printed.
-pub fn command_line<T>(
-    tool: &str,
-    usage: &str,
-    parsed: Result<Command<T>, lexopt::Error>,
-) -> Result<T, std::process::ExitCode> {
-    match parsed {
-        Ok(Command::Run(args)) => Ok(args),
-        Ok(Command::Help) => {
-            print!("{usage}");
-            Err(std::process::ExitCode::SUCCESS)
-        }
-        Ok(Command::Version) => {
-            println!("{tool} {}", env!("CARGO_PKG_VERSION"));
-            Err(std::process::ExitCode::SUCCESS)
-        }
-        Err(e) => Err(report(tool, &Error::usage(format!("{e} (see --help)")))),
-    }
-}
-
 /// Prints `tool: error` on stderr and gives the status to exit with.
 pub fn report(tool: &str, error: &Error) -> std::process::ExitCode {
     eprintln!("{tool}: {error}");

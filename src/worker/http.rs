@@ -20,7 +20,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,10 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, Resource};
+use nix::sys::socket::{listen, Backlog};
 
 use crate::error::{Error, Kind, Result};
 use crate::latch::Latch;
-use crate::metrics::Metrics;
+use crate::worker::metrics::Metrics;
 
 const TEXT_0_0_4: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -77,9 +78,11 @@ impl MetricsServer {
             |e: io::Error| Error::new(Kind::Unavailable, format!("cannot listen on {wanted}: {e}"));
         let listener = TcpListener::bind(wanted).map_err(unavailable)?;
         listener.set_nonblocking(true).map_err(unavailable)?;
-        // SAFETY: listen(2) again on our listening socket only resizes its
-        // queue; on failure the default queue stays.
-        unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
+        // listen(2) again on our listening socket only resizes its queue;
+        // on failure the default queue stays.
+        if let Ok(backlog) = Backlog::new(BACKLOG) {
+            let _ = listen(&listener, backlog);
+        }
         let addr = listener.local_addr().unwrap_or(wanted);
         let stop = Latch::new().map_err(unavailable)?;
         let endpoint = Endpoint {

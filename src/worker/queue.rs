@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::task::Priority;
+use crate::model::task::Priority;
 
 /// How many pending tasks the worker keeps in memory (about 150 bytes
 /// each). Beyond that the folder holds the rest, and a rescan brings them

@@ -1,4 +1,4 @@
-//! hw-worker: the dispatcher that ties the spool, the watcher, the pool,
+//! The dispatcher: the thread that ties the spool, the watcher, the pool,
 //! the retry schedule and the breaker together. One thread owns all the
 //! state (the pending queue, the deferred schedule, the breaker, the
 //! timers) and talks to the others through channels; it blocks in the
@@ -9,32 +9,29 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{select, unbounded, Receiver, Sender};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::breaker::Breaker;
-use crate::claim::{self, Activated, Attempt, Claim};
 use crate::clock;
-use crate::commit::Committer;
-use crate::config::WorkerConfig;
-use crate::deps::{self, DepState};
 use crate::error::{Error, Result};
-use crate::heartbeat::{self, Heartbeat};
-use crate::http::MetricsServer;
 use crate::latch::Latch;
-use crate::metrics::Metrics;
-use crate::notify::Notifier;
-use crate::pool::{Context, End, Job, Pool, Report};
-use crate::publish::{self, json_line, rename_noreplace};
-use crate::queue::{Deferred, DeferredSchedule, PendingQueue};
-use crate::spool::is_task_file;
-use crate::task::{peek_priority, Invalid, Priority, Task};
-use crate::watch::{Notice, Watcher};
+use crate::model::heartbeat::{self, Heartbeat, HeartbeatStatus};
+use crate::model::task::{peek_priority, Invalid, Priority, Task};
+use crate::spool::claim::{self, Activated, Attempt, Claim};
+use crate::spool::names::{heartbeat_file, is_task_file};
+use crate::spool::publish::{self, json_line, rename_noreplace};
+use crate::worker::breaker::Breaker;
+use crate::worker::config::WorkerConfig;
+use crate::worker::deps::{self, DepState};
+use crate::worker::metrics::Metrics;
+use crate::worker::notify::Notifier;
+use crate::worker::pool::{End, Job, Report};
+use crate::worker::queue::{Deferred, DeferredSchedule, PendingQueue};
+use crate::worker::startup::linked_folder;
+use crate::worker::watch::{Notice, Watcher};
 
 /// A file found by a scan whose JSON does not parse may still be being
 /// written in place; it gets this long since its last write.
@@ -43,153 +40,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 /// How often a task waiting for its dependencies looks again.
 const DEPENDENCY_RECHECK: f64 = 1.0;
-/// File systems on which inotify misses other hosts' writes.
-const NETWORK_FS_POLL: Duration = Duration::from_secs(2);
-
-/// Runs the worker until SIGTERM or SIGINT. Errors are start-up failures.
-pub fn run(config: WorkerConfig) -> Result<()> {
-    // Registered before any thread starts, so every thread inherits the mask.
-    let mut signals = Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| Error::io("cannot install signal handlers", "".as_ref(), e))?;
-    crate::run::raise_open_files_limit();
-    publish::set_durable(config.fsync);
-    // Bound before anything is created, so a busy port changes nothing.
-    let metrics = Arc::new(Metrics::new(&config.name));
-    let server = match config.metrics {
-        Some((ip, port)) => Some(MetricsServer::start(ip, port, metrics.clone())?),
-        None => None,
-    };
-    let spool = &config.spool;
-    spool.create_worker_dirs(&config.name)?;
-    let pending = spool.pending_dir(&config.name);
-    check_access(&pending, config.allow_shared_spool)?;
-    if let Some(bad) = linked_folder(spool, &config.name) {
-        return Err(Error::config(format!(
-            "refusing {}: not a folder of its own (a symlink?); the worker would follow it out of the spool",
-            bad.display()
-        )));
-    }
-    let (notice_tx, notices) = unbounded();
-    let (report_tx, reports) = unbounded();
-    let (job_tx, jobs) = unbounded();
-    let (signal_tx, signal_rx) = unbounded();
-    let stop = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
-    let abort = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
-    let watcher = match config.inotify {
-        true => Some(Watcher::start(&pending, notice_tx, stop.clone())?),
-        false => None,
-    };
-    let signal_handle = signals.handle();
-    let signal_thread = thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if signal_tx.send(sig).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| Error::io("cannot start the signal thread", "".as_ref(), e))?;
-    if let Some(s) = &server {
-        log::info!(metrics_addr = s.addr.to_string(); "Metrics on http://{}/metrics", s.addr);
-    }
-    // Without inotify, or where it misses other hosts' writes, rescans
-    // are the only way to see new tasks.
-    let blind = !config.inotify || network_fs(&pending);
-    let poll = config.poll.or_else(|| blind.then_some(NETWORK_FS_POLL));
-    let committer = Committer::start(abort.clone(), config.max_concurrent)
-        .map_err(|e| Error::io("cannot start the committer for", &pending, e))?;
-    let context = Arc::new(Context {
-        config: config.clone(),
-        metrics: metrics.clone(),
-        abort: abort.clone(),
-        commits: committer.commits(),
-        reports: report_tx,
-    });
-    let pool = Pool::start(context, jobs)
-        .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;
-    let metrics_addr = server.as_ref().map(|s| s.addr.to_string());
-    let mut d = Dispatcher::new(config, metrics, job_tx, watcher, poll, metrics_addr);
-    d.start();
-    d.serve(&notices, &reports, &signal_rx, &abort);
-    drop(d.jobs.take());
-    pool.join();
-    committer.close();
-    stop.fire();
-    if let Some(w) = d.watcher.as_mut() {
-        w.join();
-    }
-    signal_handle.close();
-    let _ = signal_thread.join();
-    if let Some(s) = server {
-        s.stop();
-    }
-    d.metrics_addr = None;
-    d.write_heartbeat("stopped");
-    log::info!(uptime_seconds = d.started.elapsed().as_secs(); "Worker stopped");
-    Ok(())
-}
-
-/// Whoever can write the tasks folder can make this worker run its agent
-/// with any description: refuse a folder that strangers may write to (by
-/// its mode, or because another user owns it) unless told it is meant.
-fn check_access(dir: &std::path::Path, allowed: bool) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?;
-    let me = nix::unistd::geteuid().as_raw();
-    let mut found = Vec::new();
-    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
-        found.push(format!(
-            "writable by others without the sticky bit (mode {:o})",
-            meta.mode() & 0o7777
-        ));
-    }
-    if meta.uid() != me && meta.uid() != 0 {
-        found.push(format!(
-            "owned by uid {}, neither this user ({me}) nor root",
-            meta.uid()
-        ));
-    }
-    if found.is_empty() {
-        return Ok(());
-    }
-    let found = found.join(", and ");
-    if allowed {
-        log::warn!(folder = dir.display().to_string(); "Shared tasks folder allowed: {found}");
-        return Ok(());
-    }
-    Err(Error::config(format!(
-        "refusing the tasks folder {}: {found} (--allow-shared-spool starts anyway)",
-        dir.display()
-    )))
-}
-
-/// `.active/` or `.deferred/` when it is not a real folder: whoever can
-/// write the tasks folder could point them anywhere, and the worker moves
-/// files in and out of them.
-fn linked_folder(spool: &crate::spool::Spool, worker: &str) -> Option<std::path::PathBuf> {
-    [spool.active_dir(worker), spool.deferred_dir(worker)]
-        .into_iter()
-        .find(|d| !fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
-}
-
-/// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by
-/// other hosts inotify does not see.
-fn network_fs(dir: &std::path::Path) -> bool {
-    const NETWORK: [i64; 8] = [
-        0x6969,      // NFS
-        0xFF53_4D42, // CIFS
-        0xFE53_4D42, // SMB2
-        0x517B,      // SMB
-        0x6573_5546, // FUSE (GlusterFS, s3fs, sshfs…)
-        0x0102_1997, // 9P
-        0x00C3_6400, // CephFS
-        0x0BD0_0BD0, // Lustre
-    ];
-    nix::sys::statfs::statfs(dir).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
-}
-
-struct Dispatcher {
+pub(super) struct Dispatcher {
     cfg: WorkerConfig,
     metrics: Arc<Metrics>,
     metrics_addr: Option<String>,
@@ -226,7 +77,7 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(
+    pub(super) fn new(
         cfg: WorkerConfig,
         metrics: Arc<Metrics>,
         jobs: Sender<Job>,
@@ -266,12 +117,12 @@ impl Dispatcher {
 
     /// Recovery, then the deferred schedule, then the first scan (the watch
     /// is already in place), then the first heartbeat.
-    fn start(&mut self) {
+    pub(super) fn start(&mut self) {
         self.remove_stale_temps();
         self.probe_active();
         self.load_deferred();
         self.rescan();
-        self.write_heartbeat("healthy");
+        self.write_heartbeat(HeartbeatStatus::Healthy);
         // Watching and scanned: ready, in systemd's sense.
         self.notifier
             .send(&format!("READY=1\nSTATUS={}", self.status_line()));
@@ -279,13 +130,13 @@ impl Dispatcher {
         log::info!(
             pending = self.queue.pending(), deferred = self.deferred.len(),
             recovered = self.recovered.len(), pool = self.cfg.max_concurrent,
-            queue_cap = self.cfg.queue_cap, fsync = self.cfg.fsync,
+            queue_cap = self.cfg.queue_cap, fsync = self.cfg.durability.flushes(),
             poll = self.poll.map_or(0.0, |p| p.as_secs_f64());
             "Worker started"
         );
     }
 
-    fn serve(
+    pub(super) fn serve(
         &mut self,
         notices: &Receiver<Notice>,
         reports: &Receiver<Report>,
@@ -306,6 +157,24 @@ impl Dispatcher {
             }
             self.on_timers(abort);
         }
+    }
+
+    /// No more jobs: the pool threads end once they are done.
+    pub(super) fn close_jobs(&mut self) {
+        drop(self.jobs.take());
+    }
+
+    pub(super) fn join_watcher(&mut self) {
+        if let Some(w) = self.watcher.as_mut() {
+            w.join();
+        }
+    }
+
+    /// The last heartbeat, `stopped`, once every thread has ended.
+    pub(super) fn stopped(mut self) {
+        self.metrics_addr = None;
+        self.write_heartbeat(HeartbeatStatus::Stopped);
+        log::info!(uptime_seconds = self.started.elapsed().as_secs(); "Worker stopped");
     }
 
     fn next_wake(&mut self) -> Instant {
@@ -379,9 +248,9 @@ impl Dispatcher {
             self.load_deferred();
         }
         let status = match () {
-            _ if self.stopping.is_some() => "stopping",
-            _ if !self.breaker.is_closed() => "degraded",
-            _ => "healthy",
+            _ if self.stopping.is_some() => HeartbeatStatus::Stopping,
+            _ if !self.breaker.is_closed() => HeartbeatStatus::Degraded,
+            _ => HeartbeatStatus::Healthy,
         };
         self.write_heartbeat(status);
         self.notifier
@@ -399,7 +268,7 @@ impl Dispatcher {
             h.tasks_processed - h.tasks_failed,
             h.tasks_failed,
             h.tasks_dlq,
-            self.breaker.name()
+            self.breaker.state()
         )
     }
 
@@ -458,7 +327,7 @@ impl Dispatcher {
         self.metrics.set_stopping();
         self.recovered.clear();
         self.notifier.send("STOPPING=1");
-        self.write_heartbeat("stopping");
+        self.write_heartbeat(HeartbeatStatus::Stopping);
     }
 
     fn abort(&mut self, abort: &Latch) {
@@ -813,19 +682,19 @@ impl Dispatcher {
     fn update_gauges(&self) {
         self.metrics.set_queue_size(self.queue.pending());
         self.metrics.set_active(self.running);
-        self.metrics.set_breaker(self.breaker.gauge());
+        self.metrics.set_breaker(self.breaker.state());
     }
 
-    fn write_heartbeat(&self, status: &str) {
+    fn write_heartbeat(&self, status: HeartbeatStatus) {
         let beat = Heartbeat {
             worker: self.cfg.name.clone(),
             timestamp: clock::now_rfc3339(),
             uptime_seconds: self.started.elapsed().as_secs(),
             queue_size: self.queue.pending() as u64,
             active_tasks: self.running as u64,
-            circuit_breaker_state: self.breaker.name().into(),
+            circuit_breaker_state: self.breaker.state(),
             stats: self.metrics.heartbeat_stats(),
-            status: status.into(),
+            status,
             pid: std::process::id(),
             hostname: heartbeat::hostname(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -833,8 +702,8 @@ impl Dispatcher {
             metrics_addr: self.metrics_addr.clone(),
         };
         let dir = &self.cfg.spool.heartbeats;
-        let name = crate::spool::json_name(&self.cfg.name);
-        if let Err(e) = publish::publish(dir, &name, &json_line(&beat)) {
+        let name = heartbeat_file(&self.cfg.name);
+        if let Err(e) = publish::publish(dir, &name, &json_line(&beat), self.cfg.durability) {
             log::error!("{e}");
         }
     }
@@ -847,7 +716,7 @@ fn young(written: SystemTime) -> bool {
 }
 
 /// A pending file's priority and write time, without claiming it.
-fn peek(path: &std::path::Path, max_bytes: u64) -> (Priority, SystemTime) {
+fn peek(path: &Path, max_bytes: u64) -> (Priority, SystemTime) {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return (Priority::Normal, SystemTime::now());
     };
@@ -859,7 +728,7 @@ fn peek(path: &std::path::Path, max_bytes: u64) -> (Priority, SystemTime) {
     (priority, written)
 }
 
-fn read_nofollow(path: &std::path::Path, size: u64) -> io::Result<Vec<u8>> {
+fn read_nofollow(path: &Path, size: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Sized to the file, so that a small task takes one read, not four.

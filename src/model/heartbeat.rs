@@ -6,6 +6,56 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{words, Word};
+
+words! {
+    /// What a worker says of itself in its heartbeat.
+    #[derive(Default)]
+    pub enum HeartbeatStatus {
+        /// Claiming and running, breaker closed.
+        Healthy = "healthy",
+        /// The breaker is open or half-open.
+        Degraded = "degraded",
+        /// SIGTERM or SIGINT received: running tasks finish, nothing new.
+        Stopping = "stopping",
+        /// The last heartbeat of a worker that stopped cleanly.
+        Stopped = "stopped",
+        /// A status this version does not know (another system's).
+        #[default]
+        Unknown = "unknown",
+    }
+}
+
+words! {
+    /// The circuit breaker's state, as the heartbeat and hw-status say it.
+    #[derive(Default)]
+    pub enum BreakerState {
+        Closed = "closed",
+        Open = "open",
+        HalfOpen = "half_open",
+        #[default]
+        Unknown = "unknown",
+    }
+}
+
+impl BreakerState {
+    /// `watcher_circuit_breaker_state`: 0 closed, 1 open, 2 half-open.
+    pub fn gauge(self) -> u8 {
+        match self {
+            BreakerState::Closed | BreakerState::Unknown => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+}
+
+/// A word of another system's heartbeat that this version does not know
+/// reads as `unknown`, not as a heartbeat that cannot be read.
+fn lenient<'de, D: serde::Deserializer<'de>, W: Word + Default>(d: D) -> Result<W, D::Error> {
+    let s = Option::<String>::deserialize(d)?.unwrap_or_default();
+    Ok(W::parse(&s).unwrap_or_default())
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HeartbeatStats {
     pub tasks_processed: u64,
@@ -25,10 +75,11 @@ pub struct Heartbeat {
     pub uptime_seconds: u64,
     pub queue_size: u64,
     pub active_tasks: u64,
-    pub circuit_breaker_state: String,
+    #[serde(deserialize_with = "lenient")]
+    pub circuit_breaker_state: BreakerState,
     pub stats: HeartbeatStats,
-    /// `healthy`, `degraded`, `stopping` or `stopped`.
-    pub status: String,
+    #[serde(deserialize_with = "lenient")]
+    pub status: HeartbeatStatus,
     pub pid: u32,
     pub hostname: String,
     pub version: String,
@@ -43,7 +94,6 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error
 }
 
 impl Heartbeat {
-    /// The interval it promises, for staleness checks.
     /// The interval it promises (10 s when it names none), for staleness.
     pub fn interval(&self) -> Duration {
         let secs = if self.heartbeat_interval > 0.0 {

@@ -1,15 +1,19 @@
 //! hw-listen: the orchestrator's listener. It follows every worker's
 //! pending tasks (to learn when each was enqueued), results, dead letters
 //! and heartbeats with inotify, and turns them into events: each emitted
-//! once, also across restarts (see `listen_state`). A timer only drives
-//! heartbeat ages and completion timeouts.
+//! once, also across restarts (see `state`). A timer only drives
+//! heartbeat ages (judged by `health`) and completion timeouts.
+
+pub mod config;
+pub mod emit;
+pub mod health;
+pub mod state;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::time::Duration;
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -17,39 +21,24 @@ use serde_json::{json, Value};
 
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::event::{Emitter, Event, Hooks};
-use crate::heartbeat::Heartbeat;
 use crate::latch::Latch;
-use crate::listen_state::{BatchState, Health, State, TaskState};
-use crate::log::LogConfig;
-use crate::run::AgentCommand;
-use crate::spool::{
-    create_dir, dead_letter_id, is_task_file, read_regular, valid_name, valid_worker_name, Spool,
-    RECORD_MAX,
+use crate::model::dead_letter::DlqReason;
+use crate::model::event::{Event, EventKind};
+use crate::model::heartbeat::Heartbeat;
+use crate::model::result::ResultStatus;
+use crate::model::Word;
+use crate::spool::names::{
+    dead_letter_id, heartbeat_worker, is_task_file, result_id, task_file, valid_name,
+    valid_worker_name,
 };
+use crate::spool::{create_dir, read_regular, RECORD_MAX};
+use config::ListenConfig;
+use emit::{Emitter, Hooks};
+use health::{Beat, Thresholds};
+use state::{BatchState, State, TaskState, WorkerState};
 
 /// Task files larger than this are not read for their id and batch.
 const MAX_TASK_READ: u64 = 1 << 20;
-
-#[derive(Debug, Clone)]
-pub struct ListenConfig {
-    pub spool: Spool,
-    /// The workers to follow; `None`: every worker found, now and later.
-    pub workers: Option<Vec<String>>,
-    pub completion_timeout: Duration,
-    /// `None`: three of the heartbeat's own intervals.
-    pub stale_after: Option<Duration>,
-    /// `None`: ten of the heartbeat's own intervals.
-    pub disconnect_after: Option<Duration>,
-    pub exec: Option<AgentCommand>,
-    pub exec_timeout: Duration,
-    pub once: bool,
-    /// Read every folder again this often: on a file system shared by
-    /// several hosts, inotify does not see the others' writes.
-    pub poll: Option<Duration>,
-    pub retain: Duration,
-    pub log: LogConfig,
-}
 
 /// What a watch descriptor watches.
 #[derive(Debug, Clone)]
@@ -60,14 +49,6 @@ enum Watched {
     Pending(String),
     Results(String),
     DeadLetters(String),
-}
-
-/// The last heartbeat seen of a worker.
-#[derive(Debug, Clone)]
-struct Beat {
-    at: f64,
-    interval: f64,
-    status: String,
 }
 
 struct Listener {
@@ -225,14 +206,8 @@ impl Listener {
             }
         }
         for entry in fs::read_dir(&s.heartbeats).into_iter().flatten().flatten() {
-            if let Some(n) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
-            {
-                if valid_worker_name(n) {
-                    names.insert(n.to_string());
-                }
+            if let Some(n) = entry.file_name().to_str().and_then(heartbeat_worker) {
+                names.insert(n.to_string());
             }
         }
         names.into_iter().collect()
@@ -311,12 +286,9 @@ impl Listener {
                 .get(w)
                 .map(|s| s.health)
                 .unwrap_or_default();
-            let at = match health {
-                Health::Healthy | Health::Unknown => beat.at + self.stale_after(beat),
-                Health::Unhealthy => beat.at + self.disconnect_after(beat),
-                Health::Disconnected => continue,
-            };
-            wake = Some(wake.map_or(at, |x| x.min(at)));
+            if let Some(at) = self.thresholds().next_change(health, beat) {
+                wake = Some(wake.map_or(at, |x| x.min(at)));
+            }
         }
         match wake {
             None => PollTimeout::NONE,
@@ -408,7 +380,7 @@ impl Listener {
             }
             Watched::Root => {}
             Watched::Heartbeats => {
-                let Some(w) = name.strip_suffix(".json").filter(|w| valid_worker_name(w)) else {
+                let Some(w) = heartbeat_worker(name) else {
                     return;
                 };
                 if !self.followed.contains(w) && self.cfg.workers.is_none() {
@@ -438,8 +410,8 @@ impl Listener {
                 return;
             }
         }
-        if let Some(id) = name.strip_suffix(".json").filter(|id| valid_name(id)) {
-            self.on_result(worker, &crate::spool::json_name(id));
+        if let Some(id) = result_id(name) {
+            self.on_result(worker, &task_file(id));
         }
     }
 
@@ -501,10 +473,7 @@ impl Listener {
     }
 
     fn on_result(&mut self, worker: &str, name: &str) {
-        let Some(id) = name
-            .strip_suffix(".json")
-            .filter(|i| valid_name(i) && !name.starts_with('.'))
-        else {
+        let Some(id) = result_id(name) else {
             return;
         };
         let path = self.cfg.spool.result_path(worker, id);
@@ -521,21 +490,17 @@ impl Listener {
         let Some(record) = read_json(&path) else {
             return;
         };
-        let status = record
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("failed")
-            .to_string();
+        let status = ResultStatus::of(&record).unwrap_or(ResultStatus::Failed);
         let duration = t
             .enqueued
             .map(|e| ((mtime - e).max(0.0) * 1000.0).round() / 1000.0);
         self.emit(Event::new(
-            "task_completed",
+            EventKind::TaskCompleted,
             json!({"task_id": id, "worker": worker, "status": status,
                    "result_file": path.display().to_string(), "duration_seconds": duration}),
         ));
         t.result = Some(mtime_ns);
-        t.status = Some(status.clone());
+        t.status = Some(status.as_str().to_string());
         t.ended = Some(clock::unix_now());
         t.batch = t.batch.or_else(|| batch_of(&record));
         let mut totals = self
@@ -545,9 +510,9 @@ impl Listener {
             .get(worker)
             .cloned()
             .unwrap_or_default();
-        match status.as_str() {
-            "completed" => totals.completed += 1,
-            _ => totals.failed += 1,
+        match status {
+            ResultStatus::Completed => totals.completed += 1,
+            ResultStatus::Failed => totals.failed += 1,
         }
         self.save_worker(worker, totals);
         self.touched.extend(t.batch.clone());
@@ -580,7 +545,7 @@ impl Listener {
             .unwrap_or("unknown")
             .to_string();
         self.emit(Event::new(
-            "task_dead_lettered",
+            EventKind::TaskDeadLettered,
             json!({"task_id": id, "worker": worker, "dlq_reason": reason,
                    "dlq_file": path.display().to_string(),
                    "last_error": record.get("last_error").cloned().unwrap_or(Value::Null)}),
@@ -588,7 +553,8 @@ impl Listener {
         t.dead_letters.push(name.to_string());
         t.batch = t.batch.or_else(|| batch_of(&record));
         // A task out of attempts also gets a failed result, which ends it.
-        if reason != "max_retries_exceeded" && t.status.is_none() {
+        let has_result = DlqReason::parse(&reason).is_some_and(DlqReason::has_result);
+        if !has_result && t.status.is_none() {
             t.dead_lettered = true;
             t.ended = Some(clock::unix_now());
         }
@@ -625,8 +591,9 @@ impl Listener {
             let Some(t) = self.state.snap.tasks.get(key) else {
                 continue;
             };
-            match (t.status.as_deref(), t.dead_lettered) {
-                (Some("completed"), _) => completed += 1,
+            let status = t.status.as_deref().map(ResultStatus::parse);
+            match (status, t.dead_lettered) {
+                (Some(Some(ResultStatus::Completed)), _) => completed += 1,
                 (Some(_), _) => failed += 1,
                 (None, true) => dead += 1,
                 (None, false) => return,
@@ -634,7 +601,7 @@ impl Listener {
         }
         let total = completed + failed + dead;
         self.emit(Event::new(
-            "batch_completed",
+            EventKind::BatchCompleted,
             json!({"batch_id": b, "total": total, "completed": completed,
                    "failed": failed, "dead_lettered": dead}),
         ));
@@ -668,30 +635,17 @@ impl Listener {
         self.judge(worker, clock::unix_now());
     }
 
-    fn stale_after(&self, beat: &Beat) -> f64 {
-        self.cfg
-            .stale_after
-            .map_or(3.0 * beat.interval, |d| d.as_secs_f64())
-    }
-
-    fn disconnect_after(&self, beat: &Beat) -> f64 {
-        self.cfg
-            .disconnect_after
-            .map_or(10.0 * beat.interval, |d| d.as_secs_f64())
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            stale_after: self.cfg.stale_after.map(|d| d.as_secs_f64()),
+            disconnect_after: self.cfg.disconnect_after.map(|d| d.as_secs_f64()),
+        }
     }
 
     /// A worker's health now, and the event when it changed.
     fn judge(&mut self, worker: &str, now: f64) {
         let beat = self.beats.get(worker).cloned();
-        let (health, why) = match &beat {
-            None => (Health::Disconnected, "no heartbeat"),
-            Some(b) if b.status == "stopped" => (Health::Disconnected, "stopped"),
-            Some(b) if now - b.at > self.disconnect_after(b) => {
-                (Health::Disconnected, "heartbeat too old")
-            }
-            Some(b) if now - b.at > self.stale_after(b) => (Health::Unhealthy, "heartbeat stale"),
-            Some(_) => (Health::Healthy, "heartbeat fresh"),
-        };
+        let (health, why) = self.thresholds().judge(beat.as_ref(), now);
         let mut state = self
             .state
             .snap
@@ -704,24 +658,18 @@ impl Listener {
             return;
         }
         let age = beat.as_ref().map(|b| ((now - b.at) * 10.0).round() / 10.0);
-        let event = match (before, health) {
-            (Health::Unhealthy | Health::Disconnected, Health::Healthy) => Some(Event::new(
-                "worker_recovered",
-                json!({"worker": worker, "heartbeat_age_seconds": age}),
-            )),
-            (Health::Healthy | Health::Unknown, Health::Unhealthy) => Some(Event::new(
-                "worker_unhealthy",
-                json!({"worker": worker, "reason": why, "heartbeat_age_seconds": age}),
-            )),
-            (_, Health::Disconnected) => Some(Event::new(
-                "worker_disconnected",
+        let data = match health::event_of(before, health) {
+            Some(EventKind::WorkerRecovered) => {
+                json!({"worker": worker, "heartbeat_age_seconds": age})
+            }
+            Some(EventKind::WorkerDisconnected) => {
                 json!({"worker": worker, "reason": why, "heartbeat_age_seconds": age,
-                       "active_task_ids": self.active_ids(worker)}),
-            )),
-            _ => None,
+                       "active_task_ids": self.active_ids(worker)})
+            }
+            _ => json!({"worker": worker, "reason": why, "heartbeat_age_seconds": age}),
         };
-        if let Some(e) = event {
-            self.emit(e);
+        if let Some(kind) = health::event_of(before, health) {
+            self.emit(Event::new(kind, data));
         }
         state.health = health;
         self.save_worker(worker, state);
@@ -765,7 +713,7 @@ impl Listener {
             let (worker, id) = key.split_once('/').unwrap_or(("", &key));
             let enqueued = t.enqueued.map(|e| clock::rfc3339(clock::from_unix(e)));
             self.emit(Event::new(
-                "task_timeout",
+                EventKind::TaskTimeout,
                 json!({"task_id": id, "worker": worker, "enqueued_at": enqueued,
                        "timeout_seconds": self.cfg.completion_timeout.as_secs_f64()}),
             ));
@@ -787,7 +735,7 @@ impl Listener {
         }
         match self.emitter.emit(&event) {
             Ok(()) => self.emitted += 1,
-            Err(e) => log::error!(event = event.event_type; "{e}"),
+            Err(e) => log::error!(event = event.kind.as_str(); "{e}"),
         }
     }
 
@@ -797,7 +745,7 @@ impl Listener {
         }
     }
 
-    fn save_worker(&mut self, worker: &str, w: crate::listen_state::WorkerState) {
+    fn save_worker(&mut self, worker: &str, w: WorkerState) {
         if let Err(e) = self.state.set_worker(worker, w) {
             log::error!("{e}");
         }

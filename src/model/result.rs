@@ -5,12 +5,35 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::words;
+
+words! {
+    /// How a task ended.
+    pub enum ResultStatus {
+        Completed = "completed",
+        Failed = "failed",
+    }
+}
+
+words! {
+    /// What a receipt says: the task was received (claimed).
+    pub enum TriggerStatus {
+        Received = "received",
+    }
+}
+
+impl ResultStatus {
+    /// The `status` of a result read as JSON, if it is one of ours.
+    pub fn of(record: &Value) -> Option<ResultStatus> {
+        <ResultStatus as crate::model::Word>::parse(record.get("status")?.as_str()?)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskResult {
     pub task_id: String,
     pub worker: String,
-    /// `completed` or `failed`.
-    pub status: String,
+    pub status: ResultStatus,
     pub exit_code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -39,17 +62,11 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-impl TaskResult {
-    pub fn completed(&self) -> bool {
-        self.status == "completed"
-    }
-}
-
 /// The receipt written when a task is claimed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Trigger {
     pub task_id: String,
     pub worker: String,
-    pub status: String,
+    pub status: TriggerStatus,
     pub timestamp: String,
 }

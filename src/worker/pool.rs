@@ -13,18 +13,21 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::claim::Claim;
+use crate::agent::run::{self, Invocation, Limits, Outcome};
 use crate::clock;
-use crate::commit::{self, Commits};
-use crate::config::WorkerConfig;
 use crate::dlq;
 use crate::error::Result;
 use crate::latch::Latch;
-use crate::metrics::Metrics;
-use crate::publish::{self, json_line};
-use crate::result::{TaskResult, Trigger};
-use crate::run::{self, Invocation, Limits, Outcome};
-use crate::task::{Invalid, Task};
+use crate::model::dead_letter::{self, DlqReason};
+use crate::model::failure::FailureClass;
+use crate::model::result::{ResultStatus, TaskResult, Trigger, TriggerStatus};
+use crate::model::task::{Invalid, Priority, Task};
+use crate::spool::claim::Claim;
+use crate::spool::commit::{self, Commits};
+use crate::spool::names::{task_file, trigger_file, valid_name};
+use crate::spool::publish::{self, json_line};
+use crate::worker::config::WorkerConfig;
+use crate::worker::metrics::Metrics;
 
 /// Work handed to a pool thread; every variant but `Irregular` holds the
 /// task's lock.
@@ -96,7 +99,7 @@ pub enum End {
 /// What the schedule needs of a deferred task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeferredTask {
-    pub priority: crate::task::Priority,
+    pub priority: Priority,
 }
 
 /// What every pool thread shares.
@@ -183,12 +186,14 @@ fn execute(ctx: &Context, job: Job) -> Report {
         } => {
             let why = format!("dependency {dependency} failed");
             let name = claim.name.clone();
-            let record = dlq::task_record(&task, "dependency_failed", Some(&why));
+            let reason = DlqReason::DependencyFailed;
+            let record = dead_letter::task_record(&task, reason, Some(&why));
+            let cfg = &ctx.config;
             let end = match persist(ctx, || {
-                dlq::publish(&ctx.config.spool, &ctx.config.name, &task.id, &record)
+                dlq::publish(&cfg.spool, &cfg.name, &task.id, &record, cfg.durability)
             }) {
                 Some(_) => {
-                    ctx.metrics.dead_lettered("dependency_failed");
+                    ctx.metrics.dead_lettered(reason);
                     log::warn!(task_id = task.id, dependency = dependency; "Task dead-lettered: dependency failed");
                     finish(claim, End::DeadLettered)
                 }
@@ -258,7 +263,7 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     ctx.metrics.duration.observe(outcome.duration);
     let succeeded = outcome.succeeded();
     if !succeeded {
-        ctx.metrics.attempt_failed(failure_reason(&outcome));
+        ctx.metrics.attempt_failed(outcome.class());
     }
     let end = if succeeded {
         complete(ctx, claim, &task, &outcome)
@@ -268,29 +273,26 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     report(name, probe, Some(succeeded), end)
 }
 
-/// The `reason` label of a failed attempt.
-fn failure_reason(outcome: &Outcome) -> &'static str {
-    match outcome.error.as_deref() {
-        Some("timeout") => "timeout",
-        Some("agent_reported_error") => "agent_reported_error",
-        Some(e) if e.starts_with("spawn_failed") => "spawn_failed",
-        _ => "exit_status",
-    }
-}
-
 /// Hands the result to the committer; the entry leaves `.active/` and
 /// the task counts as completed only once the result is durable.
 fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End {
-    let result = result_of(ctx, task, "completed", Some(outcome), None, None);
+    let result = result_of(
+        ctx,
+        task,
+        ResultStatus::Completed,
+        Some(outcome),
+        None,
+        None,
+    );
     let dir = ctx.config.spool.result_dir(&ctx.config.name);
-    let file = crate::spool::json_name(&result.task_id);
+    let file = task_file(&result.task_id);
     let (metrics, reports) = (ctx.metrics.clone(), ctx.reports.clone());
     let (task_id, secs) = (task.id.clone(), outcome.duration.as_secs_f64());
     let then = move |durable: bool| {
         if !durable {
             return; // Told to stop now: the entry is left for recovery.
         }
-        metrics.completed();
+        metrics.processed(ResultStatus::Completed);
         log::info!(task_id = task_id, duration = format!("{secs:.3}s"); "Task completed");
         let name = claim.name.clone();
         let end = finish(claim, End::Completed);
@@ -309,8 +311,8 @@ fn fail(ctx: &Context, claim: Claim, mut task: Task, why: &str, outcome: Option<
         let not_before = clock::unix_now() + delay.as_secs_f64();
         task.defer(task.retry_count.saturating_add(1), not_before, why);
         let dir = cfg.spool.deferred_dir(&cfg.name);
-        let name = claim.name.to_string_lossy().into_owned();
-        if persist(ctx, || publish::publish(&dir, &name, &task.to_json())).is_none() {
+        let (name, d) = (&claim.name, cfg.durability);
+        if persist(ctx, || publish::publish(&dir, name, &task.to_json(), d)).is_none() {
             return End::Left;
         }
         ctx.metrics.retried();
@@ -326,21 +328,29 @@ fn fail(ctx: &Context, claim: Claim, mut task: Task, why: &str, outcome: Option<
             },
         );
     }
-    let record = dlq::task_record(&task, "max_retries_exceeded", Some(why));
+    let reason = DlqReason::MaxRetriesExceeded;
+    let record = dead_letter::task_record(&task, reason, Some(why));
     let Some(dlq_file) = persist(ctx, || {
-        dlq::publish(&cfg.spool, &cfg.name, &task.id, &record)
+        dlq::publish(&cfg.spool, &cfg.name, &task.id, &record, cfg.durability)
     }) else {
         return End::Left;
     };
-    ctx.metrics.dead_lettered("max_retries_exceeded");
+    ctx.metrics.dead_lettered(reason);
     let error = outcome.map_or(Some(why.to_string()), |o| {
         o.error.clone().or(Some(why.to_string()))
     });
-    let result = result_of(ctx, &task, "failed", outcome, error, Some(dlq_file));
+    let result = result_of(
+        ctx,
+        &task,
+        ResultStatus::Failed,
+        outcome,
+        error,
+        Some(dlq_file),
+    );
     if !publish_result(ctx, &result) {
         return End::Left;
     }
-    ctx.metrics.failed();
+    ctx.metrics.processed(ResultStatus::Failed);
     log::error!(task_id = task.id, error = why; "Task failed for good, dead-lettered");
     finish(claim, End::Failed)
 }
@@ -348,7 +358,7 @@ fn fail(ctx: &Context, claim: Claim, mut task: Task, why: &str, outcome: Option<
 fn result_of(
     ctx: &Context,
     task: &Task,
-    status: &str,
+    status: ResultStatus,
     outcome: Option<&Outcome>,
     error: Option<String>,
     dlq_file: Option<String>,
@@ -362,7 +372,7 @@ fn result_of(
     TaskResult {
         task_id: task.id.clone(),
         worker: ctx.config.name.clone(),
-        status: status.into(),
+        status,
         exit_code: o.exit_code,
         stdout: o.stdout.text(),
         stderr: o.stderr.text(),
@@ -380,8 +390,8 @@ fn result_of(
 
 fn publish_result(ctx: &Context, result: &TaskResult) -> bool {
     let dir = ctx.config.spool.result_dir(&ctx.config.name);
-    let name = crate::spool::json_name(&result.task_id);
-    persist(ctx, || publish::publish(&dir, &name, &json_line(result))).is_some()
+    let (name, d) = (task_file(&result.task_id), ctx.config.durability);
+    persist(ctx, || publish::publish(&dir, &name, &json_line(result), d)).is_some()
 }
 
 /// The receipt: its fsyncs happen in the committer, while the agent runs.
@@ -389,11 +399,11 @@ fn send_receipt(ctx: &Context, task: &Task) {
     let trigger = Trigger {
         task_id: task.id.clone(),
         worker: ctx.config.name.clone(),
-        status: "received".into(),
+        status: TriggerStatus::Received,
         timestamp: clock::now_rfc3339(),
     };
     let dir = ctx.config.spool.trigger_dir(&ctx.config.name);
-    let name = format!("{}.trigger", task.id);
+    let name = trigger_file(&task.id);
     ctx.commits.receipt(dir, name, json_line(&trigger));
 }
 
@@ -429,11 +439,14 @@ fn reject_invalid(ctx: &Context, claim: Claim, bytes: &[u8], invalid: &Invalid) 
     let cfg = &ctx.config;
     let name = claim.name.clone();
     let stem = stem_of(bytes).unwrap_or_else(|| dlq::entry_stem(&name));
-    let record = dlq::entry_record(&name, invalid.reason(), invalid.detail(), Some(bytes));
-    let end = match persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &stem, &record)) {
+    let record = dead_letter::entry_record(&name, invalid.reason(), invalid.detail(), Some(bytes));
+    let d = cfg.durability;
+    let end = match persist(ctx, || {
+        dlq::publish(&cfg.spool, &cfg.name, &stem, &record, d)
+    }) {
         Some(file) => {
             ctx.metrics.dead_lettered(invalid.reason());
-            log::warn!(file = name.to_string_lossy(), reason = invalid.reason(), dlq_file = file; "Invalid task dead-lettered: {}", invalid.detail());
+            log::warn!(file = name.to_string_lossy(), reason = invalid.reason().as_str(), dlq_file = file; "Invalid task dead-lettered: {}", invalid.detail());
             finish(claim, End::DeadLettered)
         }
         None => End::Left,
@@ -445,7 +458,7 @@ fn reject_invalid(ctx: &Context, claim: Claim, bytes: &[u8], invalid: &Invalid) 
 fn stem_of(bytes: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let id = v.get("task_id")?.as_str()?;
-    crate::spool::valid_name(id).then(|| id.to_string())
+    valid_name(id).then(|| id.to_string())
 }
 
 fn reject_too_large(ctx: &Context, claim: Claim) -> Report {
@@ -456,12 +469,13 @@ fn reject_too_large(ctx: &Context, claim: Claim) -> Report {
     );
     let from = claim.path.clone();
     // The lock is held while the file moves; it goes with the claim after.
+    let cfg = &ctx.config;
     let moved = persist(ctx, || {
-        dlq::move_aside(&ctx.config.spool, &ctx.config.name, &from, &name)
+        dlq::move_aside(&cfg.spool, &cfg.name, &from, &name, cfg.durability)
     });
     drop(claim);
     let end = match moved {
-        Some(rejected) => record_rejected(ctx, &name, "task_too_large", &detail, rejected),
+        Some(rejected) => record_rejected(ctx, &name, DlqReason::TaskTooLarge, &detail, rejected),
         None => End::Left,
     };
     report(name, false, None, end)
@@ -470,11 +484,11 @@ fn reject_too_large(ctx: &Context, claim: Claim) -> Report {
 fn reject_irregular(ctx: &Context, name: OsString, kind: &str) -> Report {
     let cfg = &ctx.config;
     let from = cfg.spool.pending_dir(&cfg.name).join(&name);
-    let end = match dlq::move_aside(&cfg.spool, &cfg.name, &from, &name) {
+    let end = match dlq::move_aside(&cfg.spool, &cfg.name, &from, &name, cfg.durability) {
         Ok(rejected) => record_rejected(
             ctx,
             &name,
-            "not_a_regular_file",
+            DlqReason::NotARegularFile,
             &format!("a {kind}"),
             rejected,
         ),
@@ -490,18 +504,21 @@ fn reject_irregular(ctx: &Context, name: OsString, kind: &str) -> Report {
 fn record_rejected(
     ctx: &Context,
     name: &OsString,
-    reason: &str,
+    reason: DlqReason,
     detail: &str,
     rejected: String,
 ) -> End {
     let cfg = &ctx.config;
-    let mut record = dlq::entry_record(name, reason, detail, None);
+    let mut record = dead_letter::entry_record(name, reason, detail, None);
     record.insert("rejected_path".into(), rejected.into());
     let stem = dlq::entry_stem(name);
-    match persist(ctx, || dlq::publish(&cfg.spool, &cfg.name, &stem, &record)) {
+    let d = cfg.durability;
+    match persist(ctx, || {
+        dlq::publish(&cfg.spool, &cfg.name, &stem, &record, d)
+    }) {
         Some(file) => {
             ctx.metrics.dead_lettered(reason);
-            log::warn!(file = name.to_string_lossy(), reason = reason, dlq_file = file; "Bad entry moved aside: {detail}");
+            log::warn!(file = name.to_string_lossy(), reason = reason.as_str(), dlq_file = file; "Bad entry moved aside: {detail}");
             End::DeadLettered
         }
         None => End::Left,
@@ -533,7 +550,7 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
         return report(name, false, None, finish(claim, End::Removed));
     }
     log::warn!(task_id = task.id; "Recovered an interrupted run");
-    ctx.metrics.attempt_failed("interrupted");
+    ctx.metrics.attempt_failed(FailureClass::Interrupted);
     let end = fail(ctx, claim, task, "interrupted", None);
     report(name, false, None, end)
 }

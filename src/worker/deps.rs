@@ -4,6 +4,8 @@
 
 use std::fs;
 
+use crate::model::result::ResultStatus;
+use crate::spool::names::dead_letter_id;
 use crate::spool::{Spool, RECORD_MAX};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -22,7 +24,7 @@ pub fn check(spool: &Spool, deps: &[String]) -> DepState {
     let mut waiting = false;
     for dep in deps {
         match result_status(spool, &workers, dep) {
-            Some(s) if s == "completed" => {}
+            Some(ResultStatus::Completed) => {}
             Some(_) => return DepState::Failed(dep.clone()),
             None if dead_lettered(spool, dep) => return DepState::Failed(dep.clone()),
             None => waiting = true,
@@ -35,19 +37,21 @@ pub fn check(spool: &Spool, deps: &[String]) -> DepState {
     }
 }
 
-fn result_status(spool: &Spool, workers: &[String], id: &str) -> Option<String> {
+/// How `id` ended, by its results in any worker's folder: completed if
+/// one says so; failed if one has any other status.
+fn result_status(spool: &Spool, workers: &[String], id: &str) -> Option<ResultStatus> {
     let mut found = None;
     for w in workers {
         let Ok(bytes) = crate::spool::read_regular(&spool.result_path(w, id), RECORD_MAX) else {
             continue;
         };
-        let status = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(String::from));
-        match status.as_deref() {
-            Some("completed") => return status,
-            Some(_) => found = status,
-            None => {}
+        let record = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+        if !record.get("status").is_some_and(|s| s.is_string()) {
+            continue;
+        }
+        match ResultStatus::of(&record) {
+            Some(ResultStatus::Completed) => return Some(ResultStatus::Completed),
+            _ => found = Some(ResultStatus::Failed),
         }
     }
     found
@@ -58,7 +62,7 @@ fn dead_lettered(spool: &Spool, id: &str) -> bool {
     list(&spool.dlq).iter().any(|w| {
         list(&spool.dlq_dir(w))
             .iter()
-            .any(|name| crate::spool::dead_letter_id(name) == Some(id))
+            .any(|name| dead_letter_id(name) == Some(id))
     })
 }
 

@@ -1,7 +1,7 @@
-//! The listener's events (SPEC section 4): each one a JSON line on stdout
-//! and a trigger file `triggers/orchestrator/<event>_<ms>.json`, both
-//! complete, and optionally the input of an `--exec` hook. Trigger files of
-//! a burst are made durable together by one `syncfs`.
+//! Emitting the listener's events (SPEC section 4): each one a JSON line
+//! on stdout and a trigger file `triggers/orchestrator/<event>_<ms>.json`,
+//! both complete, and optionally the input of an `--exec` hook. Trigger
+//! files of a burst are made durable together by one `syncfs`.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -11,45 +11,14 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Sender};
-use serde_json::Value;
 
+use crate::agent::run::{self, Invocation, Limits};
+use crate::agent::AgentCommand;
 use crate::clock;
 use crate::error::{Kind, Result};
 use crate::latch::Latch;
-use crate::publish::{json_line, Folder};
-use crate::run::{self, AgentCommand, Invocation, Limits};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub event_type: &'static str,
-    pub timestamp: String,
-    pub data: Value,
-}
-
-impl Event {
-    pub fn new(event_type: &'static str, data: Value) -> Event {
-        Event {
-            event_type,
-            timestamp: clock::now_rfc3339(),
-            data,
-        }
-    }
-
-    /// One JSON line, keys in the order SPEC section 4 shows them.
-    pub fn to_line(&self) -> Vec<u8> {
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            event_type: &'a str,
-            timestamp: &'a str,
-            data: &'a Value,
-        }
-        json_line(&Line {
-            event_type: self.event_type,
-            timestamp: &self.timestamp,
-            data: &self.data,
-        })
-    }
-}
+use crate::model::event::{Event, EventKind};
+use crate::spool::publish::{Durability, Folder};
 
 /// Writes events where the orchestrator looks for them.
 pub struct Emitter {
@@ -59,14 +28,14 @@ pub struct Emitter {
     /// The last trigger name taken, per event type: (ms, number). A burst
     /// puts several events of one type in one millisecond; starting after
     /// the last number taken spares a failed rename for each taken one.
-    last: HashMap<&'static str, (u64, u32)>,
+    last: HashMap<EventKind, (u64, u32)>,
 }
 
 impl Emitter {
     pub fn new(dir: &Path, hooks: Option<Hooks>) -> Result<Emitter> {
         crate::spool::create_dir(dir)?;
         Ok(Emitter {
-            dir: Folder::open(dir)?,
+            dir: Folder::open(dir, Durability::Durable)?,
             hooks,
             unsynced: false,
             last: HashMap::new(),
@@ -79,27 +48,27 @@ impl Emitter {
         let bytes = event.to_line();
         let ms = (clock::parse_rfc3339(&event.timestamp).unwrap_or_else(clock::unix_now) * 1000.0)
             as u64;
-        let first = match self.last.get(event.event_type) {
+        let first = match self.last.get(&event.kind) {
             Some(&(last_ms, n)) if last_ms == ms => n + 1,
             _ => 1,
         };
         let name = match self
             .dir
-            .publish_numbered_unsynced(event.event_type, ms, first, &bytes)
+            .publish_numbered_unsynced(event.kind.as_str(), ms, first, &bytes)
         {
             Ok((name, n)) => {
-                self.last.insert(event.event_type, (ms, n));
+                self.last.insert(event.kind, (ms, n));
                 name
             }
             Err(e) if e.kind == Kind::NotFound => {
                 // The folder was removed, perhaps replaced: publish into
                 // what its path names now, as before it was held open.
                 let path = self.dir.path().to_path_buf();
-                self.dir = Folder::open(&path).map_err(|_| e)?;
+                self.dir = Folder::open(&path, Durability::Durable).map_err(|_| e)?;
                 let (name, n) =
                     self.dir
-                        .publish_numbered_unsynced(event.event_type, ms, 1, &bytes)?;
-                self.last.insert(event.event_type, (ms, n));
+                        .publish_numbered_unsynced(event.kind.as_str(), ms, 1, &bytes)?;
+                self.last.insert(event.kind, (ms, n));
                 name
             }
             Err(e) => return Err(e),
@@ -109,7 +78,7 @@ impl Emitter {
         // A closed stdout must not stop the listener: the trigger is written.
         let _ = out.write_all(&bytes).and_then(|()| out.flush());
         if let Some(h) = &self.hooks {
-            h.run(event.event_type, self.dir.path().join(name));
+            h.run(event.kind.as_str(), self.dir.path().join(name));
         }
         Ok(())
     }

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::model::heartbeat::BreakerState;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed { failures: u32 },
@@ -83,21 +85,12 @@ impl Breaker {
         matches!(self.state, State::Closed { .. })
     }
 
-    /// `closed`, `open` or `half_open`, as the heartbeat says it.
-    pub fn name(&self) -> &'static str {
+    /// The state as the heartbeat says it.
+    pub fn state(&self) -> BreakerState {
         match self.state {
-            State::Closed { .. } => "closed",
-            State::Open { .. } => "open",
-            State::HalfOpen { .. } => "half_open",
-        }
-    }
-
-    /// The metric's value: 0 closed, 1 open, 2 half-open.
-    pub fn gauge(&self) -> u8 {
-        match self.state {
-            State::Closed { .. } => 0,
-            State::Open { .. } => 1,
-            State::HalfOpen { .. } => 2,
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 }
@@ -118,7 +111,7 @@ mod tests {
         assert_eq!(b.admit(later), Some(true));
         assert_eq!(b.admit(later), None, "exactly one probe");
         b.record(false, true, later);
-        assert_eq!(b.name(), "open");
+        assert_eq!(b.state(), BreakerState::Open);
         let again = later + Duration::from_secs(10);
         assert_eq!(b.admit(again), Some(true));
         b.record(true, true, again);

@@ -1,0 +1,83 @@
+//! The dead-letter queue on disk (SPEC sections 2 and 4): a record is
+//! published as `dlq/<worker>/<stem>_<unix>[-N].json` (what it holds is
+//! `model::dead_letter`), and an entry that must not be read (too large,
+//! not a regular file) is moved as it is into `dlq/<worker>/.rejected/`.
+//! `admin` is hw-dlq's side: list, show, replay, purge.
+
+pub mod admin;
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::spool::names::{rejected_path, safe_stem};
+use crate::spool::publish::{self, json_line, rename_noreplace, Durability};
+use crate::spool::Spool;
+
+/// Publishes a record for `worker` under `stem`; returns the file name.
+pub fn publish(
+    spool: &Spool,
+    worker: &str,
+    stem: &str,
+    record: &Map<String, Value>,
+    d: Durability,
+) -> Result<String> {
+    let dir = spool.dlq_dir(worker);
+    let unix = clock::unix_now().max(0.0) as u64;
+    publish::publish_numbered(&dir, stem, unix, &json_line(record), d)
+}
+
+/// The stem a bad entry's dead letter is named by.
+pub fn entry_stem(name: &OsStr) -> String {
+    safe_stem(&name.to_string_lossy())
+}
+
+/// Moves `from` as it is into the worker's `.rejected/` folder, under its
+/// own name when it can, and returns `rejected_path` (relative to the
+/// worker's DLQ folder). `NotFound` means someone else moved it first.
+pub fn move_aside(
+    spool: &Spool,
+    worker: &str,
+    from: &Path,
+    name: &OsStr,
+    d: Durability,
+) -> Result<String> {
+    let dir = spool.rejected_dir(worker);
+    let plain = name
+        .to_str()
+        .filter(|n| !n.starts_with('.') && !n.contains(char::is_control));
+    let base = plain
+        .map(String::from)
+        .unwrap_or_else(|| format!("{}.json", entry_stem(name)));
+    for n in 1..10_000 {
+        let candidate = if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}.{n}")
+        };
+        match rename_noreplace(from, &dir.join(&candidate)) {
+            Ok(()) => {
+                publish::sync_dir(&dir, d)?;
+                return Ok(rejected_path(&candidate));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(Error::io2(
+                    "cannot move aside",
+                    from,
+                    &dir.join(&candidate),
+                    e,
+                ))
+            }
+        }
+    }
+    Err(Error::io(
+        "cannot move aside",
+        from,
+        io::Error::from(io::ErrorKind::AlreadyExists),
+    ))
+}

@@ -1,0 +1,61 @@
+//! The listener's event (SPEC section 4): a JSON line on stdout and the
+//! body of a trigger file `triggers/orchestrator/<event>_<ms>.json`
+//! (`listen::emit` writes both), `{"event_type", "timestamp", "data"}`.
+
+use serde_json::Value;
+
+use crate::clock;
+use crate::model::words;
+use crate::spool::publish::json_line;
+
+words! {
+    /// What happened: an event's `event_type`.
+    pub enum EventKind {
+        /// A task has its result (data: task_id, worker, status, …).
+        TaskCompleted = "task_completed",
+        /// A dead letter was written.
+        TaskDeadLettered = "task_dead_lettered",
+        /// No terminal record within `COMPLETION_TIMEOUT` of its enqueue.
+        TaskTimeout = "task_timeout",
+        /// A heartbeat went stale.
+        WorkerUnhealthy = "worker_unhealthy",
+        /// A stale or disconnected worker's heartbeat is fresh again.
+        WorkerRecovered = "worker_recovered",
+        /// No heartbeat, a stopped one, or one far too old.
+        WorkerDisconnected = "worker_disconnected",
+        /// Every known task of a batch has ended.
+        BatchCompleted = "batch_completed",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub timestamp: String,
+    pub data: Value,
+}
+
+impl Event {
+    pub fn new(kind: EventKind, data: Value) -> Event {
+        Event {
+            kind,
+            timestamp: clock::now_rfc3339(),
+            data,
+        }
+    }
+
+    /// One JSON line, keys in the order SPEC section 4 shows them.
+    pub fn to_line(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            event_type: EventKind,
+            timestamp: &'a str,
+            data: &'a Value,
+        }
+        json_line(&Line {
+            event_type: self.kind,
+            timestamp: &self.timestamp,
+            data: &self.data,
+        })
+    }
+}

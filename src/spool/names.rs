@@ -1,0 +1,314 @@
+//! Every name the spool uses, formatted and parsed here and nowhere else
+//! (hookwatch(5), FILES): which words may become part of a path, a task
+//! file `<name>.json`, a result `<task_id>.json`, a heartbeat
+//! `<worker>.json`, a receipt `<task_id>.trigger`, a dead letter or a
+//! listener event `<stem>_<time>[-N].json`, a `.rejected/` entry, and the
+//! dot-files that stage a write (`.<name>.<pid>.<n>.tmp`, hw-enqueue's
+//! `.<id>.<pid>.enqueue.tmp`), which every reader ignores.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+/// The listener's folder under the triggers folder; no worker may be
+/// named so.
+pub const ORCHESTRATOR: &str = "orchestrator";
+/// Claimed tasks, in the worker's tasks folder.
+pub const ACTIVE: &str = ".active";
+/// Tasks waiting for a retry or their dependencies.
+pub const DEFERRED: &str = ".deferred";
+/// Entries moved aside, in the worker's dead-letter folder.
+pub const REJECTED: &str = ".rejected";
+
+const JSON: &str = ".json";
+
+/// Worker names and task ids: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
+/// Nothing else ever becomes part of a path.
+pub fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A worker name: a valid name that is not the listener's folder.
+pub fn valid_worker_name(s: &str) -> bool {
+    valid_name(s) && s != ORCHESTRATOR
+}
+
+/// A pending task's file name: `*.json`, not a dot-file (staging files are
+/// dot-files and are ignored); any other bytes, since a name that is not
+/// UTF-8 is still a task file, to be judged.
+pub fn is_task_file(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.len() > JSON.len() && !b.starts_with(b".") && b.ends_with(JSON.as_bytes())
+}
+
+/// `<id>.json`: the file of a task hookwatch writes (hw-enqueue, a
+/// replay), and the name of its result.
+pub fn task_file(id: &str) -> String {
+    format!("{id}{JSON}")
+}
+
+/// The task id of a result's file name `<id>.json`.
+pub fn result_id(file_name: &str) -> Option<&str> {
+    file_name.strip_suffix(JSON).filter(|id| valid_name(id))
+}
+
+/// `<worker>.json` in the heartbeats folder.
+pub fn heartbeat_file(worker: &str) -> String {
+    format!("{worker}{JSON}")
+}
+
+/// The worker a heartbeat's file name belongs to.
+pub fn heartbeat_worker(file_name: &str) -> Option<&str> {
+    file_name
+        .strip_suffix(JSON)
+        .filter(|w| valid_worker_name(w))
+}
+
+/// `<id>.trigger`: the receipt written at claim.
+pub fn trigger_file(id: &str) -> String {
+    format!("{id}.trigger")
+}
+
+/// A name `<stem>_<time>[-n].json`: a dead letter (`time` in Unix
+/// seconds) or a listener event (`time` in Unix milliseconds); `-n`
+/// numbers a clash within one time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbered<'a> {
+    pub stem: &'a str,
+    pub time: u64,
+    /// 1, or the `-n` that a name clash added.
+    pub n: u32,
+}
+
+impl<'a> Numbered<'a> {
+    pub fn new(stem: &'a str, time: u64, n: u32) -> Numbered<'a> {
+        Numbered { stem, time, n }
+    }
+
+    pub fn format(&self) -> String {
+        let Numbered { stem, time, n } = self;
+        match n {
+            0 | 1 => format!("{stem}_{time}{JSON}"),
+            n => format!("{stem}_{time}-{n}{JSON}"),
+        }
+    }
+
+    /// Takes a name apart; `None` for any other name.
+    pub fn parse(file_name: &'a str) -> Option<Numbered<'a>> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        let base = file_name.strip_suffix(JSON)?;
+        let (stem, when) = base.rsplit_once('_')?;
+        let (time, n) = match when.split_once('-') {
+            Some((time, n)) if digits(n) => (time, n.parse().ok().filter(|&n| n >= 2)?),
+            Some(_) => return None,
+            None => (when, 1),
+        };
+        if stem.is_empty() || file_name.starts_with('.') || !digits(time) {
+            return None;
+        }
+        Some(Numbered {
+            stem,
+            time: time.parse().ok()?,
+            n,
+        })
+    }
+}
+
+/// The task id of a dead letter's file name `<id>_<unix>[-n].json`.
+pub fn dead_letter_id(file_name: &str) -> Option<&str> {
+    Numbered::parse(file_name)
+        .map(|d| d.stem)
+        .filter(|stem| valid_name(stem))
+}
+
+/// The stem of a file name, made safe to be part of a dead letter's name:
+/// anything outside the name alphabet becomes `_`, and it is cut to fit.
+pub fn safe_stem(file_name: &str) -> String {
+    let stem = file_name.strip_suffix(JSON).unwrap_or(file_name);
+    let mut out: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        out.insert(0, 'x');
+    }
+    out
+}
+
+/// `rejected_path` as a dead letter records it: `.rejected/NAME`,
+/// relative to the worker's dead-letter folder.
+pub fn rejected_path(name: &str) -> String {
+    format!("{REJECTED}/{name}")
+}
+
+/// The entry name a `rejected_path` names, when it is exactly
+/// `.rejected/NAME`: nothing outside `.rejected/` (no `..`, no deeper
+/// `/`) is ever reached through it.
+pub fn rejected_entry(rejected_path: &str) -> Option<&str> {
+    let name = rejected_path.strip_prefix(REJECTED)?.strip_prefix('/')?;
+    let fine = !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0']);
+    fine.then_some(name)
+}
+
+/// The dot-file that stages a write of `target`: `.<target>.<pid>.<n>.tmp`.
+pub fn staged(target: &OsStr, pid: u32, n: u64) -> OsString {
+    let mut name = b".".to_vec();
+    name.extend_from_slice(target.as_bytes());
+    name.extend_from_slice(format!(".{pid}.{n}.tmp").as_bytes());
+    OsString::from_vec(name)
+}
+
+/// hw-enqueue's staging file for task `id`: `.<id>.<pid>.enqueue.tmp`.
+pub fn enqueue_staged(id: &str, pid: u32) -> String {
+    format!(".{id}.{pid}.enqueue.tmp")
+}
+
+/// A staging file of ours (`staged` or `enqueue_staged`), not a
+/// producer's own dot-file.
+pub fn is_our_temp(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let mut parts = rest.rsplit('.');
+    let (last, pid) = (parts.next(), parts.next());
+    let digits =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()));
+    (digits(last) || last == Some("enqueue")) && digits(pid) && parts.next().is_some()
+}
+
+/// The listener's journal beside its state file `NAME`: `.NAME.journal`.
+pub fn state_journal(state_file_name: &str) -> String {
+    format!(".{state_file_name}.journal")
+}
+
+/// The lock beside the state file `NAME`: `.NAME.lock`.
+pub fn state_lock(state_file_name: &str) -> String {
+    format!(".{state_file_name}.lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_rules() {
+        assert!(valid_name("marie"));
+        assert!(valid_name("task-001.a_b"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(".."));
+        assert!(!valid_name(&"a".repeat(129)));
+        assert!(valid_name(&"a".repeat(128)));
+        assert!(!valid_worker_name(ORCHESTRATOR));
+    }
+
+    #[test]
+    fn task_files_are_json_and_not_dot_files() {
+        assert!(is_task_file(OsStr::new("a.json")));
+        assert!(is_task_file(OsStr::from_bytes(b"\xff.json")));
+        assert!(!is_task_file(OsStr::new(".a.json")));
+        assert!(!is_task_file(OsStr::new(".json")));
+        assert!(!is_task_file(OsStr::new("a.json.tmp")));
+    }
+
+    #[test]
+    fn results_heartbeats_and_triggers_round_trip() {
+        assert_eq!(result_id(&task_file("t-1")), Some("t-1"));
+        assert_eq!(result_id(".t.json"), None);
+        assert_eq!(heartbeat_worker(&heartbeat_file("marie")), Some("marie"));
+        assert_eq!(heartbeat_worker("orchestrator.json"), None);
+        assert_eq!(trigger_file("t-1"), "t-1.trigger");
+    }
+
+    #[test]
+    fn numbered_names_round_trip() {
+        for (stem, time, n) in [
+            ("t", 17, 1),
+            ("a_b", 17, 3),
+            ("task_completed", 1_700_000_000_123, 2),
+        ] {
+            let name = Numbered::new(stem, time, n).format();
+            assert_eq!(
+                Numbered::parse(&name),
+                Some(Numbered::new(stem, time, n)),
+                "{name}"
+            );
+        }
+        assert_eq!(Numbered::new("t", 17, 1).format(), "t_17.json");
+        assert_eq!(Numbered::new("t", 17, 2).format(), "t_17-2.json");
+    }
+
+    #[test]
+    fn other_names_are_not_numbered() {
+        for bad in [
+            "t_17-1.json",
+            "t_x.json",
+            "_17.json",
+            ".t_17.json",
+            "t_17.txt",
+            "t.json",
+        ] {
+            assert_eq!(Numbered::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn dead_letter_ids() {
+        assert_eq!(dead_letter_id("t-1_1795865691.json"), Some("t-1"));
+        assert_eq!(dead_letter_id("a_b_1795865691-2.json"), Some("a_b"));
+        assert_eq!(dead_letter_id("t_x.json"), None);
+        assert_eq!(dead_letter_id(".t_1.json"), None);
+    }
+
+    #[test]
+    fn rejected_paths_round_trip_and_stay_in_rejected() {
+        assert_eq!(rejected_entry(&rejected_path("x.json")), Some("x.json"));
+        for bad in [
+            ".rejected/../x",
+            ".rejected/..",
+            ".rejected/a/b",
+            ".rejected/",
+            "x.json",
+            "/etc/passwd",
+            ".rejectedx/y",
+        ] {
+            assert_eq!(rejected_entry(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn our_staging_files_are_recognised_and_no_others() {
+        let staged = staged(OsStr::new("a.json"), 123, 4);
+        assert_eq!(staged, ".a.json.123.4.tmp");
+        assert!(is_our_temp(staged.to_str().unwrap()));
+        assert!(is_our_temp(&enqueue_staged("t-1", 123)));
+        assert!(!is_our_temp(".x.tmp"));
+        assert!(!is_our_temp("a.json.1.2.tmp"));
+        assert!(!is_our_temp(".a.json.x.4.tmp"));
+    }
+
+    #[test]
+    fn a_staged_name_keeps_bytes_that_are_not_utf8() {
+        let name = staged(OsStr::from_bytes(b"\xff.json"), 1, 2);
+        assert_eq!(name.as_bytes(), b".\xff.json.1.2.tmp");
+    }
+
+    #[test]
+    fn safe_stems() {
+        assert_eq!(safe_stem("ok.json"), "ok");
+        assert_eq!(safe_stem(".x y.json"), "x.x_y");
+        assert_eq!(safe_stem("é.json"), "x_");
+    }
+}

@@ -1,0 +1,83 @@
+//! The one module with `unsafe` code: the few system calls that nix does
+//! not wrap, or wraps without taking ownership of what they return. Each
+//! is a small safe function here, with the reason it is sound; the rest of
+//! the crate denies `unsafe` altogether.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::libc;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::stat::Mode;
+use nix::NixPath;
+
+/// openat(2), the descriptor owned at once (nix 0.29 returns a raw one).
+pub fn openat<P: ?Sized + NixPath>(
+    dir: Option<RawFd>,
+    path: &P,
+    flags: OFlag,
+    mode: Mode,
+) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(dir, path, flags | OFlag::O_CLOEXEC, mode)?;
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pidfd for a child (Linux 5.3 and later), to poll(2) for its exit
+/// together with its pipes; `None` on older kernels.
+pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes two integers and returns a new
+    // descriptor or -1; it touches no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a descriptor that we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Reaps the exited child `pid` and returns the CPU time it used (user
+/// and system), which only wait4(2) reports per child.
+pub fn reap(pid: i32) -> Option<Duration> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data, valid when zeroed, which wait4 fills.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 writes only into the two valid pointers given.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc <= 0 {
+        return None;
+    }
+    let secs =
+        |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) * 1000) as u32);
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// One resource limit to set in a child before it runs its program.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildLimit {
+    pub resource: Resource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Sets these resource limits in the child between fork and exec. Nothing
+/// else runs there: the limits are computed beforehand, so the child only
+/// calls setrlimit(2), which is async-signal-safe and allocates nothing.
+pub fn limits_before_exec(command: &mut Command, limits: Vec<ChildLimit>) {
+    if limits.is_empty() {
+        return;
+    }
+    // SAFETY: the closure only reads the vector moved into it (no
+    // allocation, no lock) and calls setrlimit(2), which is safe to call
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            for l in &limits {
+                setrlimit(l.resource, l.soft, l.hard)?;
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,105 @@
+//! hw-worker: the daemon for one worker name. `run` checks what can be
+//! checked before anything starts (`startup`), then wires the threads,
+//! each with one job: the dispatcher (`dispatch`, which owns all state
+//! and every timer), the inotify reader (`watch`), the pool that runs
+//! agents (`pool`), the committer that makes results durable in batches
+//! (`spool::commit`), the metrics endpoint (`http`) and a signal reader.
+//! They talk through channels; shutdown is a message, then a latch.
+
+pub mod breaker;
+pub mod config;
+pub mod deps;
+mod dispatch;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod pool;
+pub mod queue;
+pub mod retry;
+mod startup;
+pub mod watch;
+
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::unbounded;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::error::{Error, Result};
+use crate::latch::Latch;
+use crate::spool::commit::Committer;
+use config::WorkerConfig;
+use dispatch::Dispatcher;
+use http::MetricsServer;
+use metrics::Metrics;
+use pool::{Context, Pool};
+use watch::Watcher;
+
+/// Runs the worker until SIGTERM or SIGINT. Errors are start-up failures.
+pub fn run(config: WorkerConfig) -> Result<()> {
+    // Registered before any thread starts, so every thread inherits the mask.
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| Error::os("cannot install signal handlers", e))?;
+    crate::agent::run::raise_open_files_limit();
+    // Bound before anything is created, so a busy port changes nothing.
+    let metrics = Arc::new(Metrics::new(&config.name));
+    let server = match config.metrics {
+        Some((ip, port)) => Some(MetricsServer::start(ip, port, metrics.clone())?),
+        None => None,
+    };
+    let pending = config.spool.pending_dir(&config.name);
+    startup::prepare_spool(&config)?;
+    let (notice_tx, notices) = unbounded();
+    let (report_tx, reports) = unbounded();
+    let (job_tx, jobs) = unbounded();
+    let (signal_tx, signal_rx) = unbounded();
+    let stop = Latch::new().map_err(|e| Error::os("cannot create a pipe", e))?;
+    let abort = Latch::new().map_err(|e| Error::os("cannot create a pipe", e))?;
+    let watcher = match config.inotify {
+        true => Some(Watcher::start(&pending, notice_tx, stop.clone())?),
+        false => None,
+    };
+    let signal_handle = signals.handle();
+    let signal_thread = thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if signal_tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::os("cannot start the signal thread", e))?;
+    if let Some(s) = &server {
+        log::info!(metrics_addr = s.addr.to_string(); "Metrics on http://{}/metrics", s.addr);
+    }
+    let poll = startup::poll_interval(&config);
+    let committer = Committer::start(abort.clone(), config.max_concurrent, config.durability)
+        .map_err(|e| Error::io("cannot start the committer for", &pending, e))?;
+    let context = Arc::new(Context {
+        config: config.clone(),
+        metrics: metrics.clone(),
+        abort: abort.clone(),
+        commits: committer.commits(),
+        reports: report_tx,
+    });
+    let pool = Pool::start(context, jobs)
+        .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;
+    let metrics_addr = server.as_ref().map(|s| s.addr.to_string());
+    let mut d = Dispatcher::new(config, metrics, job_tx, watcher, poll, metrics_addr);
+    d.start();
+    d.serve(&notices, &reports, &signal_rx, &abort);
+    d.close_jobs();
+    pool.join();
+    committer.close();
+    stop.fire();
+    d.join_watcher();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    if let Some(s) = server {
+        s.stop();
+    }
+    d.stopped();
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! What hw-worker checks and prepares before its threads start: the
+//! folders it writes, who else may write its tasks folder, that
+//! `.active/` and `.deferred/` are folders of their own, and whether its
+//! file system needs rescans because inotify cannot see other hosts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::spool::Spool;
+use crate::worker::config::WorkerConfig;
+
+/// File systems on which inotify misses other hosts' writes.
+const NETWORK_FS_POLL: Duration = Duration::from_secs(2);
+
+/// Creates the worker's folders and refuses a spool it must not use.
+pub(super) fn prepare_spool(config: &WorkerConfig) -> Result<()> {
+    let spool = &config.spool;
+    spool.create_worker_dirs(&config.name)?;
+    check_access(&spool.pending_dir(&config.name), config.allow_shared_spool)?;
+    if let Some(bad) = linked_folder(spool, &config.name) {
+        return Err(Error::config(format!(
+            "refusing {}: not a folder of its own (a symlink?); the worker would follow it out of the spool",
+            bad.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `--poll`, or where inotify is off or blind to other hosts' writes, a
+/// rescan every 2 s: then rescans are the only way to see new tasks.
+pub(super) fn poll_interval(config: &WorkerConfig) -> Option<Duration> {
+    let pending = config.spool.pending_dir(&config.name);
+    let blind = !config.inotify || network_fs(&pending);
+    config.poll.or_else(|| blind.then_some(NETWORK_FS_POLL))
+}
+
+/// Whoever can write the tasks folder can make this worker run its agent
+/// with any description: refuse a folder that strangers may write to (by
+/// its mode, or because another user owns it) unless told it is meant.
+fn check_access(dir: &Path, allowed: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).map_err(|e| Error::io("cannot stat", dir, e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let mut found = Vec::new();
+    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+        found.push(format!(
+            "writable by others without the sticky bit (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        found.push(format!(
+            "owned by uid {}, neither this user ({me}) nor root",
+            meta.uid()
+        ));
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let found = found.join(", and ");
+    if allowed {
+        log::warn!(folder = dir.display().to_string(); "Shared tasks folder allowed: {found}");
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "refusing the tasks folder {}: {found} (--allow-shared-spool starts anyway)",
+        dir.display()
+    )))
+}
+
+/// `.active/` or `.deferred/` when it is not a real folder: whoever can
+/// write the tasks folder could point them anywhere, and the worker moves
+/// files in and out of them.
+pub(super) fn linked_folder(spool: &Spool, worker: &str) -> Option<PathBuf> {
+    [spool.active_dir(worker), spool.deferred_dir(worker)]
+        .into_iter()
+        .find(|d| !fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+}
+
+/// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by
+/// other hosts inotify does not see.
+fn network_fs(dir: &Path) -> bool {
+    const NETWORK: [i64; 8] = [
+        0x6969,      // NFS
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2
+        0x517B,      // SMB
+        0x6573_5546, // FUSE (GlusterFS, s3fs, sshfs…)
+        0x0102_1997, // 9P
+        0x00C3_6400, // CephFS
+        0x0BD0_0BD0, // Lustre
+    ];
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
+}
