@@ -1,8 +1,12 @@
-//! Wall-clock time as the spool writes it: RFC 3339 in UTC with
-//! milliseconds and a `Z` (`2026-11-28T10:30:00.123Z`), and back. Done by
-//! hand (the civil-from-days algorithm) to stay dependency-light.
+//! Time as hookwatch counts it: wall-clock time as the spool writes it,
+//! RFC 3339 in UTC with milliseconds and a `Z`
+//! (`2026-11-28T10:30:00.123Z`), and back (by hand, the civil-from-days
+//! algorithm, to stay dependency-light); milliseconds for names and
+//! poll(2); and the one back-off that every "try again later" uses.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::poll::PollTimeout;
 
 /// Seconds since the epoch, with fractions.
 pub fn unix_now() -> f64 {
@@ -31,6 +35,68 @@ pub fn from_unix(secs: f64) -> SystemTime {
         UNIX_EPOCH
             .checked_sub(Duration::from_secs_f64(-secs))
             .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// Unix seconds as whole milliseconds (0 before the epoch).
+pub fn unix_millis(unix: f64) -> u64 {
+    (unix.max(0.0) * 1000.0) as u64
+}
+
+/// Seconds rounded to the millisecond, as records show durations.
+pub fn round_millis(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
+/// poll(2)'s timeout for waking at `at`: rounded up to the next whole
+/// millisecond, so a wake is never early.
+pub fn poll_timeout(at: Instant) -> PollTimeout {
+    let ms = at
+        .saturating_duration_since(Instant::now())
+        .as_micros()
+        .div_ceil(1000)
+        + 1;
+    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+}
+
+/// poll(2)'s timeout for waking at `at` in Unix seconds.
+pub fn poll_timeout_unix(at: f64) -> PollTimeout {
+    let secs = (at - unix_now()).clamp(0.0, 1e6);
+    poll_timeout(Instant::now() + Duration::from_secs_f64(secs))
+}
+
+/// A delay that doubles at each failure in a row, up to a ceiling, and
+/// starts again from the floor after a success.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    floor: Duration,
+    ceiling: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(floor: Duration, ceiling: Duration) -> Backoff {
+        Backoff {
+            floor,
+            ceiling,
+            next: floor,
+        }
+    }
+
+    /// The delay to wait now; the one after it is twice as long.
+    pub fn take(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.ceiling);
+        now
+    }
+
+    /// The delay `take` would give, without taking it.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.floor;
     }
 }
 
@@ -136,6 +202,16 @@ mod tests {
         let s = rfc3339(t);
         assert_eq!(s, "2026-11-28T10:30:00.123Z");
         assert!((parse_rfc3339(&s).unwrap() - 1_795_861_800.123).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_backoff_doubles_up_to_its_ceiling_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(500));
+        let delays: Vec<_> = (0..5).map(|_| b.take()).collect();
+        assert_eq!(delays, [ms(100), ms(200), ms(400), ms(500), ms(500)]);
+        b.reset();
+        assert_eq!(b.take(), ms(100));
     }
 
     #[test]

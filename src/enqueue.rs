@@ -103,7 +103,7 @@ impl IdGenerator {
     }
 
     pub fn next(&self) -> String {
-        let ms = (clock::unix_now() * 1000.0) as u64;
+        let ms = clock::unix_millis(clock::unix_now());
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{ms:013}-{:08x}-{n:06}", self.nonce)
     }

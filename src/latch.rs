@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::unistd::{pipe2, write};
 
 #[derive(Debug, Clone)]
@@ -46,12 +46,9 @@ impl Latch {
 
     /// Waits `delay` unless the latch fires first (then true).
     pub fn wait_timeout(&self, delay: std::time::Duration) -> bool {
-        let ms = delay.as_millis().min(i32::MAX as u128) as i32;
+        let at = std::time::Instant::now() + delay.min(std::time::Duration::from_secs(1 << 30));
         let mut fds = [PollFd::new(self.fd(), PollFlags::POLLIN)];
-        let _ = poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        );
+        let _ = poll(&mut fds, crate::clock::poll_timeout(at));
         self.is_fired()
     }
 

@@ -24,7 +24,7 @@
 
 pub mod clock;
 pub mod error;
-pub mod latch;
+pub(crate) mod latch;
 pub mod log;
 mod sys;
 
@@ -34,7 +34,7 @@ pub mod model;
 
 pub mod cli;
 
-pub mod agent;
+pub(crate) mod agent;
 
 pub mod dlq;
 

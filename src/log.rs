@@ -1,4 +1,4 @@
-//! Logging on stderr, one line per event (SPEC section 8), through `log`
+//! Logging on stderr, one line per event (hw-worker(8), ENVIRONMENT), through `log`
 //! and `env_logger`: `json` lines with the Python system's keys, or a
 //! `text` line with the same facts. Key-values given to the `log` macros
 //! (`info!(task_id = id; "Task completed")`) become fields.

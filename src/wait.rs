@@ -13,6 +13,7 @@ use std::time::Instant;
 use inotify::{EventMask, Inotify, WatchMask};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::clock;
 use crate::error::{Error, Result};
 use crate::model::dead_letter::DlqReason;
 use crate::model::result::ResultStatus;
@@ -73,14 +74,8 @@ impl Waiter {
         while !self.waiting.is_empty() {
             let timeout = match deadline {
                 None => PollTimeout::NONE,
-                Some(d) => {
-                    let ms = d.saturating_duration_since(Instant::now()).as_millis();
-                    if ms == 0 {
-                        return Ok(WaitEnd::TimedOut);
-                    }
-                    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
-                        .unwrap_or(PollTimeout::MAX)
-                }
+                Some(d) if Instant::now() >= d => return Ok(WaitEnd::TimedOut),
+                Some(d) => clock::poll_timeout(d),
             };
             let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
             if poll(&mut fds, timeout).unwrap_or(0) == 0 {

@@ -1,4 +1,4 @@
-//! One attempt of a task (SPEC section 3): the agent command built without
+//! One attempt of a task (hw-worker(8), Running the command): the agent command built without
 //! a shell, run in its own process group with stdin on /dev/null, both
 //! output streams read concurrently (one poll(2) loop, no pipe deadlock),
 //! a time limit enforced with SIGTERM then SIGKILL to the whole group, and
@@ -20,6 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::clock;
 use crate::latch::Latch;
 use crate::model::failure::FailureClass;
 use crate::sys::{self, ChildLimit};
@@ -378,7 +379,7 @@ impl<'a> Supervisor<'a> {
     /// Blocks until output, the child's exit, the abort latch or `wake`.
     fn wait_io(&mut self, wake: Option<Instant>) {
         let mut timeout = match wake {
-            Some(at) => millis_until(at),
+            Some(at) => clock::poll_timeout(at),
             None => PollTimeout::NONE,
         };
         if self.pidfd.is_none() {
@@ -436,7 +437,7 @@ impl<'a> Supervisor<'a> {
             for fd in &present {
                 fds.push(PollFd::new(*fd, PollFlags::POLLIN));
             }
-            if poll(&mut fds, millis_until(until)).unwrap_or(0) == 0 {
+            if poll(&mut fds, clock::poll_timeout(until)).unwrap_or(0) == 0 {
                 break;
             }
             read_some(
@@ -489,11 +490,6 @@ fn set_nonblocking(fd: i32) {
     if !flags.contains(OFlag::O_NONBLOCK) {
         let _ = fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK));
     }
-}
-
-fn millis_until(at: Instant) -> PollTimeout {
-    let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
-    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
 }
 
 #[cfg(test)]

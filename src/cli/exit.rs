@@ -1,5 +1,5 @@
 //! Exit statuses, in one table, and the one function that maps an error to
-//! its status (SPEC section 5). "No" (1) is not "broken" (64 and up).
+//! its status (each tool's EXIT STATUS). "No" (1) is not "broken" (64 and up).
 
 use crate::error::{Error, Kind};
 

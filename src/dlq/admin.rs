@@ -1,5 +1,5 @@
 //! hw-dlq: the dead-letter queue for operators and cron. Reads the records
-//! of `dlq/<worker>/` (SPEC sections 2 and 4, hookwatch(5)), filters them,
+//! of `dlq/<worker>/` (hookwatch(5), Dead letter; hw-dlq(1)), filters them,
 //! shows them, replays a record's task back to pending, and purges records
 //! with the entries they moved aside into `.rejected/`.
 //!
@@ -25,7 +25,9 @@ use crate::model::dead_letter::DlqReason;
 use crate::model::task::Task;
 use crate::model::Word;
 use crate::spool::claim::{self, Attempt, Claim};
-use crate::spool::names::{is_task_file, task_file, valid_name, valid_worker_name, Numbered};
+use crate::spool::names::{
+    is_task_file, json_stem, task_file, valid_name, valid_worker_name, Numbered,
+};
 use crate::spool::publish::{self, Durability};
 use crate::spool::Spool;
 
@@ -82,7 +84,7 @@ impl Record {
         let name = Numbered::parse(file_name);
         let stem = match name {
             Some(n) => n.stem,
-            None => file_name.strip_suffix(".json").unwrap_or(file_name),
+            None => json_stem(file_name).unwrap_or(file_name),
         };
         let field = |key: &str| fields.as_ref()?.get(key)?.as_str();
         let task_id = field("task_id").filter(|id| valid_name(id)).unwrap_or(stem);

@@ -1,4 +1,4 @@
-//! The dead-letter queue on disk (SPEC sections 2 and 4): a record is
+//! The dead-letter queue on disk (hookwatch(5), Dead letter): a record is
 //! published as `dlq/<worker>/<stem>_<unix>[-N].json` (what it holds is
 //! `model::dead_letter`), and an entry that must not be read (too large,
 //! not a regular file) is moved as it is into `dlq/<worker>/.rejected/`.
@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::clock;
 use crate::error::{Error, Result};
-use crate::spool::names::{rejected_path, safe_stem};
+use crate::spool::names::{rejected_path, safe_stem, task_file};
 use crate::spool::publish::{self, json_line, rename_noreplace, Durability};
 use crate::spool::Spool;
 
@@ -52,7 +52,7 @@ pub fn move_aside(
         .filter(|n| !n.starts_with('.') && !n.contains(char::is_control));
     let base = plain
         .map(String::from)
-        .unwrap_or_else(|| format!("{}.json", entry_stem(name)));
+        .unwrap_or_else(|| task_file(&entry_stem(name)));
     for n in 1..10_000 {
         let candidate = if n == 1 {
             base.clone()

@@ -1,4 +1,4 @@
-//! Emitting the listener's events (SPEC section 4): each one a JSON line
+//! Emitting the listener's events (hookwatch(5), Orchestrator files): each one a JSON line
 //! on stdout and a trigger file `triggers/orchestrator/<event>_<ms>.json`,
 //! both complete, and optionally the input of an `--exec` hook. Trigger
 //! files of a burst are made durable together by one `syncfs`.

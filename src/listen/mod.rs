@@ -5,9 +5,9 @@
 //! heartbeat ages (judged by `health`) and completion timeouts.
 
 pub mod config;
-pub mod emit;
-pub mod health;
-pub mod state;
+mod emit;
+mod health;
+mod state;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -28,7 +28,7 @@ use crate::model::heartbeat::Heartbeat;
 use crate::model::result::ResultStatus;
 use crate::model::Word;
 use crate::spool::names::{
-    dead_letter_id, heartbeat_worker, is_task_file, result_id, task_file, valid_name,
+    dead_letter_id, heartbeat_worker, is_task_file, json_stem, result_id, task_file, valid_name,
     valid_worker_name,
 };
 use crate::spool::{create_dir, read_regular, RECORD_MAX};
@@ -270,7 +270,6 @@ impl Listener {
     }
 
     fn next_wake(&mut self) -> PollTimeout {
-        let now = clock::unix_now();
         let mut wake: Option<f64> = self
             .deadlines
             .peek()
@@ -290,13 +289,7 @@ impl Listener {
                 wake = Some(wake.map_or(at, |x| x.min(at)));
             }
         }
-        match wake {
-            None => PollTimeout::NONE,
-            Some(at) => {
-                let ms = ((at - now).max(0.0) * 1000.0).ceil() as i64 + 1;
-                PollTimeout::try_from(ms.min(i32::MAX as i64) as i32).unwrap_or(PollTimeout::MAX)
-            }
-        }
+        wake.map_or(PollTimeout::NONE, clock::poll_timeout_unix)
     }
 
     /// `--poll`: every folder read again when it is time.
@@ -468,7 +461,7 @@ impl Listener {
         if let Some(enqueued) = self.state.snap.tasks.get(key).and_then(|t| t.enqueued) {
             let at = enqueued + self.cfg.completion_timeout.as_secs_f64();
             self.deadlines
-                .push(Reverse(((at * 1000.0) as u64, key.to_string())));
+                .push(Reverse((clock::unix_millis(at), key.to_string())));
         }
     }
 
@@ -493,7 +486,7 @@ impl Listener {
         let status = ResultStatus::of(&record).unwrap_or(ResultStatus::Failed);
         let duration = t
             .enqueued
-            .map(|e| ((mtime - e).max(0.0) * 1000.0).round() / 1000.0);
+            .map(|e| clock::round_millis((mtime - e).max(0.0)));
         self.emit(Event::new(
             EventKind::TaskCompleted,
             json!({"task_id": id, "worker": worker, "status": status,
@@ -689,7 +682,7 @@ impl Listener {
                     .and_then(|t| t.get("task_id"))
                     .and_then(Value::as_str)
                     .map(String::from);
-                id.or_else(|| name.strip_suffix(".json").map(String::from))
+                id.or_else(|| json_stem(&name).map(String::from))
             })
             .collect();
         ids.sort();

@@ -1,4 +1,4 @@
-//! The dead letter (SPEC sections 2 and 4): the record of a task that
+//! The dead letter (hookwatch(5), Dead letter): the record of a task that
 //! cannot succeed, or of a bad entry, written as
 //! `dlq/<worker>/<stem>_<unix>.json` by `dlq::publish`. Here: why it was
 //! written (`DlqReason`) and what it holds.

@@ -1,4 +1,4 @@
-//! The listener's event (SPEC section 4): a JSON line on stdout and the
+//! The listener's event (hookwatch(5), Orchestrator files): a JSON line on stdout and the
 //! body of a trigger file `triggers/orchestrator/<event>_<ms>.json`
 //! (`listen::emit` writes both), `{"event_type", "timestamp", "data"}`.
 
@@ -44,7 +44,7 @@ impl Event {
         }
     }
 
-    /// One JSON line, keys in the order SPEC section 4 shows them.
+    /// One JSON line, keys in the order hookwatch(5) shows them.
     pub fn to_line(&self) -> Vec<u8> {
         #[derive(serde::Serialize)]
         struct Line<'a> {

@@ -1,5 +1,5 @@
 //! Why an attempt failed: the class each failed attempt gets, as
-//! `watcher_tasks_failed_total{reason}` counts it (SPEC 3a).
+//! `watcher_tasks_failed_total{reason}` counts it (hw-worker(8), Running the command).
 
 use crate::model::words;
 

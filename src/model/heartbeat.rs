@@ -1,4 +1,4 @@
-//! The heartbeat file (SPEC section 4): the worker's health, rewritten
+//! The heartbeat file (hookwatch(5), Heartbeat): the worker's health, rewritten
 //! atomically every `HEARTBEAT_INTERVAL` seconds and once more, as
 //! `stopped`, on the way out.
 

@@ -1,4 +1,4 @@
-//! The result file (SPEC section 4): `results/<worker>/<task_id>.json`,
+//! The result file (hookwatch(5), Result and Trigger): `results/<worker>/<task_id>.json`,
 //! written once per run at the terminal state, and the trigger file
 //! written at claim.
 

@@ -1,4 +1,4 @@
-//! A task as producers write it (SPEC section 4): parsed, validated, and
+//! A task as producers write it (hookwatch(5), Task): parsed, validated, and
 //! kept whole, so that unknown fields travel on into deferred copies,
 //! results' metadata and dead letters.
 

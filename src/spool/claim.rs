@@ -1,4 +1,4 @@
-//! The claim protocol (SPEC section 2): exactly one claimer wins a pending
+//! The claim protocol (hw-worker(8), Tasks; hookwatch(5), Claimed and deferred tasks): exactly one claimer wins a pending
 //! task, also across processes and hosts sharing the spool. A held flock
 //! means "running": the lock lives in `Claim` and is released only after
 //! the task has left `.active/`. `probe` is the other half: a lock that can

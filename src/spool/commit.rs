@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::clock::Backoff;
 use crate::error::Result;
 use crate::latch::Latch;
 use crate::spool::publish::{self, Durability};
@@ -248,7 +249,7 @@ fn publish_receipt(f: &File, d: Durability) {
 /// the task's fault: log it, wait, try again, with back-off up to 5 s.
 /// Gives up (`None`) only when the worker is told to stop now.
 pub fn persist<T>(abort: &Latch, mut publish: impl FnMut() -> Result<T>) -> Option<T> {
-    let mut delay = Duration::from_millis(100);
+    let mut delay = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut logged_at: Option<Instant> = None;
     loop {
         match publish() {
@@ -258,10 +259,9 @@ pub fn persist<T>(abort: &Latch, mut publish: impl FnMut() -> Result<T>) -> Opti
                     log::error!("{e}; will try again");
                     logged_at = Some(Instant::now());
                 }
-                if abort.wait_timeout(delay) {
+                if abort.wait_timeout(delay.take()) {
                     return None;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -1,13 +1,13 @@
-//! The spool layout (SPEC section 1, hookwatch(5)): the only module that
+//! The spool layout (hookwatch(5), The root and its folders): the only module that
 //! knows where things live. Every other module asks a `Spool` for a
 //! folder or a path; none builds one. The names inside the folders are
 //! `names`; writing is `publish` (and `commit` for a worker's hot path);
 //! claiming is `claim`.
 
-pub mod claim;
-pub mod commit;
+pub(crate) mod claim;
+pub(crate) mod commit;
 pub mod names;
-pub mod publish;
+pub(crate) mod publish;
 
 use std::env;
 use std::fs::DirBuilder;

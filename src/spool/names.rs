@@ -51,9 +51,14 @@ pub fn task_file(id: &str) -> String {
     format!("{id}{JSON}")
 }
 
+/// `NAME` of any `NAME.json`.
+pub fn json_stem(file_name: &str) -> Option<&str> {
+    file_name.strip_suffix(JSON)
+}
+
 /// The task id of a result's file name `<id>.json`.
 pub fn result_id(file_name: &str) -> Option<&str> {
-    file_name.strip_suffix(JSON).filter(|id| valid_name(id))
+    json_stem(file_name).filter(|id| valid_name(id))
 }
 
 /// `<worker>.json` in the heartbeats folder.
@@ -63,9 +68,7 @@ pub fn heartbeat_file(worker: &str) -> String {
 
 /// The worker a heartbeat's file name belongs to.
 pub fn heartbeat_worker(file_name: &str) -> Option<&str> {
-    file_name
-        .strip_suffix(JSON)
-        .filter(|w| valid_worker_name(w))
+    json_stem(file_name).filter(|w| valid_worker_name(w))
 }
 
 /// `<id>.trigger`: the receipt written at claim.
@@ -128,7 +131,7 @@ pub fn dead_letter_id(file_name: &str) -> Option<&str> {
 /// The stem of a file name, made safe to be part of a dead letter's name:
 /// anything outside the name alphabet becomes `_`, and it is cut to fit.
 pub fn safe_stem(file_name: &str) -> String {
-    let stem = file_name.strip_suffix(JSON).unwrap_or(file_name);
+    let stem = json_stem(file_name).unwrap_or(file_name);
     let mut out: String = stem
         .chars()
         .map(|c| {

@@ -1,4 +1,4 @@
-//! The circuit breaker (SPEC section 2): after `threshold` consecutive
+//! The circuit breaker (hw-worker(8), Tasks): after `threshold` consecutive
 //! failed attempts nothing new is claimed for `timeout`; then exactly one
 //! probe task goes through, whose success closes the breaker and whose
 //! failure opens it again. While it is not closed only the probe counts.

@@ -1,4 +1,4 @@
-//! Task dependencies (SPEC section 2): a task runs once every task it
+//! Task dependencies (hw-worker(8), Tasks): a task runs once every task it
 //! depends on has a `completed` result in any worker's results folder; it
 //! is dead-lettered when one of them ended failed or dead-lettered.
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::clock;
+use crate::clock::{self, Backoff};
 use crate::error::{Error, Result};
 use crate::latch::Latch;
 use crate::model::heartbeat::{self, Heartbeat, HeartbeatStatus};
@@ -70,7 +70,7 @@ pub(super) struct Dispatcher {
     /// After an I/O error claiming, nothing is claimed until then.
     claim_pause: Option<Instant>,
     /// The next pause, doubled at each error in a row (up to 5 s).
-    claim_backoff: Duration,
+    claim_backoff: Backoff,
     /// Set at the first signal: the time by which running tasks must end.
     stopping: Option<Instant>,
     aborted: bool,
@@ -109,7 +109,7 @@ impl Dispatcher {
             started: now,
             poll,
             claim_pause: None,
-            claim_backoff: Duration::from_millis(100),
+            claim_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             stopping: None,
             aborted: false,
         }
@@ -348,8 +348,7 @@ impl Dispatcher {
             None => {}
         }
         if report.end == End::Postponed {
-            self.claim_pause = Some(Instant::now() + self.claim_backoff);
-            self.claim_backoff = (self.claim_backoff * 2).min(Duration::from_secs(5));
+            self.claim_pause = Some(Instant::now() + self.claim_backoff.take());
         }
         if let End::Deferred { not_before, task } = &report.end {
             let entry = Deferred {
@@ -398,7 +397,7 @@ impl Dispatcher {
                         self.breaker.probe_void();
                     }
                     self.send(job);
-                    self.claim_backoff = Duration::from_millis(100);
+                    self.claim_backoff.reset();
                 }
                 Ok(None) if probe => self.breaker.probe_void(),
                 Ok(None) => {}
@@ -426,9 +425,9 @@ impl Dispatcher {
     /// An I/O error while claiming: the task stays pending, claims pause
     /// with back-off (up to 5 s) and resume by themselves.
     fn pause_claims(&mut self, e: &Error, name: OsString) {
-        log::error!("{e}; claims paused for {:?}", self.claim_backoff);
-        self.claim_pause = Some(Instant::now() + self.claim_backoff);
-        self.claim_backoff = (self.claim_backoff * 2).min(Duration::from_secs(5));
+        let pause = self.claim_backoff.take();
+        log::error!("{e}; claims paused for {pause:?}");
+        self.claim_pause = Some(Instant::now() + pause);
         self.push_peeked(name);
     }
 

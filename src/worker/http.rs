@@ -30,6 +30,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, Resource};
 use nix::sys::socket::{listen, Backlog};
 
+use crate::clock;
 use crate::error::{Error, Kind, Result};
 use crate::latch::Latch;
 use crate::worker::metrics::Metrics;
@@ -222,7 +223,7 @@ impl Endpoint {
                 earlier(t);
             }
         }
-        wake.map_or(PollTimeout::NONE, millis_until)
+        wake.map_or(PollTimeout::NONE, clock::poll_timeout)
     }
 
     /// Accepts what waits, within the cap. A turn takes at most `cap`
@@ -279,11 +280,6 @@ impl Endpoint {
             log::warn!("{message}");
         }
     }
-}
-
-fn millis_until(at: Instant) -> PollTimeout {
-    let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
-    PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
 }
 
 struct Conn {

@@ -6,18 +6,18 @@
 //! (`spool::commit`), the metrics endpoint (`http`) and a signal reader.
 //! They talk through channels; shutdown is a message, then a latch.
 
-pub mod breaker;
+mod breaker;
 pub mod config;
-pub mod deps;
+mod deps;
 mod dispatch;
-pub mod http;
-pub mod metrics;
-pub mod notify;
-pub mod pool;
-pub mod queue;
-pub mod retry;
+mod http;
+mod metrics;
+mod notify;
+mod pool;
+mod queue;
+mod retry;
 mod startup;
-pub mod watch;
+mod watch;
 
 use std::sync::Arc;
 use std::thread;

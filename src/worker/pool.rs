@@ -376,7 +376,7 @@ fn result_of(
         exit_code: o.exit_code,
         stdout: o.stdout.text(),
         stderr: o.stderr.text(),
-        duration_seconds: (o.duration.as_secs_f64() * 1000.0).round() / 1000.0,
+        duration_seconds: clock::round_millis(o.duration.as_secs_f64()),
         timestamp: clock::now_rfc3339(),
         retry_count: task.retry_count,
         metadata: task.metadata(),

@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::unix_millis;
 use crate::model::task::Priority;
 
 /// How many pending tasks the worker keeps in memory (about 150 bytes
@@ -116,6 +117,7 @@ impl PendingQueue {
     }
 
     /// Queued tasks.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
     }
@@ -154,7 +156,7 @@ impl DeferredSchedule {
     /// Schedules (or reschedules) a deferred task file.
     pub fn insert(&mut self, name: OsString, entry: Deferred) {
         self.heap
-            .push(Reverse((millis(entry.not_before), name.clone())));
+            .push(Reverse((unix_millis(entry.not_before), name.clone())));
         self.entries.insert(name, entry);
     }
 
@@ -172,7 +174,7 @@ impl DeferredSchedule {
     pub fn pop_due(&mut self, now: f64) -> Option<(OsString, Deferred)> {
         self.drop_stale();
         let Reverse((ms, _)) = self.heap.peek()?;
-        if *ms > millis(now) {
+        if *ms > unix_millis(now) {
             return None;
         }
         let Reverse((_, name)) = self.heap.pop()?;
@@ -184,6 +186,7 @@ impl DeferredSchedule {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -192,17 +195,13 @@ impl DeferredSchedule {
     fn drop_stale(&mut self) {
         while let Some(Reverse((ms, name))) = self.heap.peek() {
             match self.entries.get(name) {
-                Some(e) if millis(e.not_before) == *ms => return,
+                Some(e) if unix_millis(e.not_before) == *ms => return,
                 _ => {
                     self.heap.pop();
                 }
             }
         }
     }
-}
-
-fn millis(unix: f64) -> u64 {
-    (unix.max(0.0) * 1000.0) as u64
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The retry schedule (SPEC section 2): the n-th retry waits
+//! The retry schedule (hw-worker(8), Tasks): the n-th retry waits
 //! `INITIAL_RETRY_DELAY × RETRY_BACKOFF^(n-1)`, at most `MAX_RETRIES`
 //! retries, so `1 + MAX_RETRIES` attempts in all.
 
