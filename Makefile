@@ -8,6 +8,7 @@ SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
 COMPLETIONDIR ?= $(PREFIX)/share/bash-completion/completions
 DOCDIR ?= $(PREFIX)/share/doc/hookwatch
+DATADIR ?= $(PREFIX)/share/hookwatch
 CARGO ?= cargo
 INSTALL ?= install
 
@@ -111,6 +112,9 @@ install:
 	$(INSTALL) -m 644 contrib/systemd/hookwatch.tmpfiles $(DESTDIR)$(TMPFILESDIR)/hookwatch.conf
 	$(INSTALL) -m 644 contrib/systemd/hookwatch.env $(DESTDIR)$(DOCDIR)/hookwatch.env
 	$(INSTALL) -m 644 contrib/bash-completion/hookwatch $(DESTDIR)$(COMPLETIONDIR)/hookwatch
+	$(INSTALL) -d $(DESTDIR)$(DATADIR)/claude-code
+	$(INSTALL) -m 755 contrib/claude-code/enqueue-review $(DESTDIR)$(DATADIR)/claude-code/
+	$(INSTALL) -m 644 contrib/claude-code/settings.json $(DESTDIR)$(DATADIR)/claude-code/
 	for b in $(BINS); do ln -sf hookwatch $(DESTDIR)$(COMPLETIONDIR)/$$b || exit; done
 
 uninstall:
@@ -120,6 +124,8 @@ uninstall:
 	rm -f $(DESTDIR)$(SYSUSERSDIR)/hookwatch.conf $(DESTDIR)$(TMPFILESDIR)/hookwatch.conf
 	for f in hookwatch $(BINS); do rm -f $(DESTDIR)$(COMPLETIONDIR)/$$f; done
 	rm -f $(DESTDIR)$(DOCDIR)/hookwatch.env
+	rm -f $(DESTDIR)$(DATADIR)/claude-code/enqueue-review $(DESTDIR)$(DATADIR)/claude-code/settings.json
+	rmdir $(DESTDIR)$(DATADIR)/claude-code $(DESTDIR)$(DATADIR) 2>/dev/null || true
 	rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
 clean:

@@ -3,13 +3,17 @@
 # few seconds.
 #
 # hw-status --init creates the layout for marie, anga and fabien; hw-listen
-# starts following the spool; three hw-workers run examples/agent.sh in
-# place of the Claude CLI, each with its metrics on a free port; hw-enqueue
-# queues a dozen tasks (priorities, a dependency, a batch of four with
-# mixed outcomes, one task waited for with --wait).  Once every task has
+# starts following the spool; three hw-workers run examples/claude, a
+# stand-in for the Claude CLI that answers in its JSON shapes, each with its
+# metrics on a free port; hw-enqueue queues a dozen tasks (priorities, a
+# dependency, a batch of four with mixed outcomes, one task waited for with
+# --wait).  fabien's account is over its usage limit for its first few
+# seconds: its worker pauses until the reset time the CLI gives, charging
+# nothing, then runs the tasks.  Once every task has
 # its result and hw-listen has reported the batch, it prints the results,
-# the dead letters, the heartbeats, a few lines of marie's /metrics,
-# hw-status's table and hw-listen's events.  Then hw-dlq lists the dead
+# the dead letters, the heartbeats, what one task cost (the result's
+# agent fields), a few lines of marie's /metrics, hw-status's table (with
+# each worker's spend today) and hw-listen's events (the pause among them).  Then hw-dlq lists the dead
 # letters, the cause of one failure is fixed (AGENT_FIX_FILE), that task
 # is replayed and completes, hw-status runs again, and SIGTERM stops the
 # workers, then the listener.  Only bash, POSIX tools, setsid(1) and
@@ -29,7 +33,7 @@ hw_listen=$bin/hw-listen
 hw_enqueue=$bin/hw-enqueue
 hw_dlq=$bin/hw-dlq
 hw_status=$bin/hw-status
-agent=$repo/examples/agent.sh
+agent=$repo/examples/claude
 workers=(marie anga fabien)
 deadline_s=40
 
@@ -38,8 +42,6 @@ die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 for b in "$hw_worker" "$hw_listen" "$hw_enqueue" "$hw_dlq" "$hw_status"; do
 	[[ -x $b ]] || die "$b not found: run 'cargo build --release' (or 'make demo')"
 done
-# CLAUDE_COMMAND is split on whitespace, so the agent's path must have none.
-[[ $agent != *[[:space:]]* ]] || die "the repository path contains white space: $repo"
 
 spool=$(mktemp -d "${TMPDIR:-/tmp}/hookwatch-demo.XXXXXX")
 declare -A pid=()  # daemon name (a worker, or "listen") -> pid = pgid = sid
@@ -100,7 +102,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM HUP
 
 export HW_ROOT=$spool
-export CLAUDE_COMMAND=$agent HEARTBEAT_INTERVAL=1 INITIAL_RETRY_DELAY=0.2 \
+# The command is split like a shell splits words: escaped, the path may
+# hold spaces.
+printf -v CLAUDE_COMMAND '%q --permission-mode acceptEdits' "$agent"
+export CLAUDE_COMMAND HEARTBEAT_INTERVAL=1 INITIAL_RETRY_DELAY=0.2 \
 	MAX_RETRIES=2 LOG_FORMAT=text
 # The agent fails FAIL tasks until this file exists: the fix, made later.
 export AGENT_FIX_FILE=$spool/fixed
@@ -191,6 +196,10 @@ show_events() {
 			f="$(jfield worker <<<"$line")/$(jfield task_id <<<"$line") $(jfield dlq_reason <<<"$line")" ;;
 		task_timeout)
 			f="$(jfield worker <<<"$line")/$(jfield task_id <<<"$line") enqueued $(jfield enqueued_at <<<"$line")" ;;
+		worker_paused)
+			f="$(jfield worker <<<"$line") $(jfield paused_reason <<<"$line") until $(jfield paused_until <<<"$line")" ;;
+		worker_resumed)
+			f="$(jfield worker <<<"$line") (was $(jfield paused_reason <<<"$line"))" ;;
 		worker_*)
 			f="$(jfield worker <<<"$line") $(jfield reason <<<"$line")"
 			f=${f% }
@@ -234,9 +243,13 @@ daemon listen "$spool/listen.out" "$hw_listen"
 until_true 10 "hw-listen ready" grep -qs 'Listening' "$spool/listen.log"
 echo "  hw-listen pid ${pid[listen]}, events to listen.out and triggers/orchestrator/"
 
+# fabien's account is over its usage limit until this time: the stand-in
+# answers "Claude AI usage limit reached|<reset>" until then.
+limit_until=$(($(date +%s) + 4))
 for w in "${workers[@]}"; do
 	args=("$hw_worker")
 	[[ $w == anga ]] && args+=(--max-concurrent 1)
+	[[ $w == fabien ]] && args=(env "STANDIN_LIMIT_UNTIL=$limit_until" "${args[@]}")
 	daemon "$w" /dev/null "${args[@]}" "$w"
 done
 start_s=$SECONDS
@@ -345,6 +358,17 @@ for w in "${workers[@]}"; do
 		"$(jget "$f" circuit_breaker_state)" "$stats"
 done
 
+echo
+echo "== what a task cost: the agent fields of results/marie/m-report.json"
+f=$spool/results/marie/m-report.json
+printf '  stdout (the answer): %s\n' "$(jget "$f" stdout)"
+printf '  agent: subtype %s, session_id %s, num_turns %s, total_cost_usd %s\n' \
+	"$(jget "$f" subtype)" "$(jget "$f" session_id)" "$(jget "$f" num_turns)" \
+	"$(jget "$f" total_cost_usd)"
+printf '  usage: %s\n' "$({ grep -o -E '"usage":\{[^}]*\}' "$f" || true; } | head -n 1)"
+echo "  fabien's log: $(grep -c 'usage limit' "$spool/fabien.log" || true) attempts met the usage limit, then:"
+grep -E 'Worker (paused|resumed)' "$spool/fabien.log" | sed -E 's/^[^ ]+ [A-Z]+ //; s/^/    /'
+
 if [[ -n $metrics ]]; then
 	echo
 	echo "== marie's metrics (http://$addr/metrics, non-zero task series)"
@@ -352,7 +376,7 @@ if [[ -n $metrics ]]; then
 fi
 
 echo
-echo "== hw-status (exit status $status_rc: 0 ok, 1 warning, 2 critical)"
+echo "== hw-status (exit status $status_rc: 0 ok, 1 warning, 2 critical; COST is today's spend)"
 printf '%s\n' "$status_table" | sed 's/^/  /'
 
 echo
@@ -376,7 +400,7 @@ until_true 10 "m-broken's new result" replay_completed
 f=$spool/results/marie/m-broken.json
 printf '  results/marie/m-broken.json: status %s, exit_code %s, retry_count %s, stdout: %s\n' \
 	"$(jget "$f" status)" "$(jget "$f" exit_code)" "$(jget "$f" retry_count)" \
-	"$(sed -E 's/.*\\"result\\":\\"([^\\]*)\\".*/\1/' "$f")"
+	"$(jget "$f" stdout)"
 
 echo
 status_rc=0

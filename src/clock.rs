@@ -1,11 +1,15 @@
 //! Time as hookwatch counts it: wall-clock time as the spool writes it,
 //! RFC 3339 in UTC with milliseconds and a `Z`
-//! (`2026-11-28T10:30:00.123Z`), and back (by hand, the civil-from-days
-//! algorithm, to stay dependency-light); milliseconds for names and
-//! poll(2); and the one back-off that every "try again later" uses.
+//! (`2026-11-28T10:30:00.123Z`), and back; UTC days for the daily budget
+//! and wall-clock times in a named zone for the Claude CLI's "resets
+//! 3:30am (Europe/Paris)" (jiff, with the system's time zone database);
+//! milliseconds for names and poll(2); and the one back-off that every
+//! "try again later" uses.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
 use nix::poll::PollTimeout;
 
 /// Seconds since the epoch, with fractions.
@@ -105,91 +109,60 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
+/// `2026-11-28T10:30:00.123Z`: UTC, to the nearest millisecond.
 pub fn rfc3339(t: SystemTime) -> String {
     let ms = (to_unix(t) * 1000.0).round() as i64;
-    let (secs, millis) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-/// Parses the RFC 3339 forms hookwatch and its producers write:
-/// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)`. Returns Unix seconds.
+/// Unix seconds of an RFC 3339 time (`Z` or an offset; fractions).
 pub fn parse_rfc3339(s: &str) -> Option<f64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut frac = 0.0;
-    if let Some(r) = rest.strip_prefix('.') {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        frac = format!("0.{}", &r[..digits]).parse().ok()?;
-        rest = &r[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
-    Some(secs as f64 + frac)
+    let ts: Timestamp = s.trim().parse().ok()?;
+    Some(ts.as_nanosecond() as f64 / 1e9)
 }
 
-// Howard Hinnant's algorithms, valid for the proleptic Gregorian calendar.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// The UTC day of a time, `2026-12-04`: the day a daily budget counts.
+pub fn utc_day(unix: f64) -> String {
+    timestamp(unix).strftime("%Y-%m-%d").to_string()
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// The start of the UTC day after the one holding `unix`.
+pub fn next_utc_midnight(unix: f64) -> f64 {
+    let day = timestamp(unix).to_zoned_datetime(TimeZone::UTC).date();
+    day.tomorrow()
+        .ok()
+        .and_then(|d| d.to_zoned_datetime(TimeZone::UTC).ok())
+        .map_or(unix + 86_400.0, |z| z.timestamp().as_second() as f64)
+}
+
+/// The first time after `unix` at which the clock in `zone` (an IANA
+/// name, read from the system's time zone database; the system's own zone
+/// when `None`) shows `hour:minute`. `None` for a zone it does not know.
+pub fn next_wall_clock(unix: f64, hour: i8, minute: i8, zone: Option<&str>) -> Option<f64> {
+    let tz = match zone {
+        Some(name) => TimeZone::get(name).ok()?,
+        None => TimeZone::system(),
+    };
+    let now = timestamp(unix).to_zoned_datetime(tz);
+    let time = jiff::civil::Time::new(hour, minute, 0, 0).ok()?;
+    let mut day = now.date();
+    for _ in 0..3 {
+        let at = day
+            .to_datetime(time)
+            .to_zoned_datetime(now.time_zone().clone())
+            .ok()?;
+        if at.timestamp() > now.timestamp() {
+            return Some(at.timestamp().as_second() as f64);
+        }
+        day = day.tomorrow().ok()?;
+    }
+    None
+}
+
+fn timestamp(unix: f64) -> Timestamp {
+    let ms = (unix.clamp(-1e11, 1e11) * 1000.0) as i64;
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -212,6 +185,24 @@ mod tests {
         assert_eq!(delays, [ms(100), ms(200), ms(400), ms(500), ms(500)]);
         b.reset();
         assert_eq!(b.take(), ms(100));
+    }
+
+    #[test]
+    fn utc_days_and_their_ends() {
+        assert_eq!(utc_day(1_795_861_800.0), "2026-11-28");
+        assert_eq!(next_utc_midnight(1_795_861_800.0), 1_795_910_400.0);
+        assert_eq!(next_utc_midnight(1_795_910_400.0), 1_795_996_800.0);
+    }
+
+    #[test]
+    fn the_next_wall_clock_time_in_a_named_zone() {
+        // 2026-11-28 10:30 UTC is 11:30 in Paris: 3:30am is tomorrow, 02:30 UTC.
+        let at = next_wall_clock(1_795_861_800.0, 3, 30, Some("Europe/Paris"));
+        assert_eq!(at, Some(1_795_919_400.0));
+        // 11:45 Paris is later the same day.
+        let at = next_wall_clock(1_795_861_800.0, 11, 45, Some("Europe/Paris"));
+        assert_eq!(at, Some(1_795_861_800.0 + 15.0 * 60.0));
+        assert_eq!(next_wall_clock(0.0, 3, 30, Some("Not/AZone")), None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Template {
     pub depends_on: Vec<String>,
     pub meta: Vec<(String, String)>,
     pub batch_id: Option<String>,
+    /// Options for the Claude CLI (`model`, `max_turns`…), checked.
+    pub agent: Map<String, Value>,
 }
 
 impl Template {
@@ -52,6 +54,9 @@ impl Template {
             fields
                 .entry("dependencies")
                 .or_insert_with(|| self.depends_on.clone().into());
+        }
+        for (key, value) in &self.agent {
+            fields.entry(key).or_insert_with(|| value.clone());
         }
         if self.meta.is_empty() && self.batch_id.is_none() {
             return;

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::model::failure::PauseReason;
 use crate::model::heartbeat::{BreakerState, Heartbeat, HeartbeatStatus};
 use crate::model::result::ResultStatus;
 use crate::spool::names::{heartbeat_worker, is_task_file, result_id};
@@ -91,6 +92,11 @@ pub struct WorkerStatus {
     pub circuit_breaker_state: Option<BreakerState>,
     pub metrics_addr: Option<String>,
     pub uptime_seconds: Option<u64>,
+    /// While paused: why and until when.
+    pub paused_reason: Option<PauseReason>,
+    pub paused_until: Option<String>,
+    /// The agent's spend today (UTC), by the heartbeat; 0 when unknown.
+    pub cost_usd_today: f64,
 }
 
 impl WorkerStatus {
@@ -159,6 +165,11 @@ fn reason(name: &str, s: &WorkerStatus) -> String {
             "{name}: breaker {}",
             s.circuit_breaker_state.map_or("?", BreakerState::as_str)
         ),
+        Seen::Reported(HeartbeatStatus::Paused) => format!(
+            "{name}: paused ({}) until {}",
+            s.paused_reason.map_or("?", PauseReason::as_str),
+            s.paused_until.as_deref().unwrap_or("?")
+        ),
         other => format!("{name}: {}", other.as_str()),
     }
 }
@@ -192,6 +203,9 @@ fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
         circuit_breaker_state: beat.as_ref().map(|b| b.circuit_breaker_state),
         metrics_addr: beat.as_ref().and_then(|b| b.metrics_addr.clone()),
         uptime_seconds: beat.as_ref().map(|b| b.uptime_seconds),
+        paused_reason: beat.as_ref().and_then(|b| b.paused_reason),
+        paused_until: beat.as_ref().and_then(|b| b.paused_until.clone()),
+        cost_usd_today: beat.as_ref().map_or(0.0, |b| b.cost_usd_today),
     })
 }
 
@@ -265,6 +279,7 @@ pub fn render_table(report: &StatusReport) -> String {
         "FAILED",
         "DLQ",
         "BREAKER",
+        "COST",
         "UPTIME",
         "METRICS",
     ];
@@ -284,6 +299,7 @@ pub fn render_table(report: &StatusReport) -> String {
             w.dlq.to_string(),
             w.circuit_breaker_state
                 .map_or_else(dash, |b| b.as_str().to_string()),
+            format!("${:.2}", w.cost_usd_today),
             w.uptime_seconds.map_or_else(dash, human_duration),
             w.metrics_addr.clone().unwrap_or_else(dash),
         ]);

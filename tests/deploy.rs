@@ -266,7 +266,7 @@ fn ready_comes_once_the_first_scan_is_done_with_a_status_and_tasks_dropped_after
 fn status_lines_arrive_at_every_heartbeat_with_the_counts() {
     let spool = Spool::new();
     // Fails for a description `fail`, succeeds otherwise.
-    let agent = spool.script("agent.sh", r#"[ "$2" != fail ]"#);
+    let agent = spool.script("agent.sh", r#"[ "$desc" != fail ]"#);
     let mut systemd = NotifySocket::at_path(&spool);
     let env = [
         ("NOTIFY_SOCKET", systemd.address.as_str()),

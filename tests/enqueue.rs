@@ -178,7 +178,7 @@ fn wait_ready(spool: &Spool, worker: &str, daemon: &Daemon) {
 fn agent(spool: &Spool) -> PathBuf {
     spool.script(
         "agent.sh",
-        r#"case "$2" in *fail*) echo "it broke" >&2; exit 1;; esac; echo "done: $2""#,
+        r#"case "$desc" in *fail*) echo "it broke" >&2; exit 1;; esac; echo "done: $desc""#,
     )
 }
 

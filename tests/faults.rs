@@ -294,12 +294,12 @@ fn five_sigkills_of_the_worker_lose_no_task_and_repeat_only_the_interrupted_ones
     let mut rng = Rng::new("kill loop");
     let spool = Spool::new();
     let log = agent_log(&spool).display().to_string();
-    // `$2` is the description (`AGENT -p DESCRIPTION`): the seconds to take.
+    // `$desc` is the description (the last argument): the seconds to take.
     let agent = spool.script(
         "sleepy.sh",
         &format!(
             r#"echo "start $HW_TASK_ID $HW_ATTEMPT $FAULT_RUN $$" >> '{log}'
-sleep "$2"
+sleep "$desc"
 echo "end $HW_TASK_ID $HW_ATTEMPT $FAULT_RUN $$" >> '{log}'"#
         ),
     );

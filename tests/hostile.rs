@@ -949,11 +949,8 @@ fn task_file_rows(spool: &Spool, outside: &Outside) -> Vec<Row> {
             json!({"task_id": "desc-nul", "description": "a\u{0}b"}),
             "invalid_task",
         ),
-        dead_task(
-            "description-200k.json",
-            json!({"task_id": "desc-200k", "description": "y".repeat(200_000)}),
-            "invalid_task",
-        ),
+        // Too long for one argument: the Claude CLI reads it on stdin.
+        ran_exactly("description-200k.json", "desc-200k", &"y".repeat(200_000)),
         ran_exactly("shell.json", "shell", &shell),
         ran_exactly("dash-help.json", "dash-help", "--help"),
         ran_exactly(
@@ -1011,8 +1008,8 @@ fn hostile_task_files_end_in_a_dead_letter_or_a_result_and_nothing_leaves_the_sp
         "agent.sh",
         &format!(
             "echo \"$HW_TASK_ID $HW_ATTEMPT\" >> '{r}/attempts'\n\
-             printf '%s' \"$2\" > '{r}/'\"$HW_TASK_ID\"'.argv'\n\
-             case \"$2\" in FAIL*) exit 1;; esac",
+             printf '%s' \"$desc\" > '{r}/'\"$HW_TASK_ID\"'.argv'\n\
+             case \"$desc\" in FAIL*) exit 1;; esac",
             r = rec.display()
         ),
     );
@@ -2878,7 +2875,7 @@ fn created_folders_are_0750_and_files_0640_less_the_umask() {
         vec![(0o022u32, 0o750u32, 0o640u32), (0o077, 0o700, 0o600)],
         |(umask, dir_mode, file_mode)| {
             let spool = Spool::new();
-            let agent = spool.script("agent.sh", "case \"$2\" in FAIL) exit 1;; esac");
+            let agent = spool.script("agent.sh", "case \"$desc\" in FAIL) exit 1;; esac");
             let agent = agent.display().to_string();
             let env = [
                 ("CLAUDE_COMMAND", agent.as_str()),
@@ -2996,7 +2993,7 @@ fn agents_are_held_to_max_cpu_and_max_memory_and_the_result_says_which() {
         )
     };
     let body = format!(
-        "case \"$2\" in\n\
+        "case \"$desc\" in\n\
            spin) while :; do :; done ;;\n\
            alloc) {alloc_300m} ;;\n\
            other) exit 3 ;;\n\
@@ -3019,7 +3016,7 @@ fn agents_are_held_to_max_cpu_and_max_memory_and_the_result_says_which() {
             false,
             "failed",
             Some("cpu"),
-            Some("cpu_limit_exceeded"),
+            Some("resource_limit"),
         ),
         (
             "an agent that allocates 300 MB",
@@ -3027,7 +3024,7 @@ fn agents_are_held_to_max_cpu_and_max_memory_and_the_result_says_which() {
             false,
             "failed",
             Some("memory"),
-            Some("memory_limit_exceeded"),
+            Some("resource_limit"),
         ),
         (
             "an agent that fails for another reason",

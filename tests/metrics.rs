@@ -279,8 +279,8 @@ fn first_heartbeat(spool: &Spool, worker: &str, d: &Daemon) -> Value {
 fn agent(spool: &Spool) -> PathBuf {
     spool.script(
         "agent.sh",
-        r#"case "$2" in fail*) echo boom >&2; exit 3;; esac
-echo "ok: $2""#,
+        r#"case "$desc" in fail*) echo boom >&2; exit 3;; esac
+echo "ok: $desc""#,
     )
 }
 

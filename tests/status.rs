@@ -197,6 +197,9 @@ fn counts_of_a_prepared_spool_match_in_json_and_in_the_table() {
             "circuit_breaker_state",
             "metrics_addr",
             "uptime_seconds",
+            "paused_reason",
+            "paused_until",
+            "cost_usd_today",
         ])
     );
     assert_eq!(m["status"], "healthy");

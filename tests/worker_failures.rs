@@ -508,7 +508,7 @@ fn a_task_runs_only_after_its_dependency_completed() {
     let log = spool.scratch("log");
     let body = format!(
         "echo \"start $HW_TASK_ID $(date +%s.%N)\" >> '{l}'\n\
-         if [ \"$2\" = slow ]; then sleep 0.5; fi\n\
+         if [ \"$desc\" = slow ]; then sleep 0.5; fi\n\
          echo \"end $HW_TASK_ID $(date +%s.%N)\" >> '{l}'",
         l = log.display()
     );
@@ -554,7 +554,7 @@ fn a_task_whose_dependency_failed_is_dead_lettered_and_never_runs() {
     let spool = Spool::new();
     let log = spool.scratch("log");
     let body = format!(
-        "{}\nif [ \"$2\" = fail ]; then exit 1; fi",
+        "{}\nif [ \"$desc\" = fail ]; then exit 1; fi",
         log_attempt(&log)
     );
     let agent = spool.script("agent.sh", &body);

@@ -20,6 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::agent::claude::{self, AgentReport, Scanner};
 use crate::clock;
 use crate::latch::Latch;
 use crate::model::failure::FailureClass;
@@ -51,11 +52,8 @@ pub struct Outcome {
     pub stdout: Captured,
     pub stderr: Captured,
     pub duration: Duration,
-    /// Why it failed, when the exit status alone does not say.
-    pub class: Option<FailureClass>,
-    /// `timeout`, `spawn_failed: …`, `agent_reported_error`, or
-    /// `memory_limit_exceeded` / `cpu_limit_exceeded`.
-    pub error: Option<String>,
+    /// Why it failed; `None` when it succeeded (or was cut short).
+    pub failure: Option<Failure>,
     /// Cut short by shutdown: not the task's fault, no attempt is charged.
     pub aborted: bool,
     /// The worker, not the task, lacked what it takes to start the agent
@@ -64,34 +62,83 @@ pub struct Outcome {
     /// `memory` or `cpu` when the attempt hit a `--max-memory` or
     /// `--max-cpu` limit.
     pub resource_limit: Option<&'static str>,
+    /// The Claude CLI's result object, when its output held one.
+    pub agent: Option<AgentReport>,
+}
+
+/// A failed attempt: its class and what is said of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub class: FailureClass,
+    /// One line for `last_error`.
+    pub detail: String,
+    /// The CLI's own words (`agent_error`).
+    pub agent_error: Option<String>,
+    /// When a usage limit resets (Unix seconds), if the CLI said.
+    pub reset_at: Option<f64>,
+}
+
+impl Failure {
+    pub fn new(class: FailureClass, detail: String) -> Failure {
+        Failure {
+            class,
+            detail,
+            agent_error: None,
+            reset_at: None,
+        }
+    }
 }
 
 impl Outcome {
     pub fn succeeded(&self) -> bool {
-        self.exit_code == 0 && self.error.is_none() && !self.aborted
-    }
-
-    /// The class of a failed attempt, as the metrics count it.
-    pub fn class(&self) -> FailureClass {
-        self.class.unwrap_or(FailureClass::ExitStatus)
-    }
-
-    fn fail(&mut self, class: FailureClass, error: String) {
-        self.class = Some(class);
-        self.error = Some(error);
+        self.failure.is_none() && !self.aborted
     }
 
     /// One line for `last_error`.
     pub fn describe(&self) -> String {
-        match &self.error {
-            Some(e) => e.clone(),
-            None => {
-                let stderr = self.stderr.text();
-                match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-                    Some(line) => format!("exit status {}: {}", self.exit_code, line.trim()),
-                    None => format!("exit status {}", self.exit_code),
-                }
-            }
+        self.failure
+            .as_ref()
+            .map_or_else(|| "succeeded".into(), |f| f.detail.clone())
+    }
+
+    /// The verdict once the child is gone: the first failure that applies,
+    /// in this order: it could not start, timed out, hit a limit, the
+    /// agent reported one, it exited with another status than 0.
+    fn judge(&mut self) {
+        if self.failure.is_some() || self.aborted {
+            return;
+        }
+        if let Some(limit) = self.resource_limit {
+            let detail = format!("{limit}_limit_exceeded");
+            self.failure = Some(Failure::new(FailureClass::ResourceLimit, detail));
+            return;
+        }
+        if let Some(f) = self
+            .agent
+            .as_ref()
+            .and_then(|a| a.failure(clock::unix_now()))
+        {
+            let first = f.words.lines().next().unwrap_or("").trim();
+            let detail = match (&f.subtype, f.class) {
+                (Some(subtype), FailureClass::NotRetryable) => subtype.clone(),
+                _ if first.is_empty() => f.class.as_str().to_string(),
+                _ => format!("{}: {}", f.class, claude::cut(first, 200)),
+            };
+            self.failure = Some(Failure {
+                class: f.class,
+                detail,
+                agent_error: Some(f.words).filter(|w| !w.is_empty()),
+                reset_at: f.reset_at,
+            });
+            return;
+        }
+        if self.exit_code != 0 {
+            let stderr = self.stderr.text();
+            let detail = match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+                Some(line) => format!("exit status {}: {}", self.exit_code, line.trim()),
+                None => format!("exit status {}", self.exit_code),
+            };
+            self.failure = Some(Failure::new(FailureClass::ExitStatus, detail));
         }
     }
 }
@@ -119,6 +166,9 @@ pub struct Invocation<'a> {
     /// Standard input; `/dev/null` when `None`.
     pub stdin: Option<File>,
     pub limits: Limits,
+    /// Read stdout for the Claude CLI's result object (the agent), or
+    /// not (a hook).
+    pub agent: bool,
 }
 
 /// Runs a command once. `abort` fired means: kill it now, we stop.
@@ -140,17 +190,11 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
     }
     command.envs(inv.env.iter().map(|(k, v)| (k, v)));
     let mut outcome = match command.spawn() {
-        Ok(child) => Supervisor::new(child, limits, abort).run(),
+        Ok(child) => Supervisor::new(child, limits, abort, inv.agent).run(),
         Err(e) => spawn_failed(&e),
     };
     outcome.duration = started.elapsed();
-    if let (Some(limit), None) = (outcome.resource_limit, &outcome.error) {
-        outcome.error = Some(format!("{limit}_limit_exceeded"));
-    }
-    if outcome.exit_code == 0 && outcome.error.is_none() && reports_error(&outcome.stdout.bytes) {
-        let class = FailureClass::AgentReportedError;
-        outcome.fail(class, class.as_str().into());
-    }
+    outcome.judge();
     outcome
 }
 
@@ -214,31 +258,13 @@ fn spawn_failed(e: &io::Error) -> Outcome {
     );
     Outcome {
         exit_code,
-        class: Some(FailureClass::SpawnFailed),
-        error: Some(format!("spawn_failed: {message}")),
+        failure: Some(Failure::new(
+            FailureClass::SpawnFailed,
+            format!("spawn_failed: {message}"),
+        )),
         transient,
         ..Outcome::default()
     }
-}
-
-/// True when stdout, or its last non-empty line, is a JSON object with
-/// `"is_error": true` (the Claude CLI's json and stream-json results).
-pub fn reports_error(stdout: &[u8]) -> bool {
-    let says_error = |s: &[u8]| {
-        serde_json::from_slice::<serde_json::Value>(s)
-            .is_ok_and(|v| v.get("is_error") == Some(&serde_json::Value::Bool(true)))
-    };
-    if !stdout.contains(&b'{') {
-        return false;
-    }
-    if says_error(stdout) {
-        return true;
-    }
-    let last = stdout
-        .split(|&b| b == b'\n')
-        .rev()
-        .find(|l| l.iter().any(|b| !b.is_ascii_whitespace()));
-    last.is_some_and(says_error)
 }
 
 /// Watches one child: its pipes, its exit, its deadline and the abort latch.
@@ -251,6 +277,8 @@ struct Supervisor<'a> {
     out: Outcome,
     limits: Limits,
     abort: &'a Latch,
+    /// Follows all of stdout for the result object, past `max_output`.
+    scanner: Option<Scanner>,
 }
 
 /// Where the child is in its life, as the supervisor sees it.
@@ -265,7 +293,7 @@ enum Phase {
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(mut child: Child, limits: Limits, abort: &'a Latch) -> Supervisor<'a> {
+    fn new(mut child: Child, limits: Limits, abort: &'a Latch, agent: bool) -> Supervisor<'a> {
         let pid = child.id() as i32;
         Supervisor {
             pgid: Pid::from_raw(pid),
@@ -276,6 +304,7 @@ impl<'a> Supervisor<'a> {
             out: Outcome::default(),
             limits,
             abort,
+            scanner: agent.then(Scanner::new),
         }
     }
 
@@ -295,7 +324,7 @@ impl<'a> Supervisor<'a> {
                 }
                 Phase::Running if now >= deadline => {
                     let class = FailureClass::Timeout;
-                    self.out.fail(class, class.as_str().into());
+                    self.out.failure = Some(Failure::new(class, class.as_str().into()));
                     self.signal(Signal::SIGTERM);
                     Phase::Terminating {
                         until: now + self.limits.kill_grace,
@@ -317,10 +346,15 @@ impl<'a> Supervisor<'a> {
         // What is left of the task's process group goes with it.
         self.signal(Signal::SIGKILL);
         self.drain(Instant::now() + DRAIN_BOUND);
+        if let Some(scanner) = self.scanner.take() {
+            let head = &self.out.stdout;
+            self.out.agent = scanner.finish(&head.bytes, !head.truncated);
+        }
         let cpu = self.reap();
         self.out.resource_limit = self.limit_hit(status, cpu);
-        self.out.exit_code = match (self.out.class, status.code(), status.signal()) {
-            (Some(FailureClass::Timeout), _, _) => 124,
+        let timed_out = self.out.failure.as_ref().map(|f| f.class) == Some(FailureClass::Timeout);
+        self.out.exit_code = match (timed_out, status.code(), status.signal()) {
+            (true, _, _) => 124,
             (_, Some(code), _) => code,
             (_, None, Some(sig)) => 128 + sig,
             _ => 255,
@@ -350,7 +384,7 @@ impl<'a> Supervisor<'a> {
     /// out of address space fails in its own way): a failed attempt that
     /// died of SIGSEGV, SIGBUS, SIGABRT or SIGKILL, or said so on stderr.
     fn limit_hit(&self, status: ExitStatus, cpu: Duration) -> Option<&'static str> {
-        let failed = !status.success() && self.out.error.is_none() && !self.out.aborted;
+        let failed = !status.success() && self.out.failure.is_none() && !self.out.aborted;
         let sig = status.signal();
         if let Some(max) = self.limits.max_cpu {
             let used_up = cpu + Duration::from_millis(50) >= max;
@@ -410,19 +444,30 @@ impl<'a> Supervisor<'a> {
             (ready(slots[0]), ready(slots[1]))
         };
         if out_ready {
-            read_some(
-                &mut self.stdout,
-                &mut self.out.stdout,
-                self.limits.max_output,
-            );
+            self.read_stdout();
         }
         if err_ready {
             read_some(
                 &mut self.stderr,
                 &mut self.out.stderr,
                 self.limits.max_output,
+                |_| {},
             );
         }
+    }
+
+    fn read_stdout(&mut self) {
+        let scanner = &mut self.scanner;
+        read_some(
+            &mut self.stdout,
+            &mut self.out.stdout,
+            self.limits.max_output,
+            |chunk| {
+                if let Some(s) = scanner.as_mut() {
+                    s.feed(chunk);
+                }
+            },
+        );
     }
 
     /// Reads what is left in the pipes until both close or `until`.
@@ -440,22 +485,25 @@ impl<'a> Supervisor<'a> {
             if poll(&mut fds, clock::poll_timeout(until)).unwrap_or(0) == 0 {
                 break;
             }
-            read_some(
-                &mut self.stdout,
-                &mut self.out.stdout,
-                self.limits.max_output,
-            );
+            self.read_stdout();
             read_some(
                 &mut self.stderr,
                 &mut self.out.stderr,
                 self.limits.max_output,
+                |_| {},
             );
         }
     }
 }
 
 /// Reads what one pipe has now; closes it on end of file.
-fn read_some<R: Read + AsRawFd>(pipe: &mut Option<R>, into: &mut Captured, max: usize) {
+/// `seen` gets every chunk read, also what is beyond `max`.
+fn read_some<R: Read + AsRawFd>(
+    pipe: &mut Option<R>,
+    into: &mut Captured,
+    max: usize,
+    mut seen: impl FnMut(&[u8]),
+) {
     let Some(reader) = pipe else { return };
     set_nonblocking(reader.as_raw_fd());
     let mut buf = [0u8; 65536];
@@ -466,6 +514,7 @@ fn read_some<R: Read + AsRawFd>(pipe: &mut Option<R>, into: &mut Captured, max: 
                 return;
             }
             Ok(n) => {
+                seen(&buf[..n]);
                 let room = max.saturating_sub(into.bytes.len());
                 into.bytes.extend_from_slice(&buf[..n.min(room)]);
                 into.truncated |= n > room;
@@ -489,19 +538,5 @@ fn set_nonblocking(fd: i32) {
     let flags = OFlag::from_bits_retain(flags);
     if !flags.contains(OFlag::O_NONBLOCK) {
         let _ = fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn is_error_in_whole_output_or_last_line() {
-        assert!(reports_error(br#"{"type":"result","is_error":true}"#));
-        assert!(reports_error(b"noise\n{\"is_error\": true}\n\n"));
-        assert!(!reports_error(b"{\"is_error\": false}"));
-        assert!(!reports_error(b"{\"is_error\": true}\nlater text"));
-        assert!(!reports_error(b"plain"));
     }
 }

@@ -13,10 +13,12 @@ use hookwatch::cli::values::{invalid, invalid_worker_name, parse_duration};
 use hookwatch::cli::{self, Command};
 use hookwatch::enqueue::{check_id, Enqueuer, Prepared, Template};
 use hookwatch::error::{Error, Kind};
+use hookwatch::model::agent_options::AgentOptions;
 use hookwatch::model::task::Priority;
 use hookwatch::spool::names::valid_worker_name;
 use hookwatch::spool::Spool;
 use hookwatch::wait::{WaitEnd, Waiter};
+use serde_json::{Map, Value};
 
 const USAGE: &str = "\
 Usage: hw-enqueue [OPTIONS] WORKER [DESCRIPTION...]
@@ -33,6 +35,15 @@ Options:
   -d, --depends-on ID       run only after task ID completed (repeatable)
   -m, --meta KEY=VALUE      metadata (repeatable)
   -b, --batch-id ID         metadata.batch_id
+      --model M             the Claude model (model)
+      --max-turns N         at most N agentic turns (max_turns)
+      --max-budget-usd X    at most X USD per attempt (max_budget_usd)
+      --allowed-tools T     a tool the agent may use without asking, such as
+                            Read or 'Bash(git log:*)' (allowed_tools; repeatable)
+      --append-system-prompt TEXT  added to the system prompt
+      --resume ID           resume this Claude session (resume)
+      --workdir DIR         run the agent in DIR, relative to the worker's
+                            --workdir (workdir)
   -n, --count N             N copies of the one description
   -j, --json                standard input holds one task object per line
   -w, --wait                print each task's result (or dead letter) as a
@@ -41,6 +52,8 @@ Options:
   -h, --help                this text
   -V, --version             the version
 
+A description that begins with '-' (but for a Markdown bullet, '- ...')
+goes after '--': hw-enqueue marie -- '-v is too verbose'.
 Durations are seconds or take s, m, h, d; they are stored in seconds.
 Exit status: 0 enqueued (with --wait: all completed); 1 with --wait, a
 task failed or was dead-lettered; 64 usage or a bad WORKER; 65 bad input
@@ -60,6 +73,13 @@ struct Args {
     depends_on: Vec<String>,
     meta: Vec<String>,
     batch_id: Option<String>,
+    model: Option<String>,
+    max_turns: Option<String>,
+    max_budget_usd: Option<String>,
+    allowed_tools: Vec<String>,
+    append_system_prompt: Option<String>,
+    resume: Option<String>,
+    workdir: Option<String>,
     count: Option<String>,
     json: bool,
     wait: bool,
@@ -80,12 +100,26 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<Args>>, lexopt::
             Short('d') | Long("depends-on") => a.depends_on.push(parser.value()?.string()?),
             Short('m') | Long("meta") => a.meta.push(parser.value()?.string()?),
             Short('b') | Long("batch-id") => a.batch_id = Some(parser.value()?.string()?),
+            Long("model") => a.model = Some(parser.value()?.string()?),
+            Long("max-turns") => a.max_turns = Some(parser.value()?.string()?),
+            Long("max-budget-usd") => a.max_budget_usd = Some(parser.value()?.string()?),
+            Long("allowed-tools") => a.allowed_tools.push(parser.value()?.string()?),
+            Long("append-system-prompt") => {
+                a.append_system_prompt = Some(parser.value()?.string()?)
+            }
+            Long("resume") => a.resume = Some(parser.value()?.string()?),
+            Long("workdir") => a.workdir = Some(parser.value()?.string()?),
             Short('n') | Long("count") => a.count = Some(parser.value()?.string()?),
             Short('j') | Long("json") => a.json = true,
             Short('w') | Long("wait") => a.wait = true,
             Long("wait-timeout") => a.wait_timeout = Some(parser.value()?.string()?),
             Value(v) if a.worker.is_none() => a.worker = Some(v.string()?),
             Value(v) => a.words.push(v.string()?),
+            // A Markdown bullet, `- fix the login bug`: a word, not options.
+            Short(c) if c.is_whitespace() && a.worker.is_some() => {
+                let rest = parser.optional_value().map(|v| v.string()).transpose()?;
+                a.words.push(format!("-{c}{}", rest.unwrap_or_default()));
+            }
             _ => return Err(arg.unexpected()),
         }
     }
@@ -189,6 +223,7 @@ fn plan(a: &Args) -> Result<Plan, Error> {
             depends_on: a.depends_on.clone(),
             meta,
             batch_id: a.batch_id.clone(),
+            agent: agent_options(a)?,
         },
         worker,
         id: a.id.clone(),
@@ -196,6 +231,64 @@ fn plan(a: &Args) -> Result<Plan, Error> {
         json: a.json,
         wait: a.wait.then_some(wait_timeout),
     })
+}
+
+/// The task options of the flags, each checked as the worker checks it;
+/// a bad one is a bad value of its flag (78).
+fn agent_options(a: &Args) -> Result<Map<String, Value>, Error> {
+    let mut fields = Map::new();
+    let text = |v: &Option<String>| v.clone().map(Value::from);
+    let number = |flag: &str, v: &Option<String>, whole: bool| -> Result<Option<Value>, Error> {
+        let Some(s) = v else { return Ok(None) };
+        let parsed = match whole {
+            true => s.trim().parse::<u64>().ok().map(Value::from),
+            false => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|x| serde_json::Number::from_f64(x).map(Value::from)),
+        };
+        parsed
+            .map(Some)
+            .ok_or_else(|| invalid(s, flag, "not a number"))
+    };
+    let given = [
+        ("model", "--model", text(&a.model)),
+        (
+            "max_turns",
+            "--max-turns",
+            number("--max-turns", &a.max_turns, true)?,
+        ),
+        (
+            "max_budget_usd",
+            "--max-budget-usd",
+            number("--max-budget-usd", &a.max_budget_usd, false)?,
+        ),
+        (
+            "allowed_tools",
+            "--allowed-tools",
+            (!a.allowed_tools.is_empty()).then(|| Value::from(a.allowed_tools.clone())),
+        ),
+        (
+            "append_system_prompt",
+            "--append-system-prompt",
+            text(&a.append_system_prompt),
+        ),
+        ("resume", "--resume", text(&a.resume)),
+        ("workdir", "--workdir", text(&a.workdir)),
+    ];
+    for (key, flag, value) in given {
+        let Some(value) = value else { continue };
+        let one = Map::from_iter([(key.to_string(), value.clone())]);
+        if let Err(why) = AgentOptions::parse(&one) {
+            let shown = value
+                .as_str()
+                .map_or_else(|| value.to_string(), String::from);
+            return Err(invalid(&shown, flag, &why));
+        }
+        fields.insert(key.to_string(), value);
+    }
+    Ok(fields)
 }
 
 fn main() -> ExitCode {

@@ -14,6 +14,7 @@ Follows every worker's pending tasks, results, dead letters and heartbeats
 and emits events, each once, as JSON lines on stdout and as trigger files
 in triggers/orchestrator/: task_completed, task_dead_lettered,
 task_timeout, worker_unhealthy, worker_recovered, worker_disconnected,
+worker_paused, worker_resumed,
 batch_completed. Catches up on what happened while it was not running.
 
 Options:

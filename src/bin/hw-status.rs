@@ -18,7 +18,9 @@ Usage: hw-status [OPTIONS]
 
 Shows each worker's heartbeat status and age, its pending, active,
 deferred, completed and failed tasks and dead letters (counted in the
-spool), its breaker, uptime and metrics address.
+spool), its breaker, the agent's spend today (UTC), uptime and metrics
+address. A paused worker (usage limit, login, budget) is a warning that
+says why and until when.
 
 Options:
   -r, --root DIR          spool root (HW_ROOT; /shared)
@@ -30,8 +32,8 @@ Options:
   -h, --help              this text
   -V, --version           the version
 
-Exit status: 0 all healthy; 1 warning (degraded, stale, stopped, or dead
-letters present); 2 critical (a worker has no heartbeat, or there are no
+Exit status: 0 all healthy; 1 warning (degraded, paused, stale, stopped,
+or dead letters present); 2 critical (a worker has no heartbeat, or there are no
 workers); 3 unknown (the spool cannot be read); 64 usage; 78 a bad value
 (--watch, --workers, WORKERS, --init). See hw-status(1).
 ";

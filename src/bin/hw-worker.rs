@@ -17,8 +17,13 @@ succeed, and writes results and a heartbeat. Stops on SIGTERM or SIGINT.
 Options (each overrides its environment variable):
   -r, --root DIR                spool root (HW_ROOT; /shared)
   -c, --max-concurrent N        tasks run at once (MAX_CONCURRENT_TASKS; 3)
-      --command CMD             agent command (CLAUDE_COMMAND; claude)
+      --command CMD             agent command, split like a shell splits words
+                                (CLAUDE_COMMAND; claude); see below
       --system-prompt-file F    passed as --system-prompt-file (SYSTEM_PROMPT_FILE)
+      --daily-budget-usd X      pause claims once today's (UTC) agent spend
+                                reaches X (DAILY_BUDGET_USD; none)
+      --pause-backoff SECS      the first pause after a usage limit with no reset
+                                time, or a failed login; doubles up to 30m (60)
       --task-timeout SECS       per attempt (TASK_TIMEOUT; 600)
       --kill-grace SECS         SIGTERM to SIGKILL on timeout (5)
       --max-retries N           retries after the first attempt (MAX_RETRIES; 3)
@@ -48,6 +53,15 @@ Options (each overrides its environment variable):
       --no-metrics              no HTTP listener (ENABLE_METRICS=false)
   -h, --help                    this text
   -V, --version                 the version
+
+The agent's argv: the command's words, then --system-prompt-file FILE,
+--output-format json (unless the words name a format), the task's options
+(model, max_turns, max_budget_usd, allowed_tools, append_system_prompt,
+resume), then -p -- DESCRIPTION; a description of 128 KiB or more goes to
+stdin instead. A word {} makes it a generic command: the description takes
+its place and nothing is added. A usage limit or a failed login pauses
+claims (no attempt charged) until the CLI's reset time, else 60 s doubling
+to 30 min.
 
 Durations are seconds (fractions allowed) or take s, m, h, d; sizes take K, M, G.
 Exit status: 0 stopped by a signal, 64 usage, 69 metrics port in use,
@@ -101,6 +115,8 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<WorkerFlags>>, l
             Long("queue-cap") => &mut f.queue_cap,
             Long("max-memory") => &mut f.max_memory,
             Long("max-cpu") => &mut f.max_cpu,
+            Long("daily-budget-usd") => &mut f.daily_budget_usd,
+            Long("pause-backoff") => &mut f.pause_backoff,
             Value(name) if f.name.is_none() => {
                 f.name = Some(name.string()?);
                 continue;

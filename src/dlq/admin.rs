@@ -36,9 +36,10 @@ const D: Durability = Durability::Durable;
 
 /// What a dead letter adds to a task, dropped again by a replay (the task
 /// starts over: no attempts counted, no schedule, no error).
-const DEAD_LETTER_FIELDS: [&str; 5] = [
+const DEAD_LETTER_FIELDS: [&str; 6] = [
     "dlq_reason",
     "dlq_timestamp",
+    "error",
     "last_error",
     "not_before",
     "retry_count",

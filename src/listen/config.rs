@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::agent::AgentCommand;
+use crate::agent::CommandLine;
 use crate::cli::values::{duration, optional_duration, worker_names, Raw};
 use crate::error::Result;
 use crate::log::LogConfig;
@@ -38,7 +38,7 @@ pub struct ListenConfig {
     pub stale_after: Option<Duration>,
     /// `None`: ten of the heartbeat's own intervals.
     pub disconnect_after: Option<Duration>,
-    pub exec: Option<AgentCommand>,
+    pub exec: Option<CommandLine>,
     pub exec_timeout: Duration,
     pub once: bool,
     /// Read every folder again this often: on a file system shared by
@@ -62,7 +62,7 @@ impl ListenConfig {
         let exec = match Raw::pick(&f.exec, "--exec", None) {
             None => None,
             Some(raw) => Some(
-                AgentCommand::parse_quoted(&raw.value)
+                CommandLine::parse(&raw.value)
                     .ok_or_else(|| raw.invalid("an empty command or an open quote"))?,
             ),
         };

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{unbounded, Sender};
 
 use crate::agent::run::{self, Invocation, Limits};
-use crate::agent::AgentCommand;
+use crate::agent::CommandLine;
 use crate::clock;
 use crate::error::{Kind, Result};
 use crate::latch::Latch;
@@ -46,8 +46,8 @@ impl Emitter {
     /// line on stdout, then the hook.
     pub fn emit(&mut self, event: &Event) -> Result<()> {
         let bytes = event.to_line();
-        let ms = (clock::parse_rfc3339(&event.timestamp).unwrap_or_else(clock::unix_now) * 1000.0)
-            as u64;
+        let at = clock::parse_rfc3339(&event.timestamp).unwrap_or_else(clock::unix_now);
+        let ms = (at * 1000.0).round() as u64;
         let first = match self.last.get(&event.kind) {
             Some(&(last_ms, n)) if last_ms == ms => n + 1,
             _ => 1,
@@ -110,7 +110,7 @@ pub struct Hooks {
 
 impl Hooks {
     pub fn start(
-        command: AgentCommand,
+        command: CommandLine,
         timeout: Duration,
         workdir: PathBuf,
     ) -> std::io::Result<Hooks> {
@@ -142,7 +142,7 @@ impl Hooks {
 }
 
 fn run_hook(
-    command: &AgentCommand,
+    command: &CommandLine,
     event_type: &str,
     trigger: &Path,
     timeout: Duration,
@@ -167,15 +167,16 @@ fn run_hook(
     };
     let outcome = run::run(
         Invocation {
-            argv: &argv,
+            argv,
             env: &env,
             workdir,
             stdin: Some(stdin),
             limits,
+            agent: false,
         },
         never,
     );
-    if outcome.exit_code != 0 || outcome.error.is_some() {
+    if !outcome.succeeded() {
         log::warn!(event = event_type, exit_code = outcome.exit_code; "Hook failed: {}", outcome.describe());
     }
 }

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::event::EventKind;
+use crate::model::failure::PauseReason;
 use crate::model::heartbeat::HeartbeatStatus;
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub struct Beat {
     /// The interval it promises, seconds.
     pub interval: f64,
     pub status: HeartbeatStatus,
+    pub paused_reason: Option<PauseReason>,
+    pub paused_until: Option<String>,
 }
 
 /// `--stale-after` and `--disconnect-after`; by default 3 and 10 of the
@@ -86,6 +89,23 @@ pub fn event_of(before: Health, after: Health) -> Option<EventKind> {
     }
 }
 
+/// Whether a heartbeat starts or ends a pause the listener knew of
+/// (`before`): the event, and the pause known from now on. A stopped
+/// worker's pause is kept (its next run takes it up again).
+pub fn pause_event(
+    before: Option<PauseReason>,
+    beat: &Beat,
+) -> (Option<EventKind>, Option<PauseReason>) {
+    match (beat.status, before) {
+        (HeartbeatStatus::Paused, _) if beat.paused_reason != before => {
+            (Some(EventKind::WorkerPaused), beat.paused_reason)
+        }
+        (HeartbeatStatus::Paused | HeartbeatStatus::Stopped, _) => (None, before),
+        (_, Some(_)) => (Some(EventKind::WorkerResumed), None),
+        (_, None) => (None, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,7 +115,42 @@ mod tests {
             at,
             interval: 10.0,
             status: HeartbeatStatus::Healthy,
+            paused_reason: None,
+            paused_until: None,
         }
+    }
+
+    #[test]
+    fn a_pause_is_told_once_and_its_end_once() {
+        let paused = Beat {
+            status: HeartbeatStatus::Paused,
+            paused_reason: Some(PauseReason::RateLimited),
+            ..beat(0.0)
+        };
+        let rl = Some(PauseReason::RateLimited);
+        assert_eq!(
+            pause_event(None, &paused),
+            (Some(EventKind::WorkerPaused), rl)
+        );
+        assert_eq!(pause_event(rl, &paused), (None, rl));
+        let stopped = Beat {
+            status: HeartbeatStatus::Stopped,
+            ..beat(0.0)
+        };
+        assert_eq!(pause_event(rl, &stopped), (None, rl));
+        assert_eq!(
+            pause_event(rl, &beat(0.0)),
+            (Some(EventKind::WorkerResumed), None)
+        );
+        assert_eq!(pause_event(None, &beat(0.0)), (None, None));
+        let budget = Beat {
+            paused_reason: Some(PauseReason::Budget),
+            ..paused
+        };
+        assert_eq!(
+            pause_event(rl, &budget),
+            (Some(EventKind::WorkerPaused), Some(PauseReason::Budget))
+        );
     }
 
     #[test]

@@ -615,6 +615,8 @@ impl Listener {
                     at,
                     interval: h.interval().as_secs_f64(),
                     status: h.status,
+                    paused_reason: h.paused_reason,
+                    paused_until: h.paused_until,
                 })
             });
         match beat {
@@ -626,6 +628,34 @@ impl Listener {
             }
         }
         self.judge(worker, clock::unix_now());
+        self.judge_pause(worker);
+    }
+
+    /// `worker_paused` when a heartbeat says paused, `worker_resumed` when
+    /// one no longer does.
+    fn judge_pause(&mut self, worker: &str) {
+        let Some(beat) = self.beats.get(worker).cloned() else {
+            return;
+        };
+        let mut state = self
+            .state
+            .snap
+            .workers
+            .get(worker)
+            .cloned()
+            .unwrap_or_default();
+        let (event, paused) = health::pause_event(state.paused, &beat);
+        let Some(kind) = event else { return };
+        let reason = paused.or(state.paused).map(|r| r.as_str());
+        let until = beat
+            .paused_until
+            .filter(|_| kind == EventKind::WorkerPaused);
+        self.emit(Event::new(
+            kind,
+            json!({"worker": worker, "paused_reason": reason, "paused_until": until}),
+        ));
+        state.paused = paused;
+        self.save_worker(worker, state);
     }
 
     fn thresholds(&self) -> Thresholds {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Kind, Result};
 use crate::listen::health::Health;
+use crate::model::failure::PauseReason;
 use crate::spool::names::{state_journal, state_lock};
 use crate::spool::publish::{json_line, publish, Durability};
 
@@ -70,6 +71,8 @@ impl TaskState {
 #[serde(default)]
 pub struct WorkerState {
     pub health: Health,
+    /// The pause whose `worker_paused` went out, until `worker_resumed`.
+    pub paused: Option<PauseReason>,
     pub completed: u64,
     pub failed: u64,
     pub dead_lettered: u64,

@@ -26,6 +26,9 @@ words! {
         NotARegularFile = "not_a_regular_file",
         /// A task it depends on failed or was dead-lettered.
         DependencyFailed = "dependency_failed",
+        /// The agent said the same task would fail again
+        /// (`error_max_turns`, `error_max_budget_usd`).
+        NotRetryable = "not_retryable",
     }
 }
 
@@ -44,7 +47,10 @@ impl DlqReason {
     /// Whether a failed result follows this dead letter (a task out of
     /// attempts gets both; the record that ends it is the result).
     pub fn has_result(self) -> bool {
-        self == DlqReason::MaxRetriesExceeded
+        matches!(
+            self,
+            DlqReason::MaxRetriesExceeded | DlqReason::NotRetryable
+        )
     }
 }
 

@@ -25,6 +25,11 @@ words! {
         WorkerDisconnected = "worker_disconnected",
         /// Every known task of a batch has ended.
         BatchCompleted = "batch_completed",
+        /// A worker claims nothing for a while (a usage limit, a login to
+        /// mend, the day's budget spent).
+        WorkerPaused = "worker_paused",
+        /// A paused worker claims again.
+        WorkerResumed = "worker_resumed",
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::failure::PauseReason;
 use crate::model::{words, Word};
 
 words! {
@@ -16,6 +17,9 @@ words! {
         Healthy = "healthy",
         /// The breaker is open or half-open.
         Degraded = "degraded",
+        /// Claiming nothing: a usage limit, a login to mend, or the day's
+        /// budget spent (`paused_reason`, `paused_until`).
+        Paused = "paused",
         /// SIGTERM or SIGINT received: running tasks finish, nothing new.
         Stopping = "stopping",
         /// The last heartbeat of a worker that stopped cleanly.
@@ -47,6 +51,12 @@ impl BreakerState {
             BreakerState::HalfOpen => 2,
         }
     }
+}
+
+/// A pause reason this version does not know is none.
+fn lenient_reason<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PauseReason>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    Ok(s.as_deref().and_then(PauseReason::parse))
 }
 
 /// A word of another system's heartbeat that this version does not know
@@ -85,6 +95,16 @@ pub struct Heartbeat {
     pub version: String,
     pub heartbeat_interval: f64,
     pub metrics_addr: Option<String>,
+    /// While paused: why, and until when (RFC 3339).
+    #[serde(
+        deserialize_with = "lenient_reason",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub paused_reason: Option<PauseReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
+    /// The agent's spend on the UTC day of `timestamp`, USD.
+    pub cost_usd_today: f64,
 }
 
 fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

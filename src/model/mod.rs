@@ -5,6 +5,7 @@
 //! spelled once, by its enum's `as_str`, and every list of them (a
 //! metric's labels, a `--reason` filter) comes from the enum.
 
+pub mod agent_options;
 pub mod dead_letter;
 pub mod event;
 pub mod failure;

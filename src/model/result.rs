@@ -3,8 +3,9 @@
 //! written at claim.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::model::failure::FailureClass;
 use crate::model::words;
 
 words! {
@@ -42,10 +43,10 @@ pub struct TaskResult {
     pub retry_count: u32,
     #[serde(default)]
     pub metadata: Value,
-    /// `timeout`, `spawn_failed: …`, `agent_reported_error`, or the last
-    /// line of the error output.
+    /// The failure class of the last attempt (`exit_status`, `timeout`,
+    /// `rate_limited`…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<FailureClass>,
     /// The dead letter of a failed task, in `dlq/<worker>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_file: Option<String>,
@@ -56,6 +57,13 @@ pub struct TaskResult {
     /// `memory` or `cpu`: the attempt hit `--max-memory` or `--max-cpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_limit: Option<String>,
+    /// The Claude CLI's result object as it gave it, less `result` (which
+    /// is `stdout`) unless `stdout` keeps a stream-json stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Map<String, Value>>,
+    /// The CLI's own words on a failure (`result` or `errors`), first KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_error: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -5,11 +5,9 @@
 use serde_json::{Map, Value};
 
 use crate::clock;
+use crate::model::agent_options::AgentOptions;
 use crate::model::dead_letter::DlqReason;
 use crate::spool::names::valid_name;
-
-/// Linux's MAX_ARG_STRLEN: the longest single argument, with its NUL.
-const MAX_ARGUMENT: usize = 131_072;
 
 /// When more tasks are pending than can run, `High` runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -75,6 +73,8 @@ pub struct Task {
     pub retry_count: u32,
     /// Unix seconds before which a deferred task must not run.
     pub not_before: Option<f64>,
+    /// What it asks of the Claude CLI (model, turns, tools…).
+    pub options: AgentOptions,
     /// Every field as written, the known ones included.
     pub fields: Map<String, Value>,
 }
@@ -99,15 +99,9 @@ impl Task {
         };
         let description = match fields.get("description") {
             Some(Value::String(s)) if s.is_empty() => return Err("description is empty".into()),
-            // It becomes one argument of the agent: the kernel takes no NUL
-            // in one, nor more than MAX_ARG_STRLEN bytes.
+            // It becomes an argument of the agent, which takes no NUL.
             Some(Value::String(s)) if s.contains('\0') => {
                 return Err("description holds a NUL byte, which no argument can".into())
-            }
-            Some(Value::String(s)) if s.len() >= MAX_ARGUMENT => {
-                return Err(format!(
-                    "description is longer than one argument may be ({MAX_ARGUMENT} bytes)"
-                ))
             }
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err("description is not a string".into()),
@@ -162,7 +156,9 @@ impl Task {
             }
             Some(_) => return Err("not_before is not a string".into()),
         };
+        let options = AgentOptions::parse(&fields)?;
         Ok(Task {
+            options,
             id,
             description,
             priority,

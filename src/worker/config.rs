@@ -2,10 +2,10 @@
 //! over its default, validated in one place before anything starts.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::agent::AgentCommand;
+use crate::agent::{AgentCommand, CommandLine};
 use crate::cli::values::{
     boolean, bytes, count, duration, invalid_worker_name, number, optional_duration, Raw,
 };
@@ -52,6 +52,8 @@ pub struct WorkerFlags {
     pub queue_cap: Option<String>,
     /// `--no-fsync`: a throwaway spool, fast and not crash-safe.
     pub no_fsync: bool,
+    pub daily_budget_usd: Option<String>,
+    pub pause_backoff: Option<String>,
 }
 
 /// Everything hw-worker needs, validated.
@@ -83,6 +85,11 @@ pub struct WorkerConfig {
     pub allow_shared_spool: bool,
     /// Watch the tasks folder with inotify (else rescans only).
     pub inotify: bool,
+    /// `--daily-budget-usd`: claims pause once today's spend reaches it.
+    pub daily_budget_usd: Option<f64>,
+    /// The first pause after a usage limit without a reset time, or a
+    /// failed login (60 s), doubling to 30 minutes.
+    pub pause_backoff: Duration,
     /// Pending tasks kept in memory; the folder holds the rest.
     pub queue_cap: usize,
     /// Whether every write is flushed before it counts (`--no-fsync`:
@@ -100,15 +107,6 @@ impl WorkerConfig {
             return Err(Error::usage(invalid_worker_name(&name)));
         }
         let spool = Spool::from_env(Raw::pick(&f.root, "--root", None).map(|r| r.value.into()));
-        let command_raw = Raw::pick(&f.command, "--command", Some("CLAUDE_COMMAND"));
-        let prompt_file = Raw::pick(
-            &f.system_prompt_file,
-            "--system-prompt-file",
-            Some("SYSTEM_PROMPT_FILE"),
-        );
-        let command_text = command_raw.as_ref().map_or("claude", |r| r.value.as_str());
-        let command = AgentCommand::parse(command_text, prompt_file.map(|r| r.value.into()))
-            .ok_or_else(|| Error::config("empty value for --command (CLAUDE_COMMAND)"))?;
         let workdir = match Raw::pick(&f.workdir, "--workdir", None) {
             Some(raw) if !std::path::Path::new(&raw.value).is_dir() => {
                 return Err(raw.invalid("not a folder"));
@@ -134,7 +132,6 @@ impl WorkerConfig {
                 1,
                 1024,
             )? as usize,
-            command,
             task_timeout: duration(
                 Raw::pick(&f.task_timeout, "--task-timeout", Some("TASK_TIMEOUT")),
                 600.0,
@@ -211,6 +208,19 @@ impl WorkerConfig {
             },
             max_cpu: optional_duration(Raw::pick(&f.max_cpu, "--max-cpu", None), true)?,
             allow_shared_spool: f.allow_shared_spool,
+            pause_backoff: duration(
+                Raw::pick(&f.pause_backoff, "--pause-backoff", None),
+                60.0,
+                true,
+            )?,
+            daily_budget_usd: match Raw::pick(
+                &f.daily_budget_usd,
+                "--daily-budget-usd",
+                Some("DAILY_BUDGET_USD"),
+            ) {
+                None => None,
+                raw => Some(number(raw, 0.0, 0.0, 1e9)?),
+            },
             inotify: !f.no_inotify,
             queue_cap: count(
                 Raw::pick(&f.queue_cap, "--queue-cap", None),
@@ -224,6 +234,9 @@ impl WorkerConfig {
             },
             log: LogConfig::resolve(&f.log_level, &f.log_format)?,
             name,
+            // Last: every other bad value is said first, and one that is
+            // fine is not hidden behind a program that is not installed.
+            command: agent_command(f)?,
         })
     }
 }
@@ -248,4 +261,64 @@ fn metrics_endpoint(f: &WorkerFlags) -> Result<Option<(IpAddr, u16)>> {
         65535,
     )?;
     Ok(Some((ip, port as u16)))
+}
+
+/// `--command` (`CLAUDE_COMMAND`, default `claude`) with
+/// `--system-prompt-file` (`SYSTEM_PROMPT_FILE`), checked before anything
+/// starts: the program is found and may be run, the prompt file is a
+/// readable file (made absolute, as the agent runs elsewhere).
+fn agent_command(f: &WorkerFlags) -> Result<AgentCommand> {
+    let raw = Raw::pick(&f.command, "--command", Some("CLAUDE_COMMAND"))
+        .unwrap_or_else(|| Raw::new("claude", "CLAUDE_COMMAND (default)"));
+    let line = CommandLine::parse(&raw.value)
+        .ok_or_else(|| raw.invalid("an empty command or an open quote"))?;
+    let mut command = AgentCommand::new(line, None).map_err(|why| raw.invalid(&why))?;
+    let program = find_program(command.program()).map_err(|why| raw.invalid(&why))?;
+    command.set_program(&program);
+    let prompt = Raw::pick(
+        &f.system_prompt_file,
+        "--system-prompt-file",
+        Some("SYSTEM_PROMPT_FILE"),
+    );
+    if let Some(raw) = prompt {
+        let path = absolute(Path::new(&raw.value));
+        match std::fs::File::open(&path).and_then(|file| file.metadata()) {
+            Ok(m) if m.is_file() => command.set_system_prompt_file(path),
+            Ok(_) => return Err(raw.invalid("not a regular file")),
+            Err(e) => return Err(raw.invalid(&format!("cannot read it: {}", os_words(&e)))),
+        }
+    }
+    Ok(command)
+}
+
+/// The program to run for `name`: a path (made absolute) when it holds a
+/// `/`, else the first executable file of that name on `PATH`.
+fn find_program(name: &str) -> std::result::Result<PathBuf, String> {
+    let runnable = |p: &Path| {
+        p.metadata().is_ok_and(|m| m.is_file())
+            && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+    };
+    if name.contains('/') {
+        let path = absolute(Path::new(name));
+        return match path.metadata() {
+            Err(e) => Err(format!("program {name:?}: {}", os_words(&e))),
+            Ok(_) if !runnable(&path) => Err(format!("program {name:?} is not an executable file")),
+            Ok(_) => Ok(path),
+        };
+    }
+    let dirs = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&dirs)
+        .map(|d| absolute(&d.join(name)))
+        .find(|p| runnable(p))
+        .ok_or_else(|| format!("program {name:?} is not found on PATH"))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `No such file or directory`, without the `(os error 2)`.
+fn os_words(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    s.split(" (os error").next().unwrap_or(&s).to_string()
 }

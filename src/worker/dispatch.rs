@@ -26,11 +26,12 @@ use crate::spool::publish::{self, json_line, rename_noreplace};
 use crate::worker::breaker::Breaker;
 use crate::worker::config::WorkerConfig;
 use crate::worker::deps::{self, DepState};
-use crate::worker::metrics::Metrics;
+use crate::worker::metrics::{DaySpend, Metrics};
 use crate::worker::notify::Notifier;
+use crate::worker::pause::{Admit, Change, Pauses};
 use crate::worker::pool::{End, Job, Report};
 use crate::worker::queue::{Deferred, DeferredSchedule, PendingQueue};
-use crate::worker::startup::linked_folder;
+use crate::worker::startup::{self, linked_folder};
 use crate::worker::watch::{Notice, Watcher};
 
 /// A file found by a scan whose JSON does not parse may still be being
@@ -63,6 +64,8 @@ pub(super) struct Dispatcher {
     recovered: Vec<Claim>,
     running: usize,
     breaker: Breaker,
+    /// A usage limit, a failed login or a spent budget: no claims.
+    pauses: Pauses,
     started: Instant,
     next_heartbeat: Instant,
     poll: Option<Duration>,
@@ -90,6 +93,7 @@ impl Dispatcher {
         let queue = PendingQueue::with_cap(cfg.queue_cap);
         Dispatcher {
             breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_timeout),
+            pauses: Pauses::new(cfg.daily_budget_usd, cfg.pause_backoff),
             next_heartbeat: now + cfg.heartbeat_interval,
             next_poll: poll.map(|p| now + p),
             cfg,
@@ -118,6 +122,7 @@ impl Dispatcher {
     /// Recovery, then the deferred schedule, then the first scan (the watch
     /// is already in place), then the first heartbeat.
     pub(super) fn start(&mut self) {
+        self.resume_from_heartbeat();
         self.remove_stale_temps();
         self.probe_active();
         self.load_deferred();
@@ -127,12 +132,16 @@ impl Dispatcher {
         self.notifier
             .send(&format!("READY=1\nSTATUS={}", self.status_line()));
         self.next_watchdog = self.notifier.watchdog_every().map(|d| Instant::now() + d);
+        let command = self.cfg.command.describe();
         log::info!(
+            root = self.cfg.spool.root.display().to_string(), command = command.as_str(),
+            pool = self.cfg.max_concurrent,
             pending = self.queue.pending(), deferred = self.deferred.len(),
-            recovered = self.recovered.len(), pool = self.cfg.max_concurrent,
+            recovered = self.recovered.len(),
             queue_cap = self.cfg.queue_cap, fsync = self.cfg.durability.flushes(),
             poll = self.poll.map_or(0.0, |p| p.as_secs_f64());
-            "Worker started"
+            "Worker started on {}: {command}, {} at once",
+            self.cfg.spool.root.display(), self.cfg.max_concurrent
         );
     }
 
@@ -191,13 +200,9 @@ impl Dispatcher {
         consider(self.stopping.filter(|_| !self.aborted));
         if !self.queue.is_empty() {
             consider(self.breaker.reopens_at());
+            consider(self.pauses.current().map(|p| instant_at(p.until)));
         }
-        if let Some(due) = self.deferred.next_due() {
-            let secs = (due - clock::unix_now()).max(0.0);
-            consider(Some(
-                Instant::now() + Duration::from_secs_f64(secs.min(1e6)),
-            ));
-        }
+        consider(self.deferred.next_due().map(instant_at));
         wake
     }
 
@@ -247,14 +252,85 @@ impl Dispatcher {
             self.probe_active();
             self.load_deferred();
         }
-        let status = match () {
-            _ if self.stopping.is_some() => HeartbeatStatus::Stopping,
-            _ if !self.breaker.is_closed() => HeartbeatStatus::Degraded,
-            _ => HeartbeatStatus::Healthy,
-        };
-        self.write_heartbeat(status);
+        let change = self
+            .pauses
+            .spent(self.metrics.today().usd, clock::unix_now());
+        self.pause_changed(change);
+        self.write_heartbeat(self.status());
         self.notifier
             .send(&format!("STATUS={}", self.status_line()));
+    }
+
+    /// What the heartbeat says of the worker now.
+    fn status(&self) -> HeartbeatStatus {
+        match () {
+            _ if self.stopping.is_some() => HeartbeatStatus::Stopping,
+            _ if self.pauses.current().is_some() => HeartbeatStatus::Paused,
+            _ if !self.breaker.is_closed() => HeartbeatStatus::Degraded,
+            _ => HeartbeatStatus::Healthy,
+        }
+    }
+
+    /// What a finished task says about the account: refused (pause, or
+    /// pause longer), let run (a pause's probe ends it), and whether
+    /// today's spend reached the budget.
+    fn pause_after(&mut self, report: &Report) {
+        let now = clock::unix_now();
+        let change = match &report.end {
+            End::Deferred { pause: Some(p), .. } => self.pauses.refused(p.reason, p.reset_at, now),
+            _ if report.ran => self.pauses.ran(),
+            _ => None,
+        };
+        self.pause_changed(change);
+        let change = self.pauses.spent(self.metrics.today().usd, now);
+        self.pause_changed(change);
+    }
+
+    /// Says a pause's start or end in the log, the metric and at once in
+    /// the heartbeat (hw-status and hw-listen read it).
+    fn pause_changed(&mut self, change: Option<Change>) {
+        let Some(change) = change else { return };
+        match change {
+            Change::Paused(p) => {
+                let until = clock::rfc3339(clock::from_unix(p.until));
+                log::warn!(paused_reason = p.reason.as_str(), paused_until = until.as_str(); "Worker paused: claims nothing until {until} ({})", p.reason);
+            }
+            Change::Resumed(reason) => {
+                log::info!(paused_reason = reason.as_str(); "Worker resumed: claims again (was {reason})");
+            }
+        }
+        self.metrics
+            .set_paused(self.pauses.current().map(|p| p.reason));
+        self.write_heartbeat(self.status());
+    }
+
+    /// Takes up what the last heartbeat of this worker (a previous run)
+    /// said: a pause not over yet, and today's spend.
+    fn resume_from_heartbeat(&mut self) {
+        let path = self.cfg.spool.heartbeat_path(&self.cfg.name);
+        let Some(beat) = crate::spool::read_regular(&path, 1 << 20)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Heartbeat>(&b).ok())
+        else {
+            return;
+        };
+        let now = clock::unix_now();
+        let written = clock::parse_rfc3339(&beat.timestamp).unwrap_or(0.0);
+        if clock::utc_day(written) == clock::utc_day(now) && beat.cost_usd_today > 0.0 {
+            self.metrics.resume_today(DaySpend {
+                day: clock::utc_day(now),
+                usd: beat.cost_usd_today,
+            });
+        }
+        let until = beat.paused_until.as_deref().and_then(clock::parse_rfc3339);
+        if let (Some(reason), Some(until)) = (beat.paused_reason, until.filter(|u| *u > now)) {
+            self.pauses.restore(reason, until);
+            self.pause_changed(Some(Change::Paused(
+                self.pauses.current().expect("restored"),
+            )));
+        }
+        let change = self.pauses.spent(self.metrics.today().usd, now);
+        self.pause_changed(change);
     }
 
     /// One line for `systemctl status`.
@@ -342,6 +418,7 @@ impl Dispatcher {
             return;
         }
         self.running -= 1;
+        self.pause_after(&report);
         match report.attempt {
             Some(ok) => self.breaker.record(ok, report.probe, Instant::now()),
             None if report.probe => self.breaker.probe_void(),
@@ -350,7 +427,10 @@ impl Dispatcher {
         if report.end == End::Postponed {
             self.claim_pause = Some(Instant::now() + self.claim_backoff.take());
         }
-        if let End::Deferred { not_before, task } = &report.end {
+        if let End::Deferred {
+            not_before, task, ..
+        } = &report.end
+        {
             let entry = Deferred {
                 not_before: *not_before,
                 priority: task.priority,
@@ -386,25 +466,34 @@ impl Dispatcher {
             if self.queue.is_empty() {
                 break;
             }
+            let (admit, change) = self.pauses.admit(clock::unix_now());
+            self.pause_changed(change);
+            if admit == Admit::No {
+                break;
+            }
+            let pause_probe = admit == Admit::Probe;
             let Some(probe) = self.breaker.admit(Instant::now()) else {
+                if pause_probe {
+                    self.pauses.probe_void();
+                }
                 break;
             };
             let Some(name) = self.queue.pop() else { break };
-            match self.claim(name.clone(), probe) {
+            let claimed = self.claim(name.clone(), probe);
+            let is_run = matches!(claimed, Ok(Some(Job::Run { .. })));
+            if probe && !is_run {
+                self.breaker.probe_void();
+            }
+            if pause_probe && !is_run {
+                self.pauses.probe_void();
+            }
+            match claimed {
                 Ok(Some(job)) => {
-                    let is_run = matches!(job, Job::Run { .. });
-                    if probe && !is_run {
-                        self.breaker.probe_void();
-                    }
                     self.send(job);
                     self.claim_backoff.reset();
                 }
-                Ok(None) if probe => self.breaker.probe_void(),
                 Ok(None) => {}
                 Err(e) => {
-                    if probe {
-                        self.breaker.probe_void();
-                    }
                     self.pause_claims(&e, name);
                     break;
                 }
@@ -464,6 +553,14 @@ impl Dispatcher {
             }
             Ok(task) => task,
         };
+        if let Some(why) = self.unrunnable(&task) {
+            let invalid = Invalid::Task(why);
+            return self.activate(locked, |claim| Job::Invalid {
+                claim,
+                bytes,
+                invalid,
+            });
+        }
         if task.not_before.is_some_and(|t| t > clock::unix_now()) {
             return self.defer(locked, &task, Vec::new());
         }
@@ -479,6 +576,24 @@ impl Dispatcher {
                 dependency,
             }),
         }
+    }
+
+    /// Why this worker cannot run a task that is valid on its own: its
+    /// description is too long for a command with `{}`, or its `workdir`
+    /// is not a folder below `--workdir` reached without a symlink.
+    fn unrunnable(&self, task: &Task) -> Option<String> {
+        let command = &self.cfg.command;
+        if let Some(why) = command.refuses(&task.description) {
+            return Some(why);
+        }
+        let sub = task
+            .options
+            .workdir
+            .as_ref()
+            .filter(|_| command.claude().is_some())?;
+        startup::folder_below(&self.cfg.workdir, sub)
+            .err()
+            .map(|why| format!("workdir {:?} {why}", sub.display().to_string()))
     }
 
     fn activate(&mut self, claim: Claim, job: impl FnOnce(Claim) -> Job) -> Result<Option<Job>> {
@@ -692,6 +807,12 @@ impl Dispatcher {
             queue_size: self.queue.pending() as u64,
             active_tasks: self.running as u64,
             circuit_breaker_state: self.breaker.state(),
+            paused_reason: self.pauses.current().map(|p| p.reason),
+            paused_until: self
+                .pauses
+                .current()
+                .map(|p| clock::rfc3339(clock::from_unix(p.until))),
+            cost_usd_today: (self.metrics.today().usd * 1e6).round() / 1e6,
             stats: self.metrics.heartbeat_stats(),
             status,
             pid: std::process::id(),
@@ -706,6 +827,12 @@ impl Dispatcher {
             log::error!("{e}");
         }
     }
+}
+
+/// The instant at which the wall clock shows `unix`.
+fn instant_at(unix: f64) -> Instant {
+    let secs = (unix - clock::unix_now()).clamp(0.0, 1e6);
+    Instant::now() + Duration::from_secs_f64(secs)
 }
 
 fn young(written: SystemTime) -> bool {

@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn routes_and_methods_answer_as_the_man_page_says() {
-        let m = Metrics::new("w");
+        let m = Metrics::new("w", None);
         let get = answer(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", &m);
         assert_eq!((get.status, get.content_type), (200, TEXT_0_0_4));
         assert!(get.body.contains("watcher_tasks_processed_total"));
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn head_gets_the_headers_of_get_without_the_body() {
-        let m = Metrics::new("w");
+        let m = Metrics::new("w", None);
         let now = UNIX_EPOCH;
         let get = text(&answer(b"GET /livez HTTP/1.1\r\n\r\n", &m).to_bytes(now));
         let head = text(&answer(b"HEAD /livez HTTP/1.1\r\n\r\n", &m).to_bytes(now));

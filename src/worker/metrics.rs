@@ -5,10 +5,13 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::agent::claude::{AgentReport, TokenType};
+use crate::clock;
 use crate::model::dead_letter::DlqReason;
-use crate::model::failure::FailureClass;
+use crate::model::failure::{FailureClass, PauseReason};
 use crate::model::heartbeat::{BreakerState, HeartbeatStats};
 use crate::model::result::ResultStatus;
 use crate::model::Word;
@@ -37,7 +40,16 @@ impl<W: Word> Counters<W> {
     }
 
     pub fn add(&self, word: W) {
-        self.counts[word.index()].fetch_add(1, Relaxed);
+        self.add_n(word, 1);
+    }
+
+    pub fn add_n(&self, word: W, n: u64) {
+        self.counts[word.index()].fetch_add(n, Relaxed);
+    }
+
+    /// As a gauge: the value of `word` is `n`.
+    pub fn set(&self, word: W, n: u64) {
+        self.counts[word.index()].store(n, Relaxed);
     }
 
     pub fn get(&self, word: W) -> u64 {
@@ -117,10 +129,27 @@ pub struct Metrics {
     breaker: AtomicU64,
     /// Set once the worker stops claiming (health turns 503).
     stopping: AtomicBool,
+    /// 1 for the reason the worker is paused for, 0 for the others.
+    paused: Counters<PauseReason>,
+    /// The agent's spend, as its result objects report it.
+    cost_usd: AtomicF64,
+    tokens: Counters<TokenType>,
+    turns: AtomicU64,
+    /// Today's spend (UTC), for the daily budget.
+    today: Mutex<DaySpend>,
+    budget_usd: Option<f64>,
+}
+
+/// The spend of one UTC day.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DaySpend {
+    /// `2026-12-04`.
+    pub day: String,
+    pub usd: f64,
 }
 
 impl Metrics {
-    pub fn new(worker: &str) -> Metrics {
+    pub fn new(worker: &str, budget_usd: Option<f64>) -> Metrics {
         Metrics {
             worker: worker.to_string(),
             processed: Counters::new(),
@@ -133,6 +162,12 @@ impl Metrics {
             active: AtomicU64::new(0),
             breaker: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            paused: Counters::new(),
+            cost_usd: AtomicF64::default(),
+            tokens: Counters::new(),
+            turns: AtomicU64::new(0),
+            today: Mutex::new(DaySpend::default()),
+            budget_usd,
         }
     }
 
@@ -155,6 +190,43 @@ impl Metrics {
         self.dead_letters.add(reason);
     }
 
+    /// What one attempt of the agent cost, by its result object.
+    pub fn spent(&self, agent: &AgentReport) {
+        let usd = agent.cost_usd();
+        self.cost_usd.add(usd);
+        for (kind, n) in agent.tokens() {
+            self.tokens.add_n(kind, n);
+        }
+        self.turns.fetch_add(agent.turns(), Relaxed);
+        let day = clock::utc_day(clock::unix_now());
+        let mut today = self.today.lock().unwrap_or_else(|e| e.into_inner());
+        if today.day != day {
+            *today = DaySpend { day, usd: 0.0 };
+        }
+        today.usd += usd;
+    }
+
+    /// Today's spend, 0 once the UTC day has turned.
+    pub fn today(&self) -> DaySpend {
+        let day = clock::utc_day(clock::unix_now());
+        let today = self.today.lock().unwrap_or_else(|e| e.into_inner());
+        match today.day == day {
+            true => today.clone(),
+            false => DaySpend { day, usd: 0.0 },
+        }
+    }
+
+    /// Takes up a day's spend where a previous run left it.
+    pub fn resume_today(&self, spend: DaySpend) {
+        *self.today.lock().unwrap_or_else(|e| e.into_inner()) = spend;
+    }
+
+    pub fn set_paused(&self, reason: Option<PauseReason>) {
+        for r in PauseReason::ALL {
+            self.paused.set(*r, u64::from(reason == Some(*r)));
+        }
+    }
+
     pub fn set_queue_size(&self, n: usize) {
         self.queue_size.store(n as u64, Relaxed);
     }
@@ -171,9 +243,9 @@ impl Metrics {
         self.stopping.store(true, Relaxed);
     }
 
-    /// Ready: running, and the breaker closed.
+    /// Ready: running, not paused, and the breaker closed.
     pub fn healthy(&self) -> bool {
-        !self.stopping.load(Relaxed) && self.breaker.load(Relaxed) == 0
+        !self.stopping.load(Relaxed) && self.breaker.load(Relaxed) == 0 && self.paused.sum() == 0
     }
 
     pub fn heartbeat_stats(&self) -> HeartbeatStats {
@@ -187,85 +259,115 @@ impl Metrics {
 
     /// The whole exposition, worker metrics then process metrics.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
         let w = format!("worker=\"{}\"", escape_label(&self.worker));
-        let counter = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let mut e = Exposition {
+            out: String::with_capacity(8192),
+            labels: &w,
         };
-        let gauge = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        };
-        counter(
-            &mut out,
-            "watcher_tasks_processed_total",
-            "Tasks that reached a terminal result.",
+        let name = "watcher_tasks_processed_total";
+        e.head(name, "counter", "Tasks that reached a terminal result.");
+        self.processed.render(&mut e.out, name, &w, "status");
+        let name = "watcher_tasks_failed_total";
+        e.head(name, "counter", "Failed attempts, by reason.");
+        self.attempt_failures.render(&mut e.out, name, &w, "reason");
+        let name = "watcher_tasks_retried_total";
+        e.head(name, "counter", "Failed attempts scheduled for a retry.");
+        e.sample(name, self.retried.load(Relaxed));
+        let name = "watcher_tasks_dlq_total";
+        e.head(name, "counter", "Dead letters written, by reason.");
+        self.dead_letters.render(&mut e.out, name, &w, "reason");
+        let name = "watcher_task_duration_seconds";
+        e.head(name, "histogram", "Duration of attempts.");
+        self.duration.render(&mut e.out, name, &w);
+        let name = "watcher_task_pickup_latency_seconds";
+        e.head(
+            name,
+            "histogram",
+            "From a task file's last write to its claim.",
         );
-        self.processed
-            .render(&mut out, "watcher_tasks_processed_total", &w, "status");
-        counter(
-            &mut out,
-            "watcher_tasks_failed_total",
-            "Failed attempts, by reason.",
-        );
-        self.attempt_failures
-            .render(&mut out, "watcher_tasks_failed_total", &w, "reason");
-        counter(
-            &mut out,
-            "watcher_tasks_retried_total",
-            "Failed attempts scheduled for a retry.",
-        );
-        let _ = writeln!(
-            out,
-            "watcher_tasks_retried_total{{{w}}} {}",
-            self.retried.load(Relaxed)
-        );
-        counter(
-            &mut out,
-            "watcher_tasks_dlq_total",
-            "Dead letters written, by reason.",
-        );
-        self.dead_letters
-            .render(&mut out, "watcher_tasks_dlq_total", &w, "reason");
-        let _ = writeln!(
-            out,
-            "# HELP watcher_task_duration_seconds Duration of attempts.\n# TYPE watcher_task_duration_seconds histogram"
-        );
-        self.duration
-            .render(&mut out, "watcher_task_duration_seconds", &w);
-        let _ = writeln!(
-            out,
-            "# HELP watcher_task_pickup_latency_seconds From a task file's last write to its claim.\n# TYPE watcher_task_pickup_latency_seconds histogram"
-        );
-        self.pickup
-            .render(&mut out, "watcher_task_pickup_latency_seconds", &w);
-        gauge(
-            &mut out,
+        self.pickup.render(&mut e.out, name, &w);
+        e.gauge(
             "watcher_task_queue_size",
             "Pending tasks on disk.",
+            self.queue_size.load(Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "watcher_task_queue_size{{{w}}} {}",
-            self.queue_size.load(Relaxed)
+        e.gauge(
+            "watcher_active_tasks",
+            "Tasks running now.",
+            self.active.load(Relaxed),
         );
-        gauge(&mut out, "watcher_active_tasks", "Tasks running now.");
-        let _ = writeln!(
-            out,
-            "watcher_active_tasks{{{w}}} {}",
-            self.active.load(Relaxed)
-        );
-        gauge(
-            &mut out,
+        e.gauge(
             "watcher_circuit_breaker_state",
             "0 closed, 1 open, 2 half-open.",
+            self.breaker.load(Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "watcher_circuit_breaker_state{{{w}}} {}",
-            self.breaker.load(Relaxed)
+        let name = "watcher_worker_paused";
+        e.head(
+            name,
+            "gauge",
+            "1 while the worker claims nothing, by reason.",
         );
-        render_process(&mut out);
-        out
+        self.paused.render(&mut e.out, name, &w, "reason");
+        let name = "watcher_agent_cost_usd_total";
+        e.head(name, "counter", "The agent's spend as it reported it, USD.");
+        e.sample(name, self.cost_usd.get());
+        let name = "watcher_agent_tokens_total";
+        e.head(name, "counter", "Tokens the agent reported, by type.");
+        self.tokens.render(&mut e.out, name, &w, "type");
+        let name = "watcher_agent_turns_total";
+        e.head(name, "counter", "Turns the agent reported.");
+        e.sample(name, self.turns.load(Relaxed));
+        e.gauge(
+            "watcher_agent_cost_usd_today",
+            "The agent's spend this UTC day, USD.",
+            self.today().usd,
+        );
+        if let Some(budget) = self.budget_usd {
+            e.gauge(
+                "watcher_agent_daily_budget_usd",
+                "--daily-budget-usd: claims pause once today's spend reaches it.",
+                budget,
+            );
+        }
+        render_process(&mut e.out);
+        e.out
+    }
+}
+
+/// The text being rendered, and the worker's labels.
+struct Exposition<'a> {
+    out: String,
+    labels: &'a str,
+}
+
+impl Exposition<'_> {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.out, "{name}{{{}}} {value}", self.labels);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.head(name, "gauge", help);
+        self.sample(name, value);
+    }
+}
+
+/// An f64 that threads add to without a lock.
+#[derive(Debug, Default)]
+struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    fn add(&self, x: f64) {
+        let _ = self.0.fetch_update(Relaxed, Relaxed, |bits| {
+            Some((f64::from_bits(bits) + x).to_bits())
+        });
+    }
+
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
     }
 }
 
@@ -385,7 +487,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_with_inf() {
-        let m = Metrics::new("marie");
+        let m = Metrics::new("marie", None);
         m.duration.observe(Duration::from_millis(5));
         m.duration.observe(Duration::from_secs(1000));
         let text = m.render();

@@ -13,6 +13,7 @@ mod dispatch;
 mod http;
 mod metrics;
 mod notify;
+mod pause;
 mod pool;
 mod queue;
 mod retry;
@@ -43,7 +44,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
         .map_err(|e| Error::os("cannot install signal handlers", e))?;
     crate::agent::run::raise_open_files_limit();
     // Bound before anything is created, so a busy port changes nothing.
-    let metrics = Arc::new(Metrics::new(&config.name));
+    let metrics = Arc::new(Metrics::new(&config.name, config.daily_budget_usd));
     let server = match config.metrics {
         Some((ip, port)) => Some(MetricsServer::start(ip, port, metrics.clone())?),
         None => None,

@@ -13,13 +13,15 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::agent::run::{self, Invocation, Limits, Outcome};
+use crate::agent;
+use crate::agent::claude::AgentReport;
+use crate::agent::run::{self, Failure, Invocation, Limits, Outcome};
 use crate::clock;
 use crate::dlq;
 use crate::error::Result;
 use crate::latch::Latch;
 use crate::model::dead_letter::{self, DlqReason};
-use crate::model::failure::FailureClass;
+use crate::model::failure::{FailureClass, PauseReason};
 use crate::model::result::{ResultStatus, TaskResult, Trigger, TriggerStatus};
 use crate::model::task::{Invalid, Priority, Task};
 use crate::spool::claim::Claim;
@@ -64,8 +66,12 @@ pub enum Job {
 pub struct Report {
     pub name: OsString,
     pub probe: bool,
-    /// Whether the agent's attempt succeeded, when one ran.
+    /// Whether the agent's attempt succeeded, when one ran and counts for
+    /// the breaker.
     pub attempt: Option<bool>,
+    /// The agent ran and the account let it (no usage limit, a working
+    /// login): a pause's probe says the pause is over.
+    pub ran: bool,
     pub end: End,
 }
 
@@ -79,10 +85,12 @@ pub enum End {
     Completed,
     /// Failed for good: result and dead letter written.
     Failed,
-    /// Waiting in `.deferred/` for a retry.
+    /// Waiting in `.deferred/` for a retry, or, with a `pause`, until the
+    /// account can run tasks again.
     Deferred {
         not_before: f64,
         task: Box<DeferredTask>,
+        pause: Option<Pause>,
     },
     DeadLettered,
     /// Back in pending, no attempt charged (shutdown).
@@ -94,6 +102,16 @@ pub enum End {
     Removed,
     /// Left where it was (another claimer, or an error already logged).
     Left,
+}
+
+/// The account failed, not the task: the worker should pause.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pause {
+    pub reason: PauseReason,
+    /// When the CLI said its limit resets (Unix seconds).
+    pub reset_at: Option<f64>,
+    /// What was said, for the log.
+    pub words: String,
 }
 
 /// What the schedule needs of a deferred task.
@@ -160,12 +178,7 @@ fn execute_guarded(ctx: &Context, job: Job) -> Report {
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ctx, job)));
     caught.unwrap_or_else(|_| {
         log::error!(file = name.to_string_lossy(); "Internal error while handling a task; left for recovery");
-        Report {
-            name,
-            probe,
-            attempt: None,
-            end: End::Left,
-        }
+        report(name, probe, None, End::Left)
     })
 }
 
@@ -210,7 +223,16 @@ fn report(name: OsString, probe: bool, attempt: Option<bool>, end: End) -> Repor
         name,
         probe,
         attempt,
+        ran: false,
         end,
+    }
+}
+
+/// The report of an attempt the agent ran and the account let run.
+fn ran(name: OsString, probe: bool, attempt: Option<bool>, end: End) -> Report {
+    Report {
+        ran: true,
+        ..report(name, probe, attempt, end)
     }
 }
 
@@ -218,7 +240,7 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     let cfg = &ctx.config;
     let attempt = task.retry_count.saturating_add(1);
     log::info!(task_id = task.id, attempt = attempt; "Task started");
-    let argv = cfg.command.argv(&task.description);
+    let prompt = cfg.command.prompt(&task.description, &task.options);
     let env = [
         ("HW_TASK_ID", task.id.clone()),
         ("HW_WORKER", cfg.name.clone()),
@@ -235,12 +257,26 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
         max_memory: cfg.max_memory,
         max_cpu: cfg.max_cpu,
     };
+    let workdir = workdir_of(cfg, &task);
+    let stdin = match prompt
+        .stdin
+        .as_deref()
+        .map(agent::stdin_holding)
+        .transpose()
+    {
+        Ok(stdin) => stdin,
+        Err(e) => {
+            log::error!(task_id = task.id; "Cannot hold the prompt for the agent's stdin ({e}): task returned to pending, no attempt charged");
+            return postpone(ctx, claim, probe);
+        }
+    };
     let invocation = Invocation {
-        argv: &argv,
+        argv: &prompt.argv,
         env: &env,
-        workdir: &cfg.workdir,
-        stdin: None,
+        workdir: &workdir,
+        stdin,
         limits,
+        agent: true,
     };
     send_receipt(ctx, &task);
     let outcome = run::run(invocation, &ctx.abort);
@@ -254,36 +290,55 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     }
     if outcome.transient {
         log::error!(task_id = task.id; "Cannot start the agent ({}): task returned to pending, no attempt charged", outcome.describe());
-        let end = match return_to_pending(ctx, claim) {
-            End::Returned => End::Postponed,
-            other => other,
-        };
-        return report(name, probe, None, end);
+        return postpone(ctx, claim, probe);
     }
     ctx.metrics.duration.observe(outcome.duration);
-    let succeeded = outcome.succeeded();
-    if !succeeded {
-        ctx.metrics.attempt_failed(outcome.class());
+    if let Some(agent) = &outcome.agent {
+        ctx.metrics.spent(agent);
     }
-    let end = if succeeded {
-        complete(ctx, claim, &task, &outcome)
-    } else {
-        fail(ctx, claim, task, &outcome.describe(), Some(&outcome))
+    let Some(failure) = outcome.failure.clone() else {
+        let end = complete(ctx, claim, &task, &outcome);
+        return ran(name, probe, Some(true), end);
     };
-    report(name, probe, Some(succeeded), end)
+    ctx.metrics.attempt_failed(failure.class);
+    match failure.class {
+        c if c.pauses().is_some() => report(name, probe, None, pause(ctx, claim, task, &failure)),
+        FailureClass::NotRetryable => {
+            let reason = DlqReason::NotRetryable;
+            let end = give_up(ctx, claim, &task, reason, &failure, Some(&outcome));
+            ran(name, probe, None, end)
+        }
+        _ => {
+            let end = fail(ctx, claim, task, &failure, Some(&outcome));
+            ran(name, probe, Some(false), end)
+        }
+    }
+}
+
+/// The task's own `workdir` below `--workdir` (the claim checked it), or
+/// `--workdir`.
+fn workdir_of(cfg: &WorkerConfig, task: &Task) -> std::path::PathBuf {
+    match &task.options.workdir {
+        Some(sub) if cfg.command.claude().is_some() => cfg.workdir.join(sub),
+        _ => cfg.workdir.clone(),
+    }
+}
+
+/// The worker, not the task, lacked what it takes: back to pending, no
+/// attempt charged, and claims pause a while.
+fn postpone(ctx: &Context, claim: Claim, probe: bool) -> Report {
+    let name = claim.name.clone();
+    let end = match return_to_pending(ctx, claim) {
+        End::Returned => End::Postponed,
+        other => other,
+    };
+    report(name, probe, None, end)
 }
 
 /// Hands the result to the committer; the entry leaves `.active/` and
 /// the task counts as completed only once the result is durable.
 fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End {
-    let result = result_of(
-        ctx,
-        task,
-        ResultStatus::Completed,
-        Some(outcome),
-        None,
-        None,
-    );
+    let result = result_of(ctx, task, ResultStatus::Completed, Some(outcome), None);
     let dir = ctx.config.spool.result_dir(&ctx.config.name);
     let file = task_file(&result.task_id);
     let (metrics, reports) = (ctx.metrics.clone(), ctx.reports.clone());
@@ -303,55 +358,111 @@ fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End 
     End::Committing
 }
 
+/// The account, not the task, failed (a usage limit, a login): the task
+/// waits in `.deferred/` with no attempt charged, and the worker pauses.
+fn pause(ctx: &Context, claim: Claim, mut task: Task, failure: &Failure) -> End {
+    let Some(reason) = failure.class.pauses() else {
+        unreachable!("only a class that pauses comes here")
+    };
+    let not_before = failure.reset_at.unwrap_or_else(clock::unix_now);
+    task.defer(task.retry_count, not_before, &failure.detail);
+    if !defer_copy(ctx, &claim, &task) {
+        return End::Left;
+    }
+    log::warn!(task_id = task.id, error = failure.class.as_str(); "Task not run: {}; it waits, no attempt charged", failure.detail);
+    finish(
+        claim,
+        End::Deferred {
+            not_before,
+            task: Box::new(DeferredTask {
+                priority: task.priority,
+            }),
+            pause: Some(Pause {
+                reason,
+                reset_at: failure.reset_at,
+                words: failure.detail.clone(),
+            }),
+        },
+    )
+}
+
+/// Writes the task's deferred copy, retried while the disk refuses.
+fn defer_copy(ctx: &Context, claim: &Claim, task: &Task) -> bool {
+    let cfg = &ctx.config;
+    let dir = cfg.spool.deferred_dir(&cfg.name);
+    let (name, d) = (&claim.name, cfg.durability);
+    persist(ctx, || publish::publish(&dir, name, &task.to_json(), d)).is_some()
+}
+
 /// A failed attempt (`outcome` is `None` for an interrupted one): retry
 /// later while attempts are left, else a failed result and a dead letter.
-fn fail(ctx: &Context, claim: Claim, mut task: Task, why: &str, outcome: Option<&Outcome>) -> End {
-    let cfg = &ctx.config;
-    if let Some(delay) = cfg.retry.next_delay(task.retry_count) {
-        let not_before = clock::unix_now() + delay.as_secs_f64();
-        task.defer(task.retry_count.saturating_add(1), not_before, why);
-        let dir = cfg.spool.deferred_dir(&cfg.name);
-        let (name, d) = (&claim.name, cfg.durability);
-        if persist(ctx, || publish::publish(&dir, name, &task.to_json(), d)).is_none() {
-            return End::Left;
-        }
-        ctx.metrics.retried();
-        log::warn!(task_id = task.id, retry_in = format!("{:.3}s", delay.as_secs_f64()), error = why; "Task failed, will retry");
-        let deferred = Box::new(DeferredTask {
-            priority: task.priority,
-        });
-        return finish(
+fn fail(
+    ctx: &Context,
+    claim: Claim,
+    mut task: Task,
+    failure: &Failure,
+    outcome: Option<&Outcome>,
+) -> End {
+    let Some(delay) = ctx.config.retry.next_delay(task.retry_count) else {
+        return give_up(
+            ctx,
             claim,
-            End::Deferred {
-                not_before,
-                task: deferred,
-            },
+            &task,
+            DlqReason::MaxRetriesExceeded,
+            failure,
+            outcome,
         );
+    };
+    let not_before = clock::unix_now() + delay.as_secs_f64();
+    task.defer(
+        task.retry_count.saturating_add(1),
+        not_before,
+        &failure.detail,
+    );
+    if !defer_copy(ctx, &claim, &task) {
+        return End::Left;
     }
-    let reason = DlqReason::MaxRetriesExceeded;
-    let record = dead_letter::task_record(&task, reason, Some(why));
+    ctx.metrics.retried();
+    log::warn!(task_id = task.id, retry_in = format!("{:.3}s", delay.as_secs_f64()), error = failure.class.as_str(); "Task failed, will retry: {}", failure.detail);
+    let deferred = Box::new(DeferredTask {
+        priority: task.priority,
+    });
+    finish(
+        claim,
+        End::Deferred {
+            not_before,
+            task: deferred,
+            pause: None,
+        },
+    )
+}
+
+/// No more attempts: a dead letter, then a failed result that names it.
+fn give_up(
+    ctx: &Context,
+    claim: Claim,
+    task: &Task,
+    reason: DlqReason,
+    failure: &Failure,
+    outcome: Option<&Outcome>,
+) -> End {
+    let cfg = &ctx.config;
+    let mut record = dead_letter::task_record(task, reason, Some(&failure.detail));
+    record.insert("error".into(), failure.class.as_str().into());
     let Some(dlq_file) = persist(ctx, || {
         dlq::publish(&cfg.spool, &cfg.name, &task.id, &record, cfg.durability)
     }) else {
         return End::Left;
     };
     ctx.metrics.dead_lettered(reason);
-    let error = outcome.map_or(Some(why.to_string()), |o| {
-        o.error.clone().or(Some(why.to_string()))
-    });
-    let result = result_of(
-        ctx,
-        &task,
-        ResultStatus::Failed,
-        outcome,
-        error,
-        Some(dlq_file),
-    );
+    let mut result = result_of(ctx, task, ResultStatus::Failed, outcome, Some(dlq_file));
+    result.error = Some(failure.class);
+    result.agent_error = failure.agent_error.clone();
     if !publish_result(ctx, &result) {
         return End::Left;
     }
     ctx.metrics.processed(ResultStatus::Failed);
-    log::error!(task_id = task.id, error = why; "Task failed for good, dead-lettered");
+    log::error!(task_id = task.id, error = failure.class.as_str(), reason = reason.as_str(); "Task failed for good, dead-lettered: {}", failure.detail);
     finish(claim, End::Failed)
 }
 
@@ -360,7 +471,6 @@ fn result_of(
     task: &Task,
     status: ResultStatus,
     outcome: Option<&Outcome>,
-    error: Option<String>,
     dlq_file: Option<String>,
 ) -> TaskResult {
     // An interrupted run has no exit status of its own: -1 says so.
@@ -369,22 +479,39 @@ fn result_of(
         ..Outcome::default()
     };
     let o = outcome.unwrap_or(&blank);
+    let (stdout, stdout_truncated) = stdout_of(o, ctx.config.max_output);
     TaskResult {
         task_id: task.id.clone(),
         worker: ctx.config.name.clone(),
         status,
         exit_code: o.exit_code,
-        stdout: o.stdout.text(),
+        stdout,
         stderr: o.stderr.text(),
         duration_seconds: clock::round_millis(o.duration.as_secs_f64()),
         timestamp: clock::now_rfc3339(),
         retry_count: task.retry_count,
         metadata: task.metadata(),
-        error: error.or_else(|| o.error.clone()),
+        error: o.failure.as_ref().map(|f| f.class),
         dlq_file,
-        stdout_truncated: o.stdout.truncated,
+        stdout_truncated,
         stderr_truncated: o.stderr.truncated,
         resource_limit: o.resource_limit.map(String::from),
+        agent: o.agent.as_ref().map(AgentReport::fields),
+        agent_error: o.failure.as_ref().and_then(|f| f.agent_error.clone()),
+    }
+}
+
+/// What the result's `stdout` holds: the CLI's answer when its output was
+/// one result object, else the output as kept; cut to `--max-output`.
+fn stdout_of(o: &Outcome, max: usize) -> (String, bool) {
+    match o
+        .agent
+        .as_ref()
+        .filter(|a| a.whole)
+        .and_then(|a| a.answer())
+    {
+        Some(answer) => (agent::claude::cut(answer, max), answer.len() > max),
+        None => (o.stdout.text(), o.stdout.truncated),
     }
 }
 
@@ -551,7 +678,8 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
     }
     log::warn!(task_id = task.id; "Recovered an interrupted run");
     ctx.metrics.attempt_failed(FailureClass::Interrupted);
-    let end = fail(ctx, claim, task, "interrupted", None);
+    let failure = Failure::new(FailureClass::Interrupted, "interrupted".into());
+    let end = fail(ctx, claim, task, &failure, None);
     report(name, false, None, end)
 }
 

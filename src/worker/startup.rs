@@ -28,6 +28,35 @@ pub(super) fn prepare_spool(config: &WorkerConfig) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `sub` (relative, plain names) is a folder below `base`
+/// reached without following a symlink; `Err` says what it is instead.
+pub(super) fn folder_below(base: &Path, sub: &Path) -> std::result::Result<(), String> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::os::fd::AsRawFd;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+    let mut dir = crate::sys::openat(
+        None,
+        base,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot be reached: {base:?}: {e}"))?;
+    for part in sub.iter() {
+        dir =
+            crate::sys::openat(Some(dir.as_raw_fd()), part, flags, Mode::empty()).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(nix::libc::ENOENT) => "does not exist below --workdir".to_string(),
+                    Some(nix::libc::ELOOP | nix::libc::ENOTDIR) => {
+                        "is not a folder below --workdir (a symlink?)".to_string()
+                    }
+                    _ => format!("cannot be opened: {e}"),
+                }
+            })?;
+    }
+    Ok(())
+}
+
 /// `--poll`, or where inotify is off or blind to other hosts' writes, a
 /// rescan every 2 s: then rescans are the only way to see new tasks.
 pub(super) fn poll_interval(config: &WorkerConfig) -> Option<Duration> {

@@ -100,10 +100,15 @@ impl Spool {
         format!("{stem}-{n}")
     }
 
-    /// Writes an executable `/bin/sh` script outside the spool; returns its path.
+    /// Writes an executable `/bin/sh` script outside the spool; returns its
+    /// path. `$desc` is the description, as the worker gives it to the
+    /// Claude CLI: the last argument (`… -p -- DESCRIPTION`), or standard
+    /// input when the argv ends with `-p` (a long one).
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
         let path = self.dir.path().join(name);
-        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let preamble = "for desc; do :; done\n\
+            case \" $* \" in *\" -- \"*) ;; *) [ \"$desc\" = -p ] && desc=$(cat) ;; esac";
+        fs::write(&path, format!("#!/bin/sh\n{preamble}\n{body}\n")).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         path
     }
@@ -291,6 +296,8 @@ pub struct Daemon {
 pub fn base_env(spool: &Spool) -> Vec<(String, String)> {
     [
         ("HW_ROOT", spool.root.display().to_string()),
+        // Never the real Claude CLI, even where one is installed.
+        ("CLAUDE_COMMAND", "true".into()),
         ("HEARTBEAT_INTERVAL", "0.5".into()),
         ("INITIAL_RETRY_DELAY", "0.1".into()),
         ("LOG_FORMAT", "text".into()),
