@@ -52,7 +52,7 @@ lint:
 	else \
 		echo "lint: systemd-analyze not installed, units not checked"; \
 	fi
-	@$(MAKE) --no-print-directory check-completion check-containers
+	@$(MAKE) --no-print-directory check-completion check-containers check-monitoring
 
 # A live worker's /metrics through `promtool check metrics`.
 check-metrics: build
@@ -66,6 +66,12 @@ check-systemd: build
 # The bash completion: syntax, `complete -p`, every --help flag offered.
 check-completion: build
 	bash contrib/check-completion.sh
+
+# contrib/prometheus and contrib/grafana: the alert rules (promtool check
+# and test rules), the dashboard, the metric names both use against a live
+# worker's /metrics, and hw-status-textfile.  Skips what lacks its tool.
+check-monitoring: build
+	bash contrib/check-monitoring.sh
 
 # docker-compose.yml with the Dockerfile, and k8s/: what they promise
 # each other (PyYAML), and k8s/ against the API (kubernetes-validate).
@@ -132,7 +138,7 @@ clean:
 	$(CARGO) clean
 
 .PHONY: all build test test-slow demo lint check-metrics check-systemd check-completion \
-	check-containers install uninstall clean
+	check-containers check-monitoring install uninstall clean
 
 # Benchmark: hw-worker against the peers that are installed (bench/peers/),
 # one table and bench/results/latest.jsonl; see docs/performance.md.
