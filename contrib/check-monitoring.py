@@ -21,10 +21,6 @@ Python 3 standard library only.  Checks, without Prometheus or Grafana:
     hw-status-textfile writes (taken from its output for a canned
     report), and the rules' own recorded series.
 
-Names the SPEC gives but the worker does not serve yet (PENDING below)
-are reported as such and do not fail the check; once the worker serves
-them the check says so, and they can leave the list.
-
 Exit status: 0 clean; 1 with each failure printed.
 
     python3 contrib/check-monitoring.py [--metrics FILE]     (make lint)
@@ -52,16 +48,6 @@ CANNED = os.path.join(REPO, "contrib/prometheus/testdata/hw-status.json")
 
 # Not the worker's: Prometheus's per-target series.
 PROMETHEUS_NAMES = {"up"}
-
-# In SPEC 3a and 7 (agent spend, pauses), not served by this worker yet.
-PENDING = {
-    "watcher_worker_paused",
-    "watcher_agent_cost_usd_total",
-    "watcher_agent_tokens_total",
-    "watcher_agent_turns_total",
-    "watcher_agent_cost_usd_today",
-    "watcher_agent_daily_budget_usd",
-}
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 KEYWORDS = {
@@ -311,7 +297,9 @@ def live_metrics():
     env = {k: v for k, v in os.environ.items()
            if k not in ("TASK_DIR", "TRIGGER_DIR", "RESULT_DIR", "HEARTBEAT_DIR", "DLQ_DIR", "RUST_LOG")}
     env.update(HW_ROOT=spool, METRICS_PORT="0", METRICS_ADDR="127.0.0.1", ENABLE_METRICS="true",
-               CLAUDE_COMMAND="/bin/true", HEARTBEAT_INTERVAL="0.2", LOG_FORMAT="text")
+               CLAUDE_COMMAND="/bin/true", HEARTBEAT_INTERVAL="0.2", LOG_FORMAT="text",
+               # A budget, so that its gauge is served too.
+               DAILY_BUDGET_USD="100")
     log = open(os.path.join(spool, "worker.log"), "wb")
     # Its own session and process group, so that the stop reaches it all.
     proc = subprocess.Popen([hw, name], env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -380,7 +368,6 @@ def main(argv):
     for where, expr in exprs:
         for n in metric_names(expr):
             used.setdefault(n, []).append(where)
-    pending_missing = set()
     for n, wheres in sorted(used.items()):
         if n in served or n in PROMETHEUS_NAMES or n in recorded:
             continue
@@ -388,21 +375,12 @@ def main(argv):
             if n not in textfile:
                 fail(f"{n} is not written by hw-status-textfile (used by {', '.join(wheres)})")
             continue
-        if n in PENDING:
-            pending_missing.add(n)
-            continue
         fail(f"{n} is not served by hw-worker (used by {', '.join(sorted(set(wheres)))})")
     worker_names = sorted(n for n in used if n in served)
     print(f"check-monitoring: {len(used)} metric names used; served by {source}: "
           f"{len(worker_names)}; up; hookwatch_status_*: "
           f"{len([n for n in used if n.startswith('hookwatch_status_')])}; recorded: "
           f"{len([n for n in used if n in recorded])}")
-    if pending_missing:
-        print("check-monitoring: not served yet (SPEC 3a, 7; listed as PENDING): "
-              + " ".join(sorted(pending_missing)))
-    now_served = sorted(PENDING & served)
-    if now_served:
-        print("check-monitoring: served now, remove from PENDING: " + " ".join(now_served))
     for f in failures:
         print(f"check-monitoring: {f}", file=sys.stderr)
     if failures:
