@@ -29,6 +29,8 @@ words! {
         /// The agent said the same task would fail again
         /// (`error_max_turns`, `error_max_budget_usd`).
         NotRetryable = "not_retryable",
+        /// An operator cancelled the task before it ran (`hw-dlq cancel`).
+        Cancelled = "cancelled",
     }
 }
 

@@ -147,6 +147,48 @@ impl Spool {
         worker_folders(&self.dlq)
     }
 
+    /// The workers with a results folder, sorted.
+    pub fn result_worker_names(&self) -> Result<Vec<String>> {
+        worker_folders(&self.results)
+    }
+
+    /// The workers with a receipts folder under the triggers folder
+    /// (not the listener's), sorted.
+    pub fn trigger_worker_names(&self) -> Result<Vec<String>> {
+        worker_folders(&self.triggers)
+    }
+
+    /// The folder of `worker`'s tasks in state `q`.
+    pub fn queued_dir(&self, worker: &str, q: Queued) -> PathBuf {
+        match q {
+            Queued::Pending => self.pending_dir(worker),
+            Queued::Active => self.active_dir(worker),
+            Queued::Deferred => self.deferred_dir(worker),
+        }
+    }
+
+    /// Refuses a spool whose root does not exist, so that a typo in `-r`
+    /// or `HW_ROOT` is an error and not a new spool (`uses`: the top
+    /// folder the tool works in, which a variable may have moved out of
+    /// the root; its existence is enough). Only a missing root is refused
+    /// here; any other trouble shows when the folders are used.
+    pub fn require_root(&self, uses: &Path) -> Result<()> {
+        if uses.is_dir() {
+            return Ok(());
+        }
+        match std::fs::metadata(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
+                Kind::NotFound,
+                format!(
+                    "the spool root {root} does not exist: check -r and HW_ROOT, \
+                     or create it with 'hw-status -r {root} --init WORKER[,WORKER...]'",
+                    root = self.root.display()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Where a task named `<id>.json` sits while it is pending, active or
     /// deferred.
     pub fn queued_paths(&self, worker: &str, id: &str) -> [PathBuf; 3] {
@@ -163,6 +205,55 @@ impl Spool {
     pub fn rejected_entry(&self, worker: &str, rejected_path: &str) -> Option<PathBuf> {
         names::rejected_entry(rejected_path).map(|name| self.rejected_dir(worker).join(name))
     }
+}
+
+/// Where a task file is while it waits or runs: `tasks/<worker>/`,
+/// `.active/` or `.deferred/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Queued {
+    Pending,
+    Active,
+    Deferred,
+}
+
+impl Queued {
+    pub const ALL: [Queued; 3] = [Queued::Pending, Queued::Active, Queued::Deferred];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queued::Pending => "pending",
+            Queued::Active => "active",
+            Queued::Deferred => "deferred",
+        }
+    }
+}
+
+/// The task files of a folder (`*.json`, not dot-files), sorted by name.
+/// A missing folder has none; a folder that is a symlink (or not a
+/// folder) is refused, not followed, as the worker refuses it.
+pub fn task_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            let why =
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not a folder (a symlink?)");
+            return Err(Error::io("refusing", dir, why));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot stat", dir, e)),
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot list", dir, e)),
+    };
+    let mut names: Vec<std::ffi::OsString> = entries
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| names::is_task_file(n))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Every valid worker name with a folder in `dir`, sorted.

@@ -1,7 +1,12 @@
 //! hw-status: the state of every worker, read from the spool itself (the
 //! folders are counted, so the numbers are true even for a dead worker)
 //! and from each heartbeat, with a verdict in the monitoring-plugin
-//! convention: ok, warning, critical, unknown.
+//! convention: ok, warning, critical, unknown. `tasks` lists the tasks
+//! that wait or run (`--tasks`); `prune` removes old results and trigger
+//! files (`--prune-older-than`).
+
+pub mod prune;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -145,33 +150,41 @@ pub fn collect(spool: &Spool, expected: &[String]) -> Result<StatusReport> {
         report.reasons.push("no workers and no heartbeats".into());
     }
     for name in names {
-        let status = worker_status(spool, &name, now)?;
-        let verdict = status.verdict();
-        if verdict > Overall::Ok {
-            report.reasons.push(reason(&name, &status));
+        if report.workers.contains_key(&name) {
+            continue;
         }
-        report.overall = report.overall.max(verdict);
+        let status = worker_status(spool, &name, now)?;
+        report.reasons.extend(reasons(&name, &status));
+        report.overall = report.overall.max(status.verdict());
         report.workers.insert(name, status);
     }
     Ok(report)
 }
 
-fn reason(name: &str, s: &WorkerStatus) -> String {
+/// Every reason a worker is not ok, one phrase each: its status, and its
+/// dead letters (a breaker open does not hide them).
+fn reasons(name: &str, s: &WorkerStatus) -> Vec<String> {
+    let mut out = Vec::new();
     match s.status {
-        Seen::Reported(HeartbeatStatus::Healthy) if s.dlq == 1 => format!("{name}: 1 dead letter"),
-        Seen::Reported(HeartbeatStatus::Healthy) => format!("{name}: {} dead letters", s.dlq),
-        Seen::Missing => format!("{name}: no heartbeat"),
-        Seen::Reported(HeartbeatStatus::Degraded) => format!(
+        Seen::Reported(HeartbeatStatus::Healthy) => {}
+        Seen::Missing => out.push(format!("{name}: no heartbeat")),
+        Seen::Reported(HeartbeatStatus::Degraded) => out.push(format!(
             "{name}: breaker {}",
             s.circuit_breaker_state.map_or("?", BreakerState::as_str)
-        ),
-        Seen::Reported(HeartbeatStatus::Paused) => format!(
+        )),
+        Seen::Reported(HeartbeatStatus::Paused) => out.push(format!(
             "{name}: paused ({}) until {}",
             s.paused_reason.map_or("?", PauseReason::as_str),
             s.paused_until.as_deref().unwrap_or("?")
-        ),
-        other => format!("{name}: {}", other.as_str()),
+        )),
+        other => out.push(format!("{name}: {}", other.as_str())),
     }
+    match s.dlq {
+        0 => {}
+        1 => out.push(format!("{name}: 1 dead letter")),
+        n => out.push(format!("{name}: {n} dead letters")),
+    }
+    out
 }
 
 fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
@@ -265,6 +278,12 @@ fn count_results(dir: &Path) -> Result<(u64, u64)> {
     Ok((completed, failed))
 }
 
+/// The verdict line of a spool that cannot be read: a monitoring plugin
+/// prints its verdict whatever happens.
+pub fn unknown_line(why: &str) -> String {
+    format!("overall: unknown ({})\n", printable(why))
+}
+
 /// The human screen: the verdict first (a monitoring plugin's summary
 /// line), then one row per worker.
 pub fn render_table(report: &StatusReport) -> String {
@@ -326,13 +345,13 @@ pub fn render_table(report: &StatusReport) -> String {
 
 /// A heartbeat's text as a terminal may show it: control characters (an
 /// escape sequence could forge a line) become `?`.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
 
-fn human_duration(secs: u64) -> String {
+pub(crate) fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
         s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
