@@ -16,9 +16,10 @@ Usage: hw-dlq [-r DIR] [-j] list [--reason R] [--older-than AGE] [WORKER]
        hw-dlq [-r DIR] show WORKER ID
        hw-dlq [-r DIR] [-j] replay [--all] [--reason R] [--older-than AGE] [WORKER [ID...]]
        hw-dlq [-r DIR] [-j] purge [--all] [--reason R] [--older-than AGE] [WORKER [ID...]]
+       hw-dlq [-r DIR] [-j] cancel WORKER ID...
 
 Lists, shows, replays and purges the dead letters of a hookwatch spool,
-dlq/WORKER/*.json. Without WORKER: every worker's.
+dlq/WORKER/*.json, and cancels queued tasks. Without WORKER: every worker's.
 
   list     a table (WORKER ID REASON WHEN ATTEMPTS ERROR), oldest first;
            nothing when there are no dead letters
@@ -27,9 +28,13 @@ dlq/WORKER/*.json. Without WORKER: every worker's.
            its record removed; prints `WORKER ID` per task
   purge    removes each selected record and the entry it moved aside into
            .rejected/; prints `WORKER FILE` per record
+  cancel   each pending or deferred task named becomes a dead letter with
+           dlq_reason \"cancelled\" (replay undoes it); prints `WORKER ID`
+           per task; a running task is refused (not supported yet)
 
 ID is a task id or a record's file name; a task id names its newest record
-for show and replay, all its records for purge. replay and purge act on the
+for show and replay, all its records for purge. For cancel, ID is a task
+id or a task's file name. replay and purge act on the
 IDs named, or on every record with --all, or on those a filter selects:
 never on everything by default.
 
@@ -47,9 +52,10 @@ Options:
   -V, --version           the version
 
 Exit status: 0 done, also when nothing was selected; 1 a selected record
-was not replayed or purged (a bad entry, a task already queued); 64 usage;
-65 show of a record that is not JSON; 66 no such dead letter; 74 I/O error;
-78 a bad value (--older-than, --reason). See hw-dlq(1).
+was not replayed or purged (a bad entry, a task already queued), or a task
+not cancelled (running); 64 usage; 65 show of a record that is not JSON;
+66 no such dead letter or task, or no spool root; 74 I/O error; 78 a bad
+value (--older-than, --reason). See hw-dlq(1).
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +64,7 @@ enum Action {
     Show,
     Replay,
     Purge,
+    Cancel,
 }
 
 #[derive(Debug)]
@@ -89,9 +96,10 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Args>, lexopt::Error
                     "show" => Action::Show,
                     "replay" => Action::Replay,
                     "purge" => Action::Purge,
+                    "cancel" => Action::Cancel,
                     other => {
                         return Err(format!(
-                            "unknown command {other:?}: list, show, replay or purge"
+                            "unknown command {other:?}: list, show, replay, purge or cancel"
                         )
                         .into())
                     }
@@ -110,13 +118,13 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Args>, lexopt::Error
             _ => return Err(arg.unexpected()),
         }
     }
-    Err("missing command: list, show, replay or purge".into())
+    Err("missing command: list, show, replay, purge or cancel".into())
 }
 
 /// A command's options and operands; each takes only the options it uses.
 fn parse_command(mut parser: lexopt::Parser, mut a: Args) -> Result<Command<Args>, lexopt::Error> {
     use lexopt::prelude::*;
-    let filters = a.action != Action::Show;
+    let filters = !matches!(a.action, Action::Show | Action::Cancel);
     let selects = matches!(a.action, Action::Replay | Action::Purge);
     while let Some(arg) = parser.next()? {
         match arg {
@@ -148,6 +156,11 @@ fn main() -> ExitCode {
 
 fn run(a: &Args) -> Result<u8, Error> {
     let spool = Spool::from_env(a.root.clone().map(Into::into));
+    let uses = match a.action {
+        Action::Cancel => &spool.tasks,
+        _ => &spool.dlq,
+    };
+    spool.require_root(uses)?;
     let mut out = Stdout::default();
     let usage = |m: &str| Err(Error::usage(format!("{m} (see --help)")));
     match a.action {
@@ -172,9 +185,7 @@ fn run(a: &Args) -> Result<u8, Error> {
             out.write(&text);
             out.status(exit::OK)
         }
-        Action::Replay | Action::Purge => {
-            let filter = Filter::parse(a.reason.as_deref(), a.older_than.as_deref())?;
-            let selection = Selection::new(&a.operands, a.all, filter)?;
+        Action::Replay | Action::Purge | Action::Cancel => {
             let mut status = exit::OK;
             let mut report = |outcome: Outcome| match outcome {
                 Outcome::Done(done) => out.line(&done.line(a.json)),
@@ -188,8 +199,20 @@ fn run(a: &Args) -> Result<u8, Error> {
                 }
             };
             match a.action {
-                Action::Replay => dlq_admin::replay(&spool, &selection, &mut report)?,
-                _ => dlq_admin::purge(&spool, &selection, &mut report)?,
+                Action::Cancel => {
+                    let Some((worker, ids)) = a.operands.split_first() else {
+                        return usage("cancel takes WORKER and at least one ID");
+                    };
+                    dlq_admin::cancel(&spool, worker, ids, &mut report)?
+                }
+                _ => {
+                    let filter = Filter::parse(a.reason.as_deref(), a.older_than.as_deref())?;
+                    let selection = Selection::new(&a.operands, a.all, filter)?;
+                    match a.action {
+                        Action::Replay => dlq_admin::replay(&spool, &selection, &mut report)?,
+                        _ => dlq_admin::purge(&spool, &selection, &mut report)?,
+                    }
+                }
             }
             out.status(status)
         }

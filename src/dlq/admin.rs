@@ -1,18 +1,22 @@
 //! hw-dlq: the dead-letter queue for operators and cron. Reads the records
 //! of `dlq/<worker>/` (hookwatch(5), Dead letter; hw-dlq(1)), filters them,
-//! shows them, replays a record's task back to pending, and purges records
-//! with the entries they moved aside into `.rejected/`.
+//! shows them, replays a record's task back to pending, purges records
+//! with the entries they moved aside into `.rejected/`, and cancels a
+//! pending or deferred task by dead-lettering it (`cancelled`).
 //!
 //! A replay publishes the task first and removes the record after, so a
-//! crash in between leaves a duplicate, never a loss. Each record is
-//! locked (flock, as a claim) while it is replayed or purged, so two
-//! operators never act on one record twice; a worker never locks records,
-//! and only ever adds new ones.
+//! crash in between leaves a duplicate, never a loss; a cancel, the other
+//! way round, publishes the dead letter first and removes the task after.
+//! Each record is locked (flock, as a claim) while it is replayed or
+//! purged, and each task while it is cancelled, so two operators never act
+//! on one file twice, and a worker cannot claim a task being cancelled; a
+//! worker never locks records, and only ever adds new ones.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,7 +25,7 @@ use serde_json::{Map, Value};
 use crate::cli::values::{invalid, invalid_worker_name, parse_duration};
 use crate::clock;
 use crate::error::{Error, Kind, Result};
-use crate::model::dead_letter::DlqReason;
+use crate::model::dead_letter::{task_record, DlqReason};
 use crate::model::task::Task;
 use crate::model::Word;
 use crate::spool::claim::{self, Attempt, Claim};
@@ -29,7 +33,7 @@ use crate::spool::names::{
     is_task_file, json_stem, task_file, valid_name, valid_worker_name, Numbered,
 };
 use crate::spool::publish::{self, Durability};
-use crate::spool::Spool;
+use crate::spool::{read_regular, task_names, Queued, Spool};
 
 /// hw-dlq writes nothing it may lose.
 const D: Durability = Durability::Durable;
@@ -432,6 +436,7 @@ pub enum Outcome {
 pub enum Act {
     Replayed,
     Purged,
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -445,7 +450,8 @@ pub struct Done {
 }
 
 impl Done {
-    /// `<worker> <id>` for a replay, `<worker> <dlq_file>` for a purge, or
+    /// `<worker> <id>` for a replay or a cancel, `<worker> <dlq_file>` for
+    /// a purge, or
     /// a JSON object with `worker`, `task_id`, `dlq_file` (and
     /// `rejected_path` when an entry was removed); no newline.
     pub fn line(&self, json: bool) -> String {
@@ -460,7 +466,7 @@ impl Done {
             return Value::Object(map).to_string();
         }
         match self.act {
-            Act::Replayed => format!("{} {}", self.worker, self.task_id),
+            Act::Replayed | Act::Cancelled => format!("{} {}", self.worker, self.task_id),
             Act::Purged => format!("{} {}", self.worker, self.dlq_file),
         }
     }
@@ -675,6 +681,174 @@ fn purge_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
         rejected_path: rejected.map(|(p, _)| p),
     }));
 }
+
+/// Where a task of `worker` named by `id` is: the file `<id>.json`, else
+/// the task file whose `task_id` is `id`, else the file named `id`,
+/// looked for pending, then deferred, then active.
+fn find_task(spool: &Spool, worker: &str, id: &str) -> Result<Option<(Queued, OsString)>> {
+    let order = [Queued::Pending, Queued::Deferred, Queued::Active];
+    // Only a valid name becomes part of a path.
+    for q in order.into_iter().filter(|_| valid_name(id)) {
+        let name = task_file(id);
+        if fs::symlink_metadata(spool.queued_dir(worker, q).join(&name)).is_ok() {
+            return Ok(Some((q, name.into())));
+        }
+    }
+    for q in order {
+        let dir = spool.queued_dir(worker, q);
+        for name in task_names(&dir)? {
+            if name == OsStr::new(id) {
+                return Ok(Some((q, name)));
+            }
+            let Ok(bytes) = read_regular(&dir.join(&name), MAX_RECORD_BYTES) else {
+                continue;
+            };
+            let named = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .is_some_and(|t| t.get("task_id").and_then(Value::as_str) == Some(id));
+            if named {
+                return Ok(Some((q, name)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `hw-dlq cancel`: each task the IDs name, pending or deferred, becomes
+/// a dead letter `cancelled` (its fields, `dlq_reason`, `dlq_timestamp`,
+/// `retry_count`, `last_error`). Every ID must name a task of `worker`,
+/// else nothing is done (66). A running task is refused: cancelling it
+/// needs its worker.
+pub fn cancel(
+    spool: &Spool,
+    worker: &str,
+    ids: &[String],
+    report: &mut dyn FnMut(Outcome),
+) -> Result<()> {
+    check_worker(worker)?;
+    if ids.is_empty() {
+        return Err(Error::usage(
+            "cancel takes WORKER and at least one ID (see --help)",
+        ));
+    }
+    let mut found = Vec::new();
+    let mut unknown = Vec::new();
+    for id in ids {
+        match find_task(spool, worker, id)? {
+            Some(place) => found.push((id, place)),
+            None => unknown.push(id.as_str()),
+        }
+    }
+    if !unknown.is_empty() {
+        let quoted: Vec<String> = unknown.iter().map(|id| format!("{id:?}")).collect();
+        return Err(Error::new(
+            Kind::NotFound,
+            format!(
+                "no pending, deferred or running task {} for worker {worker}",
+                quoted.join(", ")
+            ),
+        ));
+    }
+    for (id, place) in found {
+        cancel_one(spool, worker, id, place, report);
+    }
+    Ok(())
+}
+
+/// How often a task that moves under a cancel (claimed, deferred, due) is
+/// looked for again.
+const CANCEL_TRIES: usize = 5;
+
+fn cancel_one(
+    spool: &Spool,
+    worker: &str,
+    id: &str,
+    mut place: (Queued, OsString),
+    report: &mut dyn FnMut(Outcome),
+) {
+    let refused = |why: String| Outcome::Refused(format!("{worker} {id}: not cancelled: {why}"));
+    for _ in 0..CANCEL_TRIES {
+        let (q, name) = &place;
+        if *q == Queued::Active {
+            return report(Outcome::Refused(format!(
+                "task {id} is running; cancelling a running task is not supported yet"
+            )));
+        }
+        let dir = spool.queued_dir(worker, *q);
+        match claim::lock(&dir, name) {
+            Ok(Attempt::Locked(c)) => return cancel_locked(spool, worker, c, report),
+            Ok(Attempt::NotRegular(kind)) => {
+                return report(refused(format!(
+                    "{} is a {kind}, not a task file (the worker will dead-letter it)",
+                    dir.join(name).display()
+                )))
+            }
+            Ok(Attempt::Lost) => {}
+            Err(e) => return report(Outcome::Failed(e)),
+        }
+        // Claimed, deferred or released meanwhile: where is it now?
+        match find_task(spool, worker, id) {
+            Ok(Some(p)) => place = p,
+            Ok(None) => return report(refused("it is gone: it ended meanwhile".into())),
+            Err(e) => return report(Outcome::Failed(e)),
+        }
+    }
+    report(refused("it keeps moving; try again".into()))
+}
+
+/// The task is locked: no worker can claim it. Its dead letter first,
+/// then the task file goes; a crash in between leaves both (a duplicate
+/// that replay refuses while the task is queued), never neither.
+fn cancel_locked(spool: &Spool, worker: &str, mut c: Claim, report: &mut dyn FnMut(Outcome)) {
+    let locked = fs::symlink_metadata(&c.path).map(|m| (m.dev(), m.ino()));
+    let bytes = match c.read() {
+        Ok(b) => b,
+        Err(e) => return report(Outcome::Failed(e)),
+    };
+    let task = match Task::parse(&bytes, worker) {
+        Ok(t) => t,
+        Err(e) => {
+            return report(Outcome::Refused(format!(
+                "{worker} {}: not cancelled: not a valid task ({}): the worker will dead-letter it",
+                c.name.to_string_lossy(),
+                e.detail()
+            )))
+        }
+    };
+    let record = task_record(&task, DlqReason::Cancelled, Some(CANCELLED_BY));
+    let dlq_file = match crate::dlq::publish(spool, worker, &task.id, &record, D) {
+        Ok(f) => f,
+        Err(e) => return report(Outcome::Failed(e)),
+    };
+    // A deferred task may have been moved back to pending meanwhile (the
+    // worker does that without a lock); the lock went with the file, so
+    // it is still ours: remove it where it is now.
+    let pending = spool.pending_dir(worker).join(&c.name);
+    let same = |p: &Path| {
+        let here = fs::symlink_metadata(p).map(|m| (m.dev(), m.ino()));
+        matches!((&here, &locked), (Ok(a), Ok(b)) if a == b)
+    };
+    if !same(&c.path) && same(&pending) {
+        c.path = pending;
+    }
+    let folder = c.path.parent().map(Path::to_path_buf);
+    if let Err(e) = c.finish() {
+        return report(Outcome::Failed(e));
+    }
+    if let Some(folder) = folder {
+        let _ = publish::sync_dir(&folder, D);
+    }
+    report(Outcome::Done(Done {
+        act: Act::Cancelled,
+        worker: worker.to_string(),
+        task_id: task.id,
+        dlq_file,
+        rejected_path: None,
+    }));
+}
+
+/// A cancelled task's `last_error`.
+pub const CANCELLED_BY: &str = "cancelled by hw-dlq";
 
 /// Removes a moved-aside entry as it is: a folder with what it holds,
 /// anything else (file, symlink, FIFO, socket) without following it.
