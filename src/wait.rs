@@ -37,6 +37,8 @@ pub struct Waiter {
     results: PathBuf,
     dlq: PathBuf,
     waiting: HashSet<String>,
+    /// The ids in the order they were published, for the timeout's report.
+    order: Vec<String>,
     all_completed: bool,
 }
 
@@ -59,12 +61,26 @@ impl Waiter {
             results,
             dlq,
             waiting: HashSet::new(),
+            order: Vec::new(),
             all_completed: true,
         })
     }
 
     pub fn expect(&mut self, id: String) {
-        self.waiting.insert(id);
+        if self.waiting.insert(id.clone()) {
+            self.order.push(id);
+        }
+    }
+
+    /// After a timeout: where each task still awaited is, one phrase per
+    /// task, in the order they were published: `ID still pending`, `ID
+    /// running`, `ID deferred until T`, `ID deferred, waiting for A, B`.
+    pub fn unfinished(&self, spool: &Spool, worker: &str) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|id| self.waiting.contains(*id))
+            .map(|id| format!("{id} {}", whereabouts(spool, worker, id)))
+            .collect()
     }
 
     /// Prints records as they come until none is awaited or `deadline`.
@@ -173,6 +189,39 @@ impl Waiter {
         let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         Ok(())
     }
+}
+
+/// Where a task of `worker` is, looked for in the order it moves
+/// (pending, active, deferred), twice, since it can move between looks.
+fn whereabouts(spool: &Spool, worker: &str, id: &str) -> String {
+    for _ in 0..2 {
+        let [pending, active, deferred] = spool.queued_paths(worker, id);
+        if fs::symlink_metadata(&pending).is_ok() {
+            return "still pending".into();
+        }
+        if fs::symlink_metadata(&active).is_ok() {
+            return "running".into();
+        }
+        if let Some((task, _)) = read_record(&deferred) {
+            let not_before = task.get("not_before").and_then(|t| t.as_str());
+            let deps: Vec<&str> = task
+                .get("dependencies")
+                .and_then(|d| d.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str())
+                .collect();
+            return match (not_before, deps.is_empty()) {
+                (Some(t), _) => format!("deferred until {t}"),
+                (None, false) => format!("deferred, waiting for {}", deps.join(", ")),
+                (None, true) => "deferred".into(),
+            };
+        }
+        if fs::symlink_metadata(&deferred).is_ok() {
+            return "deferred".into();
+        }
+    }
+    "not found: neither queued nor finished".into()
 }
 
 /// A record parsed, and its bytes.

@@ -48,18 +48,23 @@ Options:
   -j, --json                standard input holds one task object per line
   -w, --wait                print each task's result (or dead letter) as a
                             JSON line when it ends, instead of its id
-      --wait-timeout SECS   give up waiting after SECS (exit 124)
+      --wait-timeout SECS   give up waiting after SECS (exit 124), saying on
+                            stderr where each unfinished task is
+  -q, --quiet               no warning when WORKER has no heartbeat
   -h, --help                this text
   -V, --version             the version
 
 A description that begins with '-' (but for a Markdown bullet, '- ...')
 goes after '--': hw-enqueue marie -- '-v is too verbose'.
 Durations are seconds or take s, m, h, d; they are stored in seconds.
+A WORKER that has never written a heartbeat gets a warning (a typo?); the
+spool root must exist (hw-status --init creates it).
 Exit status: 0 enqueued (with --wait: all completed); 1 with --wait, a
 task failed or was dead-lettered; 64 usage or a bad WORKER; 65 bad input
 (a bad line, named by its number; the lines before it are enqueued), or a
-bad --id or --depends-on; 73 the id exists for that worker; 74 I/O error;
-78 a bad option value; 124 --wait-timeout passed. See hw-enqueue(1).
+bad --id or --depends-on; 66 the spool root does not exist; 73 the id
+exists for that worker; 74 I/O error; 78 a bad option value; 124
+--wait-timeout passed. See hw-enqueue(1).
 ";
 
 #[derive(Default)]
@@ -84,6 +89,7 @@ struct Args {
     json: bool,
     wait: bool,
     wait_timeout: Option<String>,
+    quiet: bool,
 }
 
 fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<Args>>, lexopt::Error> {
@@ -113,6 +119,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<Args>>, lexopt::
             Short('j') | Long("json") => a.json = true,
             Short('w') | Long("wait") => a.wait = true,
             Long("wait-timeout") => a.wait_timeout = Some(parser.value()?.string()?),
+            Short('q') | Long("quiet") => a.quiet = true,
             Value(v) if a.worker.is_none() => a.worker = Some(v.string()?),
             Value(v) => a.words.push(v.string()?),
             // A Markdown bullet, `- fix the login bug`: a word, not options.
@@ -136,6 +143,7 @@ struct Plan {
     description: Option<(String, u64)>,
     json: bool,
     wait: Option<Option<Duration>>,
+    quiet: bool,
 }
 
 fn plan(a: &Args) -> Result<Plan, Error> {
@@ -230,6 +238,7 @@ fn plan(a: &Args) -> Result<Plan, Error> {
         description,
         json: a.json,
         wait: a.wait.then_some(wait_timeout),
+        quiet: a.quiet,
     })
 }
 
@@ -304,6 +313,16 @@ fn main() -> ExitCode {
 }
 
 fn run(p: &Plan) -> Result<u8, Error> {
+    p.spool.require_root(&p.spool.tasks)?;
+    // `--id` names one task: the whole input is read and checked before
+    // anything is written.
+    let from_stdin = match (&p.id, &p.description) {
+        (Some(_), None) => Some(one_description()?),
+        _ => None,
+    };
+    if !p.quiet {
+        warn_without_heartbeat(p);
+    }
     let mut enqueuer = Enqueuer::new(&p.spool, &p.worker)?;
     // Watching starts before anything is published, so no record is missed.
     let mut waiter = match p.wait {
@@ -323,9 +342,11 @@ fn run(p: &Plan) -> Result<u8, Error> {
         }
         let _ = out.flush();
     };
-    let fed = match &p.description {
-        Some((d, count)) => feed_arguments(p, &mut enqueuer, d, *count, &mut sink),
-        None => feed_stdin(p, &mut enqueuer, &mut sink),
+    let fed = match (&p.description, from_stdin) {
+        (Some((d, count)), _) => feed_arguments(p, &mut enqueuer, d, *count, &mut sink),
+        (None, Some(Some(d))) => feed_arguments(p, &mut enqueuer, &d, 1, &mut sink),
+        (None, Some(None)) => Ok(()),
+        (None, None) => feed_stdin(p, &mut enqueuer, &mut sink),
     };
     let (Some(w), Some(timeout)) = (waiter.as_mut(), p.wait) else {
         return fed.map(|()| exit::OK);
@@ -334,6 +355,11 @@ fn run(p: &Plan) -> Result<u8, Error> {
     // and printed, so the caller knows exactly what happened.
     let mut out = std::io::stdout().lock();
     let end = w.run(timeout.map(|t| started + t), &mut out)?;
+    if end == WaitEnd::TimedOut {
+        for line in w.unfinished(&p.spool, &p.worker) {
+            eprintln!("hw-enqueue: not finished: {line}");
+        }
+    }
     fed?;
     Ok(match end {
         WaitEnd::Done {
@@ -363,6 +389,55 @@ fn feed_arguments(
     publish(enqueuer, batch, sink)
 }
 
+/// The one description that standard input may hold with `--id`: its
+/// only line that is not blank (`None`: there is none). A second one is a
+/// usage error, found before anything is written.
+fn one_description() -> Result<Option<String>, Error> {
+    let mut input = std::io::stdin().lock();
+    let mut line = Vec::new();
+    let mut found: Option<String> = None;
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io("cannot read", "standard input".as_ref(), e))?;
+        if n == 0 {
+            return Ok(found);
+        }
+        number += 1;
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| Error::new(Kind::Data, format!("line {number}: not UTF-8")))?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        if found.is_some() {
+            return Err(Error::usage(format!(
+                "line {number}: --id names one task, and the input holds more (nothing was written)"
+            )));
+        }
+        found = Some(text.to_string());
+    }
+}
+
+/// A worker that has never written a heartbeat is most likely a typo
+/// (`mairie` for `marie`): its tasks would wait for ever, and hw-status
+/// would call it missing. Said once, on stderr; `--quiet` silences it.
+fn warn_without_heartbeat(p: &Plan) {
+    let beat = p.spool.heartbeat_path(&p.worker);
+    if let Err(e) = std::fs::symlink_metadata(&beat) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            eprintln!(
+                "hw-enqueue: warning: worker {} has never had a heartbeat (no {}): \
+                 is the name right? (-q silences this)",
+                p.worker,
+                beat.display()
+            );
+        }
+    }
+}
+
 /// Tasks already read are published when the input pauses or a batch is
 /// full, so a slow producer's tasks are not held back.
 const BATCH: usize = 1024;
@@ -377,7 +452,6 @@ fn feed_stdin(
     let mut batch: Vec<Prepared> = Vec::new();
     let mut line = Vec::new();
     let mut number = 0u64;
-    let mut tasks = 0u64;
     loop {
         line.clear();
         let n = input
@@ -387,7 +461,7 @@ fn feed_stdin(
             break;
         }
         number += 1;
-        let prepared = prepare_line(p, enqueuer, &line, &mut tasks);
+        let prepared = prepare_line(p, enqueuer, &line);
         match prepared {
             Ok(Some(task)) => batch.push(task),
             Ok(None) => {}
@@ -405,26 +479,16 @@ fn feed_stdin(
 }
 
 /// One line of input as a task; `None` for an empty line.
-fn prepare_line(
-    p: &Plan,
-    enqueuer: &mut Enqueuer,
-    line: &[u8],
-    tasks: &mut u64,
-) -> Result<Option<Prepared>, Error> {
+fn prepare_line(p: &Plan, enqueuer: &mut Enqueuer, line: &[u8]) -> Result<Option<Prepared>, Error> {
     let text = std::str::from_utf8(line).map_err(|_| Error::new(Kind::Data, "not UTF-8"))?;
     let text = text.trim_end_matches(['\n', '\r']);
     if text.trim().is_empty() {
         return Ok(None);
     }
-    *tasks += 1;
-    if p.id.is_some() && *tasks > 1 {
-        return Err(Error::usage(
-            "--id names one task, and the input holds more",
-        ));
-    }
+    // With `--id`, the input was read whole beforehand (one_description).
     let task = match p.json {
         true => enqueuer.from_json(text.as_bytes(), &p.template)?,
-        false => enqueuer.from_description(text, p.id.as_deref(), &p.template)?,
+        false => enqueuer.from_description(text, None, &p.template)?,
     };
     Ok(Some(task))
 }
