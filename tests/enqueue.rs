@@ -915,6 +915,8 @@ fn task_dir_result_dir_and_dlq_dir_move_their_folders() {
 fn root_flag_wins_over_hw_root() {
     let spool = Spool::new();
     let other = spool.scratch("other-root");
+    // hw-enqueue refuses a root that does not exist (a typo).
+    fs::create_dir(&other).unwrap();
     let out = enqueue(
         &spool,
         &["--root", other.to_str().unwrap(), "--id", "r", W, "d"],

@@ -350,13 +350,13 @@ fn exit_2_when_the_spool_is_empty() {
 }
 
 #[test]
-fn exit_3_when_the_root_does_not_exist() {
+fn exit_66_with_an_unknown_verdict_when_the_root_does_not_exist() {
     let spool = Spool::new();
     let root = spool.scratch("no-such-root");
     let (code, report) = status_json(&root, &[], &[]);
-    assert_eq!(code, Some(3), "report: {report}");
+    assert_eq!(code, Some(66), "report: {report}");
     assert_eq!(report["overall"], "unknown");
-    assert_eq!(hw_status(&root, &[]).status.code(), Some(3));
+    assert_eq!(hw_status(&root, &[]).status.code(), Some(66));
 }
 
 #[test]
