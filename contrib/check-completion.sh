@@ -7,7 +7,7 @@
 #     follows the tools: a new flag without its completion fails here);
 #   - a few completions, on a throwaway spool: subcommands, worker names
 #     (from --root, --root=, HW_ROOT), lists after a comma, flag values,
-#     dead-letter ids.
+#     dead-letter ids, queued task ids (hw-dlq cancel).
 #
 # Exit status: 0 clean; 1 with each failed expectation printed.
 #
@@ -35,6 +35,9 @@ trap 'rm -rf "$spool"' EXIT
 mkdir -p "$spool"/tasks/{marie,anga,.hidden} "$spool"/dlq/{marie,fabien}
 : >"$spool/dlq/marie/t-1_1795861800.json"
 : >"$spool/dlq/marie/t-2_1795861801-2.json"
+mkdir -p "$spool/tasks/marie/.deferred"
+: >"$spool/tasks/marie/q-1.json"
+: >"$spool/tasks/marie/.deferred/q-2.json"
 
 echo "complete -p hw-worker hw-listen hw-enqueue hw-dlq hw-status, and what they offer"
 # The tests run in a bash that read no start-up file, with the spool and
@@ -83,6 +86,7 @@ for t in hw-worker hw-listen hw-enqueue hw-dlq hw-status; do
 		if [[ $t == hw-dlq ]]; then
 			offers "$t list -"
 			offers "$t replay -"
+			offers "$t cancel -"
 		fi
 	)
 	for f in $("$BIN/$t" --help | grep -oE '^ +(-[A-Za-z], )?--[a-z][a-z-]*' | grep -oE -- '-[A-Za-z-]+'); do
@@ -91,13 +95,20 @@ for t in hw-worker hw-listen hw-enqueue hw-dlq hw-status; do
 done
 
 S=$SPOOL
-expect "hw-dlq " list show replay purge
+expect "hw-dlq " list show replay purge cancel
 expect "hw-dlq re" replay
 expect "hw-dlq -r $S list " anga fabien marie
 expect "hw-dlq -r $S show marie " t-1 t-2
 expect "hw-dlq -r $S show marie t-1 "
 expect "hw-dlq -r $S purge marie t-1 t" t-1 t-2
 expect "hw-dlq --reason dep" dependency_failed
+expect "hw-dlq --reason can" cancelled
+expect "hw-dlq -r $S cancel " anga fabien marie
+expect "hw-dlq -r $S cancel marie " q-1 q-2
+expect "hw-status -r $S --tasks " anga fabien marie
+expect "hw-status --tasks --j" --json
+expect "hw-enqueue --mod" --model
+expect "hw-enqueue -q" -q
 expect "hw-worker -r $S " anga fabien marie
 expect "hw-worker --root=$S m" marie
 expect "hw-worker -r $S -c 2 --log-format text a" anga
