@@ -4,13 +4,19 @@
 Parses the compose file with PyYAML (merge keys resolved, as compose does)
 and asserts what the deployment relies on, without Docker:
 
-  - the services: the workers marie, anga and fabien, and the listener;
+  - the services: the workers marie, anga and fabien, and the listener,
+    all running one image that the user names (an `image:` with a
+    variable, HOOKWATCH_IMAGE) and none building it; and one build-only
+    service, in a profile (so `up` does not start it), that builds the
+    Dockerfile under a local name of its own: a build next to the user's
+    `image:` would tag the agent-less image with the user's name;
   - one named volume, declared at the top, mounted at /shared by every
     service (no bind mounts: the spool must be the same for all);
   - each worker: the image's entrypoint (hw-worker), its own name as the
     last argument of `command` and in HW_WORKER, --shutdown-timeout and
     --kill-grace in `command` with a stop_grace_period that covers them,
-    METRICS_ADDR 0.0.0.0, a health check that requests /healthz on
+    METRICS_ADDR 0.0.0.0, ANTHROPIC_API_KEY passed through from the
+    environment (no value of its own), a health check that requests /healthz on
     127.0.0.1 at METRICS_PORT and wants 200, `init: true`, a restart
     policy, and a host port of its own;
   - the listener: entrypoint hw-listen, init, restart, and the image's
@@ -32,6 +38,7 @@ import sys
 
 WORKERS = ("marie", "anga", "fabien")
 LISTENER = "listen"
+BUILDER = "image"
 BINARIES = ("hw-worker", "hw-listen", "hw-enqueue", "hw-dlq", "hw-status")
 
 failures = []
@@ -122,6 +129,10 @@ def check_worker(name, service, dockerfile_entrypoint):
             f"{name}: stop_grace_period {service.get('stop_grace_period')} does not "
             f"cover --shutdown-timeout {shutdown:g} + --kill-grace {grace:g} + 5 s"
         )
+    if "ANTHROPIC_API_KEY" not in env:
+        fail(f"{name}: ANTHROPIC_API_KEY is not passed through to the agent")
+    elif env["ANTHROPIC_API_KEY"] not in (None, "${ANTHROPIC_API_KEY}", "${ANTHROPIC_API_KEY:-}"):
+        fail(f"{name}: ANTHROPIC_API_KEY has a value of its own: a secret in the file")
     if env.get("METRICS_ADDR") != "0.0.0.0":
         fail(f"{name}: METRICS_ADDR is {env.get('METRICS_ADDR')!r}, not 0.0.0.0")
     port = env.get("METRICS_PORT", "9090")
@@ -154,8 +165,12 @@ def check_common(name, service):
         fail(f"{name}: no `init: true` (hookwatch as PID 1 reaps no orphans)")
     if service.get("restart") not in ("always", "unless-stopped", "on-failure"):
         fail(f"{name}: restart is {service.get('restart')!r}")
-    if not service.get("image") and not service.get("build"):
-        fail(f"{name}: neither image nor build")
+    if service.get("build"):
+        fail(f"{name}: builds an image: the build would be tagged with the image the "
+             f"user names ({service.get('image')}); only the {BUILDER} service builds")
+    if "${" not in str(service.get("image", "")):
+        fail(f"{name}: image {service.get('image')!r} cannot be replaced "
+             "(no ${HOOKWATCH_IMAGE...}): the user's image, with the agent, goes there")
 
 
 def check_dockerfile(path):
@@ -204,15 +219,31 @@ def main():
     print(f"check-compose: {path}")
     with open(path, encoding="utf-8") as f:
         compose = yaml.safe_load(f)
-    services = compose.get("services") or {}
-    expected = set(WORKERS) | {LISTENER}
-    if set(services) != expected:
-        fail(f"services are {sorted(services)}, expected {sorted(expected)}")
+    all_services = compose.get("services") or {}
+    expected = set(WORKERS) | {LISTENER, BUILDER}
+    if set(all_services) != expected:
+        fail(f"services are {sorted(all_services)}, expected {sorted(expected)}")
+    builder = all_services.get(BUILDER) or {}
+    services = {n: s for n, s in all_services.items() if n != BUILDER}
 
     builds = {
         (s.get("build") if isinstance(s.get("build"), str) else (s.get("build") or {}).get("context"))
-        for s in services.values()
+        for s in all_services.values()
     } - {None}
+    if BUILDER in all_services:
+        if not builder.get("profiles"):
+            fail(f"{BUILDER}: not in a profile: `docker compose up` would start it")
+        if not builder.get("build"):
+            fail(f"{BUILDER}: builds nothing")
+        image = str(builder.get("image", ""))
+        if not image or "${" in image or "/" in image:
+            fail(f"{BUILDER}: image {image!r} is not a fixed local name")
+        running = {str(s.get("image")) for s in services.values()}
+        if len(running) != 1:
+            fail(f"the services run different images: {sorted(running)}")
+        elif image and image not in next(iter(running)):
+            fail(f"the services' image {next(iter(running))} does not default to "
+                 f"the one {BUILDER} builds, {image}")
     dockerfile_entrypoint = None
     for context in builds:
         dockerfile = os.path.join(os.path.dirname(os.path.abspath(path)), context, "Dockerfile")

@@ -13,7 +13,9 @@ checks what no schema knows, with PyYAML:
     --shutdown-timeout and --kill-grace in the arguments, and a
     terminationGracePeriodSeconds that covers them; memory requests and
     limits;
-  - the Deployment hw-listen: one replica, running hw-listen;
+  - the Deployment hw-listen: one replica, running hw-listen as a daemon
+    with --poll (inotify does not see the other nodes' writes to the
+    shared volume), not --once;
   - every pod: runAsNonRoot with a non-zero uid, an fsGroup, a read-only
     root file system, no privilege escalation, and shareProcessNamespace
     (the pause container reaps the agents' orphans).
@@ -164,8 +166,14 @@ def main():
         if spec.get("replicas", 1) != 1:
             fail("hw-listen: more than one replica: each event would be emitted twice")
         c = check_pod("hw-listen", spec["template"]["spec"], claim)
-        if c is not None and "hw-listen" not in " ".join(c.get("command", []) + c.get("args", [])):
+        argv = [] if c is None else c.get("command", []) + c.get("args", [])
+        if c is not None and "hw-listen" not in " ".join(argv):
             fail("hw-listen: does not run hw-listen")
+        if c is not None and not any(a == "--poll" or a.startswith("--poll=") for a in argv):
+            fail("hw-listen: no --poll: on a volume shared between nodes inotify misses "
+                 "the other nodes' writes")
+        if c is not None and "--once" in " ".join(argv):
+            fail("hw-listen: runs --once in a loop: run it as a daemon with --poll")
     return report()
 
 
