@@ -11,6 +11,13 @@ DOCDIR ?= $(PREFIX)/share/doc/hookwatch
 DATADIR ?= $(PREFIX)/share/hookwatch
 CARGO ?= cargo
 INSTALL ?= install
+# Where cargo puts what it builds: CARGO_TARGET_DIR, build.target-dir of
+# a .cargo/config.toml, or target/ (asked of cargo once; target/ when
+# cargo cannot answer, as under a sudo without it on PATH).  BIN_DIR, the
+# release binaries, is what demo, the checks and install use.
+TARGET_DIR := $(or $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | \
+	sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p'),target)
+BIN_DIR ?= $(TARGET_DIR)/release
 
 BINS = hw-worker hw-listen hw-enqueue hw-dlq hw-status
 MANS = $(wildcard man/*.[1-8])
@@ -31,7 +38,7 @@ test-slow:
 	$(CARGO) test --profile testing -- --ignored
 
 demo: build
-	bash examples/demo.sh
+	BIN_DIR='$(BIN_DIR)' bash examples/demo.sh
 
 lint:
 	$(CARGO) fmt --check
@@ -56,22 +63,22 @@ lint:
 
 # A live worker's /metrics through `promtool check metrics`.
 check-metrics: build
-	bash examples/promtool-check.sh
+	BIN_DIR='$(BIN_DIR)' bash examples/promtool-check.sh
 
 # contrib/systemd: systemd-analyze verify on the units (run from the
 # built binaries), the sysusers.d and tmpfiles.d files in a scratch root.
 check-systemd: build
-	bash contrib/check-systemd.sh
+	BIN_DIR='$(BIN_DIR)' bash contrib/check-systemd.sh
 
 # The bash completion: syntax, `complete -p`, every --help flag offered.
 check-completion: build
-	bash contrib/check-completion.sh
+	BIN_DIR='$(BIN_DIR)' bash contrib/check-completion.sh
 
 # contrib/prometheus and contrib/grafana: the alert rules (promtool check
 # and test rules), the dashboard, the metric names both use against a live
 # worker's /metrics, and hw-status-textfile.  Skips what lacks its tool.
 check-monitoring: build
-	bash contrib/check-monitoring.sh
+	BIN_DIR='$(BIN_DIR)' bash contrib/check-monitoring.sh
 
 # docker-compose.yml with the Dockerfile, and k8s/: what they promise
 # each other (PyYAML), and k8s/ against the API (kubernetes-validate).
@@ -91,15 +98,16 @@ check-containers:
 	fi
 
 # Installs what `make` built; it does not build (so `sudo make install`
-# runs no cargo as root).
+# builds nothing as root).  A sudo that drops CARGO_TARGET_DIR needs
+# BIN_DIR: `sudo make install BIN_DIR=$CARGO_TARGET_DIR/release`.
 install:
 	$(INSTALL) -d $(DESTDIR)$(BINDIR)
 	@for b in $(BINS); do \
-		if [ -f target/release/$$b ]; then \
-			echo "$(INSTALL) -m 755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b"; \
-			$(INSTALL) -m 755 target/release/$$b $(DESTDIR)$(BINDIR)/$$b || exit; \
+		if [ -f '$(BIN_DIR)'/$$b ]; then \
+			echo "$(INSTALL) -m 755 $(BIN_DIR)/$$b $(DESTDIR)$(BINDIR)/$$b"; \
+			$(INSTALL) -m 755 '$(BIN_DIR)'/$$b $(DESTDIR)$(BINDIR)/$$b || exit; \
 		else \
-			echo "install: target/release/$$b not built, skipped (run make first)"; \
+			echo "install: $(BIN_DIR)/$$b not built, skipped (run make first)"; \
 		fi; \
 	done
 	@for m in $(MANS); do \
@@ -144,7 +152,7 @@ clean:
 # one table and bench/results/latest.jsonl; see docs/performance.md.
 # BENCH_ARGS=--quick for a smoke run.  bench-deps installs the peers' tools.
 bench: build
-	python3 bench/run.py $(BENCH_ARGS)
+	python3 bench/run.py --bin-dir '$(BIN_DIR)' $(BENCH_ARGS)
 
 bench-deps:
 	apt-get update && apt-get install -y inotify-tools
