@@ -816,7 +816,9 @@ fn cancel_locked(spool: &Spool, worker: &str, mut c: Claim, report: &mut dyn FnM
         }
     };
     let record = task_record(&task, DlqReason::Cancelled, Some(CANCELLED_BY));
-    let dlq_file = match crate::dlq::publish(spool, worker, &task.id, &record, D) {
+    let published = crate::spool::create_dir(&spool.dlq_dir(worker))
+        .and_then(|()| crate::dlq::publish(spool, worker, &task.id, &record, D));
+    let dlq_file = match published {
         Ok(f) => f,
         Err(e) => return report(Outcome::Failed(e)),
     };
