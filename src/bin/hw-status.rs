@@ -243,7 +243,10 @@ fn show_unknown(e: &Error, json: bool) {
         true => format!("{}\n", unknown_json(e)),
         false => status::unknown_line(&e.to_string()),
     };
-    print!("{text}");
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 fn unknown_json(e: &Error) -> serde_json::Value {
