@@ -553,7 +553,7 @@ fn a_live_listener_writes_the_trigger_file_of_each_event_it_prints() {
 // task_completed
 
 #[test]
-fn task_completed_names_the_result_file_and_the_duration_from_enqueue() {
+fn task_completed_names_the_result_file_and_the_run_s_duration_from_it() {
     let spool = Spool::new();
     let enqueued = unix_now() - 100.0;
     let pending = place(&spool.tasks(W), "t1.json", &task("t1"));
@@ -564,10 +564,14 @@ fn task_completed_names_the_result_file_and_the_duration_from_enqueue() {
         "a pending task completed: {first:#?}"
     );
 
-    // The worker runs it: the task leaves, its result arrives 42.5 s later.
+    // The worker runs it for 42.5 s; its result arrives 90 s after the
+    // enqueue: the event tells the run's time, not the wait.
     fs::remove_file(&pending).unwrap();
-    let result = write_result(&spool, W, "t1", "completed");
-    set_mtime(&result, enqueued + 42.5);
+    let record = json!({"task_id": "t1", "worker": W, "status": "completed",
+        "exit_code": 0, "stdout": "", "stderr": "", "duration_seconds": 42.5,
+        "timestamp": rfc3339(unix_now()), "retry_count": 0});
+    let result = place(&spool.results(W), "t1.json", &record);
+    set_mtime(&result, enqueued + 90.0);
     let events = once_ok(&spool, &[], &[]);
 
     let done = of_type(&events, "task_completed");
@@ -582,22 +586,56 @@ fn task_completed_names_the_result_file_and_the_duration_from_enqueue() {
         fs::canonicalize(file).unwrap(),
         fs::canonicalize(&result).unwrap()
     );
-    let duration = d["duration_seconds"].as_f64().expect("a duration");
-    assert!((duration - 42.5).abs() < 0.01, "duration {duration}");
+    assert_eq!(d["duration_seconds"], 42.5, "{}", done[0]);
+    assert_eq!(d["exit_code"], 0, "{}", done[0]);
 }
 
 #[test]
-fn task_completed_has_a_null_duration_when_the_enqueue_was_not_seen() {
+fn a_catch_up_tells_the_run_s_duration_exit_code_failure_class_and_cost() {
     let spool = Spool::new();
-    write_result(&spool, W, "t1", "completed");
+    let agent = spool.script(
+        "priced.sh",
+        r#"case "$desc" in fail*) echo "no good" >&2; exit 3;; esac
+printf '%s\n' '{"type":"result","subtype":"success","is_error":false,"result":"ok","total_cost_usd":0.0123,"num_turns":1}'"#,
+    );
+    let mut worker = Daemon::worker(&spool, W, &agent, &[("MAX_RETRIES", "0")]);
+    spool.drop_simple(W, "paid", "answer");
+    spool.drop_simple(W, "broke", "fail now");
+    let paid = spool.wait_result(W, "paid");
+    let broke = spool.wait_result(W, "broke");
+    worker.stop();
+
+    // Never seen pending: everything comes from the results.
     let events = once_ok(&spool, &[], &[]);
-    let done = of_type(&events, "task_completed");
-    assert_eq!(done.len(), 1, "{events:#?}");
-    assert!(done[0]["data"]["duration_seconds"].is_null(), "{}", done[0]);
+    let data = |id: &str| {
+        let e = of_type(&events, "task_completed")
+            .into_iter()
+            .find(|e| e["data"]["task_id"] == id)
+            .unwrap_or_else(|| panic!("no task_completed for {id}: {events:#?}"));
+        e["data"].clone()
+    };
+    let d = data("paid");
+    assert_eq!(d["status"], "completed", "{d}");
+    assert_eq!(d["duration_seconds"], paid["duration_seconds"], "{d}");
+    assert!(d["duration_seconds"].is_number(), "{d}");
+    assert_eq!(d["exit_code"], 0, "{d}");
+    assert_eq!(d["cost_usd"], 0.0123, "{d}");
+    assert!(
+        d.get("error").is_none(),
+        "a completed run has no error: {d}"
+    );
+
+    let d = data("broke");
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["duration_seconds"], broke["duration_seconds"], "{d}");
+    assert_eq!(d["exit_code"], 3, "{d}");
+    assert_eq!(d["error"], broke["error"], "{d}");
+    assert_eq!(d["error"], "exit_status", "{d}");
+    assert!(d.get("cost_usd").is_none(), "no cost was reported: {d}");
 }
 
 #[test]
-fn task_completed_follows_a_task_run_by_a_worker_from_enqueue_to_result() {
+fn task_completed_follows_a_task_run_by_a_worker_from_enqueue_to_result_with_its_duration() {
     let spool = Spool::new();
     fs::create_dir_all(spool.tasks(W)).unwrap();
     let l = Listener::ready(&spool, &[], &[]);
@@ -614,9 +652,9 @@ fn task_completed_follows_a_task_run_by_a_worker_from_enqueue_to_result() {
         read_json(Path::new(file)).expect("the result file")["task_id"],
         "t1"
     );
-    let duration = d["duration_seconds"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("the listener saw t1 pending, yet no duration: {e}"));
+    let result = read_json(Path::new(file)).unwrap();
+    assert_eq!(d["duration_seconds"], result["duration_seconds"], "{e}");
+    let duration = d["duration_seconds"].as_f64().expect("a duration");
     assert!(
         (0.0..=elapsed + 0.01).contains(&duration),
         "duration {duration} outside [0, {elapsed}]"

@@ -7,6 +7,7 @@
 pub mod config;
 mod emit;
 mod health;
+mod python;
 mod state;
 
 use std::cmp::Reverse;
@@ -108,7 +109,11 @@ fn watch_signals(stop: Latch) -> Result<signal_hook::iterator::Handle> {
 
 impl Listener {
     fn new(cfg: ListenConfig) -> Result<Listener> {
-        let state = State::load(&cfg.spool.state_file)?;
+        let now = clock::unix_now();
+        let horizon = now - cfg.retain.as_secs_f64();
+        let state = State::load(&cfg.spool.state_file, |bytes| {
+            python::import(bytes, &cfg.spool, now, horizon)
+        })?;
         let hooks = match &cfg.exec {
             Some(cmd) => Some(
                 Hooks::start(cmd.clone(), cfg.exec_timeout, cfg.spool.root.clone())
@@ -484,13 +489,9 @@ impl Listener {
             return;
         };
         let status = ResultStatus::of(&record).unwrap_or(ResultStatus::Failed);
-        let duration = t
-            .enqueued
-            .map(|e| clock::round_millis((mtime - e).max(0.0)));
         self.emit(Event::new(
             EventKind::TaskCompleted,
-            json!({"task_id": id, "worker": worker, "status": status,
-                   "result_file": path.display().to_string(), "duration_seconds": duration}),
+            completion(id, worker, status, &path, &record),
         ));
         t.result = Some(mtime_ns);
         t.status = Some(status.as_str().to_string());
@@ -806,6 +807,29 @@ impl Listener {
         self.emitter.finish();
         Ok(())
     }
+}
+
+/// `task_completed`'s data, from the result alone (so a catch-up tells
+/// as much as a live listener): the run's duration and exit status, the
+/// failure class of a failed run, and what the agent said it cost.
+fn completion(id: &str, worker: &str, status: ResultStatus, path: &Path, record: &Value) -> Value {
+    let number = |v: Option<&Value>| v.filter(|v| v.is_number()).cloned();
+    let mut data = json!({"task_id": id, "worker": worker, "status": status,
+        "result_file": path.display().to_string(),
+        "duration_seconds": number(record.get("duration_seconds")),
+        "exit_code": number(record.get("exit_code"))});
+    if status == ResultStatus::Failed {
+        data["error"] = record
+            .get("error")
+            .filter(|e| e.is_string())
+            .cloned()
+            .into();
+    }
+    let cost = record.get("agent").and_then(|a| a.get("total_cost_usd"));
+    if let Some(cost) = number(cost) {
+        data["cost_usd"] = cost;
+    }
+    data
 }
 
 fn batch_of(record: &Value) -> Option<String> {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Kind, Result};
 use crate::listen::health::Health;
 use crate::model::failure::PauseReason;
-use crate::spool::names::{state_journal, state_lock};
+use crate::spool::names::{state_journal, state_lock, state_python_copy};
 use crate::spool::publish::{json_line, publish, Durability};
 
 /// The largest state file or journal read (a state of a million tasks
@@ -108,6 +108,15 @@ enum Change {
     Horizon(f64),
 }
 
+/// A snapshot made from a state file of another format (the Python
+/// watcher's; see `python`), with, for the log, whose it was and what it
+/// held.
+pub struct Imported {
+    pub snap: Snapshot,
+    pub whose: &'static str,
+    pub summary: String,
+}
+
 pub struct State {
     pub snap: Snapshot,
     /// Members of each batch, by task key.
@@ -122,23 +131,33 @@ pub struct State {
 }
 
 impl State {
-    /// Loads the snapshot and replays the journal. A state file that
-    /// cannot be parsed is an error (exit 65): guessing would re-emit or
-    /// lose events.
-    pub fn load(path: &Path) -> Result<State> {
+    /// Loads the snapshot and replays the journal. A state file that is
+    /// not a snapshot is handed to `import`: what it makes of it becomes
+    /// the state, written at once, the original kept beside it
+    /// (`NAME.python-<unix>`). One that neither can parse is an error
+    /// (exit 65): guessing would re-emit or lose events.
+    pub fn load(path: &Path, import: impl FnOnce(&[u8]) -> Option<Imported>) -> Result<State> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let journal_path = path.with_file_name(state_journal(&name));
         let lock = lock_state(path)?;
+        let mut imported = None;
         let snap = match crate::spool::read_regular(path, STATE_MAX) {
-            Ok(bytes) => parse_snapshot(&bytes).map_err(|e| {
-                Error::new(
-                    Kind::Data,
-                    format!("cannot parse the state file {}: {e}", path.display()),
-                )
-            })?,
+            Ok(bytes) => match parse_snapshot(&bytes) {
+                Ok(snap) => snap,
+                Err(e) => {
+                    let Some(i) = import(&bytes) else {
+                        return Err(Error::new(
+                            Kind::Data,
+                            format!("cannot parse the state file {}: {e}", path.display()),
+                        ));
+                    };
+                    imported = Some((i.whose, i.summary));
+                    i.snap
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot {
                 version: 1,
                 ..Snapshot::default()
@@ -161,7 +180,19 @@ impl State {
             journaled: 0,
             _lock: lock,
         };
-        state.replay_journal()?;
+        match imported {
+            // A journal beside a file of another format is older than that
+            // file, which replaced the snapshot it continued: it is not
+            // replayed, and `save` removes it.
+            Some((whose, summary)) => {
+                let kept = keep_original(path)?;
+                state.save()?;
+                log::info!(state_file = path.display().to_string(), kept = kept.display().to_string();
+                    "Imported {whose} state file {} ({summary}); the original is kept as {}",
+                    path.display(), kept.display());
+            }
+            None => state.replay_journal()?,
+        }
         for (key, t) in &state.snap.tasks {
             if let Some(b) = &t.batch {
                 state
@@ -331,6 +362,47 @@ impl State {
     }
 }
 
+/// Keeps the state file of another format as `NAME.python-<unix>` beside
+/// it, by a hard link (the very file, its owner and times), or else a
+/// copy; durable before the state file is replaced.
+fn keep_original(path: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unix = crate::clock::unix_now() as u64;
+    let kept_name = state_python_copy(&name, unix);
+    let kept = path.with_file_name(&kept_name);
+    let dir = kept
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match fs::hard_link(path, &kept) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // The same file, linked by an import that a crash cut short
+            // within this second, is kept already; anything else is not
+            // ours to replace.
+            let same = |p: &Path| fs::metadata(p).map(|m| (m.dev(), m.ino()));
+            if same(path).ok() != same(&kept).ok() {
+                return Err(Error::io("cannot keep the state file as", &kept, e));
+            }
+        }
+        // No hard links here (some FUSE file systems): a copy.
+        Err(_) => {
+            let bytes = crate::spool::read_regular(path, STATE_MAX)
+                .map_err(|e| Error::io("cannot read", path, e))?;
+            publish(dir, &kept_name, &bytes, Durability::Durable)?;
+            return Ok(kept);
+        }
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("cannot fsync", dir, e))?;
+    Ok(kept)
+}
+
 /// Takes the lock file beside the state (`.<name>.lock`), or fails with
 /// a temporary error (75) naming it when another listener holds it.
 fn lock_state(path: &Path) -> Result<Flock<File>> {
@@ -370,7 +442,7 @@ mod tests {
     fn journal_survives_a_crash_and_snapshot_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let mut s = State::load(&path).unwrap();
+        let mut s = State::load(&path, |_| None).unwrap();
         let t = TaskState {
             status: Some("completed".into()),
             batch: Some("b".into()),
@@ -379,12 +451,12 @@ mod tests {
         s.set_task("w/a", t.clone()).unwrap();
         s.write_journal().unwrap();
         drop(s); // a crash once the journal is written: no snapshot
-        let mut s = State::load(&path).unwrap();
+        let mut s = State::load(&path, |_| None).unwrap();
         assert_eq!(s.snap.tasks["w/a"], t);
         assert!(s.members["b"].contains("w/a"));
         s.save().unwrap();
         drop(s);
-        let s = State::load(&path).unwrap();
+        let s = State::load(&path, |_| None).unwrap();
         assert_eq!(s.snap.tasks["w/a"], t);
         assert!(!dir.path().join(".state.json.journal").exists());
     }
@@ -393,10 +465,12 @@ mod tests {
     fn a_second_user_of_the_state_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let first = State::load(&path).unwrap();
-        let err = State::load(&path).err().expect("the second load must fail");
+        let first = State::load(&path, |_| None).unwrap();
+        let err = State::load(&path, |_| None)
+            .err()
+            .expect("the second load must fail");
         assert_eq!(err.kind, Kind::TempFail);
         drop(first);
-        assert!(State::load(&path).is_ok());
+        assert!(State::load(&path, |_| None).is_ok());
     }
 }

@@ -190,6 +190,15 @@ pub fn is_our_temp(name: &str) -> bool {
     (digits(last) || last == Some("enqueue")) && digits(pid) && parts.next().is_some()
 }
 
+/// The task file beside which the Python watcher held its lock
+/// `<name>.json.lock` while it ran the task (hw-worker removes the locks
+/// it left behind); `None` for any other name.
+pub fn python_lock_task(file_name: &str) -> Option<&str> {
+    file_name
+        .strip_suffix(".lock")
+        .filter(|task| is_task_file(OsStr::new(task)))
+}
+
 /// The listener's journal beside its state file `NAME`: `.NAME.journal`.
 pub fn state_journal(state_file_name: &str) -> String {
     format!(".{state_file_name}.journal")
@@ -198,6 +207,13 @@ pub fn state_journal(state_file_name: &str) -> String {
 /// The lock beside the state file `NAME`: `.NAME.lock`.
 pub fn state_lock(state_file_name: &str) -> String {
     format!(".{state_file_name}.lock")
+}
+
+/// Where a Python watcher's state file `NAME` is kept once hw-listen has
+/// imported it: `NAME.python-<unix>` beside it (not a dot-file: it is
+/// the operator's, for a roll-back).
+pub fn state_python_copy(state_file_name: &str, unix: u64) -> String {
+    format!("{state_file_name}.python-{unix}")
 }
 
 #[cfg(test)]
@@ -233,6 +249,25 @@ mod tests {
         assert_eq!(heartbeat_worker(&heartbeat_file("marie")), Some("marie"));
         assert_eq!(heartbeat_worker("orchestrator.json"), None);
         assert_eq!(trigger_file("t-1"), "t-1.trigger");
+    }
+
+    #[test]
+    fn python_locks_name_their_task_file() {
+        assert_eq!(python_lock_task("t-1.json.lock"), Some("t-1.json"));
+        assert_eq!(python_lock_task("t-1.json"), None);
+        assert_eq!(python_lock_task(".t-1.json.lock"), None);
+        assert_eq!(python_lock_task(".json.lock"), None);
+        assert_eq!(python_lock_task("t-1.lock"), None);
+    }
+
+    #[test]
+    fn state_file_companions() {
+        assert_eq!(state_journal("s.json"), ".s.json.journal");
+        assert_eq!(state_lock("s.json"), ".s.json.lock");
+        assert_eq!(
+            state_python_copy("orchestrator_state.json", 1_796_378_438),
+            "orchestrator_state.json.python-1796378438"
+        );
     }
 
     #[test]

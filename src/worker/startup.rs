@@ -1,13 +1,15 @@
 //! What hw-worker checks and prepares before its threads start: the
 //! folders it writes, who else may write its tasks folder, that
-//! `.active/` and `.deferred/` are folders of their own, and whether its
-//! file system needs rescans because inotify cannot see other hosts.
+//! `.active/` and `.deferred/` are folders of their own, the locks the
+//! Python watcher left behind, and whether its file system needs rescans
+//! because inotify cannot see other hosts.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::spool::names::python_lock_task;
 use crate::spool::Spool;
 use crate::worker::config::WorkerConfig;
 
@@ -25,7 +27,53 @@ pub(super) fn prepare_spool(config: &WorkerConfig) -> Result<()> {
             bad.display()
         )));
     }
+    remove_stale_python_locks(&spool.pending_dir(&config.name));
     Ok(())
+}
+
+/// Removes the `<name>.json.lock` files that the Python watcher left in
+/// the tasks folder `dir`: it held one beside each task it ran and
+/// removed both when done, so a lock whose task file is gone is left over
+/// from a run cut short by the switch to hookwatch. A lock whose task file
+/// is there (as anything) is kept; one that is not a regular file is left
+/// alone (never followed) and logged. Returns how many were removed.
+pub(super) fn remove_stale_python_locks(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(task) = name.to_str().and_then(python_lock_task) else {
+            continue;
+        };
+        let lock = dir.join(&name);
+        match fs::symlink_metadata(dir.join(task)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // There, or unknowable: the lock may still mean something.
+            _ => continue,
+        }
+        match fs::symlink_metadata(&lock) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                log::warn!(file = lock.display().to_string();
+                    "Left alone: a stale lock of the Python watcher that is not a regular file");
+                continue;
+            }
+            Err(_) => continue,
+        }
+        // unlink(2) removes the name itself, never what a link points to.
+        match fs::remove_file(&lock) {
+            Ok(()) => {
+                removed += 1;
+                log::info!(file = lock.display().to_string();
+                    "Removed a stale lock of the Python watcher (its task file is gone)");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("{}", Error::io("cannot remove", &lock, e)),
+        }
+    }
+    removed
 }
 
 /// Checks that `sub` (relative, plain names) is a folder below `base`
@@ -122,4 +170,39 @@ fn network_fs(dir: &Path) -> bool {
         0x0BD0_0BD0, // Lustre
     ];
     nix::sys::statfs::statfs(dir).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_locks_without_their_task_file_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let touch = |n: &str| fs::write(d.join(n), "").unwrap();
+        touch("gone.json.lock");
+        touch("here.json");
+        touch("here.json.lock");
+        touch("other.lock");
+        std::os::unix::fs::symlink(d.join("here.json"), d.join("link.json.lock")).unwrap();
+        fs::create_dir(d.join("dir.json.lock")).unwrap();
+        assert_eq!(remove_stale_python_locks(d), 1);
+        let mut left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "dir.json.lock",
+                "here.json",
+                "here.json.lock",
+                "link.json.lock",
+                "other.lock"
+            ]
+        );
+        assert_eq!(remove_stale_python_locks(&d.join("missing")), 0);
+    }
 }
