@@ -37,6 +37,23 @@ test:
 test-slow:
 	$(CARGO) test --profile testing -- --ignored
 
+# The contract tests against the real Claude Code CLI (tests/claude_cli.rs):
+# the pinned version of the npm package, installed once into a cache outside
+# the repository with no package script run (tests/claude-cli.sh), run with
+# an empty HOME and no key: no login, no cost.  Needs npm (and the network)
+# the first time only.  `make test` does not run them.
+CLAUDE_CODE_VERSION ?= 2.1.197
+CLAUDE_CODE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/hookwatch/claude-code-$(CLAUDE_CODE_VERSION)
+CLAUDE_CLI = bash tests/claude-cli.sh $(CLAUDE_CODE_VERSION) "$(CLAUDE_CODE_DIR)"
+
+claude-cli:
+	@$(CLAUDE_CLI) >/dev/null
+
+test-claude:
+	@cli=$$($(CLAUDE_CLI)) || exit; \
+	set -x; HW_CLAUDE_CLI=$$cli $(CARGO) test --profile testing --test claude_cli \
+		-- --ignored --nocapture --test-threads 1
+
 demo: build
 	BIN_DIR='$(BIN_DIR)' bash examples/demo.sh
 
@@ -145,7 +162,7 @@ uninstall:
 clean:
 	$(CARGO) clean
 
-.PHONY: all build test test-slow demo lint check-metrics check-systemd check-completion \
+.PHONY: all build test test-slow claude-cli test-claude demo lint check-metrics check-systemd check-completion \
 	check-containers check-monitoring install uninstall clean
 
 # Benchmark: hw-worker against the peers that are installed (bench/peers/),

@@ -3,6 +3,7 @@
 //! waits that poll with a deadline instead of sleeping.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// How long any single wait may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -611,4 +612,65 @@ pub fn age_file(path: &Path, secs: u64) {
     let t = std::time::SystemTime::now() - Duration::from_secs(secs);
     let f = fs::File::options().write(true).open(path).unwrap();
     f.set_modified(t).unwrap();
+}
+
+// The Claude CLI's result objects (tests/claude_standin.rs, tests/claude_cli.rs).
+
+/// What Claude Code 2.1.197 printed with `-p --output-format json` and no
+/// credentials (exit 1), its ids as they came.
+pub const CLAUDE_FIXTURE: &str = "tests/fixtures/claude-2.1.197-not-logged-in.json";
+
+/// The result object of `CLAUDE_FIXTURE`.
+pub fn claude_fixture() -> Map<String, Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CLAUDE_FIXTURE);
+    match read_json(&path) {
+        Some(Value::Object(object)) => object,
+        other => panic!("{}: not a JSON object: {other:?}", path.display()),
+    }
+}
+
+/// The JSON type of a value, as the shapes compare it.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn key_set(object: &Map<String, Value>) -> BTreeSet<String> {
+    object.keys().cloned().collect()
+}
+
+/// The differences between `got` and the shape `want`: keys missing or
+/// added, at the top and in `usage`, and common keys of another type.
+/// `api_error_status` is null in the fixture and may be a number (the
+/// HTTP status of an API error, SPEC 3a).
+pub fn shape_differences(want: &Map<String, Value>, got: &Map<String, Value>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut compare = |at: &str, want: &Map<String, Value>, got: &Map<String, Value>| {
+        let (w, g) = (key_set(want), key_set(got));
+        for k in w.difference(&g) {
+            found.push(format!("{at}{k} is missing"));
+        }
+        for k in g.difference(&w) {
+            found.push(format!("{at}{k} is not in the real CLI's object"));
+        }
+        for k in w.intersection(&g) {
+            let (a, b) = (json_kind(&want[k]), json_kind(&got[k]));
+            let status = k == "api_error_status" && a == "null" && b == "number";
+            if a != b && !status {
+                found.push(format!("{at}{k} is a {b}, the real CLI's a {a}"));
+            }
+        }
+    };
+    compare("", want, got);
+    if let (Some(Value::Object(w)), Some(Value::Object(g))) = (want.get("usage"), got.get("usage"))
+    {
+        compare("usage.", w, g);
+    }
+    found
 }
