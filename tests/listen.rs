@@ -255,23 +255,6 @@ fn assert_each_line_has_its_trigger(spool: &Spool, lines: &[String]) {
 // ---------------------------------------------------------------------------
 // Files written by hand, as a worker writes them
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `2026-11-28T10:30:00.123Z` of Unix seconds.
 fn rfc3339(unix: f64) -> String {
     rfc3339_ms((unix * 1000.0).round() as i64)
@@ -389,40 +372,9 @@ echo "done $HW_TASK_ID""#,
     )
 }
 
-/// A scratch file whose existence lets gated agents finish; created when
-/// the test ends too (declare it after the spool: it must drop first).
-struct Gate {
-    path: PathBuf,
-}
-
-impl Gate {
-    fn new(spool: &Spool) -> Gate {
-        Gate {
-            path: spool.scratch("GO"),
-        }
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.path, b"");
-    }
-}
-
 /// An agent that runs until the gate opens (20 s at most).
 fn gated_agent(spool: &Spool, gate: &Gate) -> PathBuf {
-    let go = gate.path.display().to_string();
-    spool.script(
-        "gated.sh",
-        &format!(
-            r#"i=0
-while [ ! -e '{go}' ]; do
-  i=$((i + 1))
-  if [ "$i" -gt 400 ]; then exit 3; fi
-  sleep 0.05
-done"#
-        ),
-    )
+    spool.script("gated.sh", &gate.wait_lines())
 }
 
 /// Hooks started by a test that may outlive it (they run in their own
@@ -440,6 +392,12 @@ impl Hooks {
             pids: spool.scratch("hook.pids"),
             cwd: fs::canonicalize(&spool.root).unwrap(),
         }
+    }
+
+    /// A hook that records its pid and sleeps for 60 s; its path.
+    fn hanging(&self, spool: &Spool) -> String {
+        let body = format!("echo $$ >> '{}'\nexec sleep 60", self.pids.display());
+        spool.script("hang.sh", &body).display().to_string()
     }
 
     fn started(&self) -> Vec<i32> {
@@ -1088,11 +1046,7 @@ fn a_hanging_hook_is_cut_off_at_the_exec_timeout_and_later_events_still_go_out()
     let spool = Spool::new();
     write_heartbeat(&spool, W, 0.0, 3600.0, "healthy");
     let hooks = Hooks::new(&spool);
-    let hook = spool.script(
-        "hang.sh",
-        &format!("echo $$ >> '{}'\nexec sleep 60", hooks.pids.display()),
-    );
-    let hook = hook.display().to_string();
+    let hook = hooks.hanging(&spool);
     let mut l = Listener::ready(&spool, &["--exec", &hook, "--exec-timeout", "1"], &[]);
     for id in ["a", "b", "c"] {
         write_result(&spool, W, id, "completed");
@@ -1128,11 +1082,7 @@ fn events_go_out_while_a_hook_still_runs() {
     let spool = Spool::new();
     write_heartbeat(&spool, W, 0.0, 3600.0, "healthy");
     let hooks = Hooks::new(&spool);
-    let hook = spool.script(
-        "hang.sh",
-        &format!("echo $$ >> '{}'\nexec sleep 60", hooks.pids.display()),
-    );
-    let hook = hook.display().to_string();
+    let hook = hooks.hanging(&spool);
     let l = Listener::ready(&spool, &["--exec", &hook, "--exec-timeout", "25"], &[]);
     write_result(&spool, W, "a", "completed");
     l.wait_completed(W, "a");

@@ -8,7 +8,6 @@
 mod common;
 use common::*;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -32,31 +31,6 @@ fn start_worker(spool: &Spool, agent: &Path, args: &[&str], env: &[(&str, &str)]
     Daemon::start(spool, "hw-worker", &argv, &all)
 }
 
-/// A scratch file whose existence lets gated agents finish. It is also
-/// created when the test ends, so that no agent outlives it for long
-/// (declare it after the spool: it must be dropped first).
-struct Gate {
-    path: PathBuf,
-}
-
-impl Gate {
-    fn new(spool: &Spool) -> Gate {
-        Gate {
-            path: spool.scratch("GO"),
-        }
-    }
-
-    fn open(&self) {
-        fs::write(&self.path, b"").unwrap();
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.path, b"");
-    }
-}
-
 fn agent_log(spool: &Spool) -> PathBuf {
     spool.scratch("agent.log")
 }
@@ -65,18 +39,12 @@ fn agent_log(spool: &Spool) -> PathBuf {
 /// gate, then logs `end ID ATTEMPT PID` and succeeds.
 fn gated_agent(spool: &Spool, gate: &Gate) -> PathBuf {
     let log = agent_log(spool).display().to_string();
-    let go = gate.path.display().to_string();
     spool.script(
         "gated.sh",
         &format!(
-            r#"echo "start $HW_TASK_ID $HW_ATTEMPT $$" >> '{log}'
-i=0
-while [ ! -e '{go}' ]; do
-  i=$((i + 1))
-  if [ "$i" -gt 400 ]; then exit 3; fi
-  sleep 0.05
-done
-echo "end $HW_TASK_ID $HW_ATTEMPT $$" >> '{log}'"#
+            "echo \"start $HW_TASK_ID $HW_ATTEMPT $$\" >> '{log}'\n{}\n\
+             echo \"end $HW_TASK_ID $HW_ATTEMPT $$\" >> '{log}'",
+            gate.wait_lines()
         ),
     )
 }
@@ -200,13 +168,6 @@ fn unix_of(rfc: &str) -> f64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     (days * 86_400 + hh * 3600 + mm * 60) as f64 + secs
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Waits until a folder has no visible entries.
@@ -659,29 +620,11 @@ fn pending_and_due_deferred_tasks_present_before_start_are_run_at_start() {
 
 /// Every id ran exactly once according to the agent log, and has one
 /// completed result; nothing is left pending, active or deferred.
-fn assert_each_ran_once(spool: &Spool, ids: &[String]) -> Vec<Exec> {
+fn assert_each_ran_once_by_log(spool: &Spool, ids: &[String]) -> Vec<Exec> {
     let runs = executions(spool);
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for e in &runs {
-        *count.entry(e.id.as_str()).or_default() += 1;
-    }
-    let wrong: Vec<_> = ids
-        .iter()
-        .filter(|id| count.get(id.as_str()) != Some(&1))
-        .map(|id| (id.clone(), count.get(id.as_str()).copied().unwrap_or(0)))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "ids not run exactly once (id, runs): {wrong:?}"
-    );
-    assert_eq!(runs.len(), ids.len(), "executions of unknown tasks");
-    for id in ids {
-        let r = spool
-            .result(W, id)
-            .unwrap_or_else(|| panic!("no result for {id}"));
-        assert_eq!(r["status"], "completed", "{r}");
-        assert_eq!(r["retry_count"], 0, "{r}");
-    }
+    let ran: Vec<&str> = runs.iter().map(|e| e.id.as_str()).collect();
+    assert_each_ran_once(ids, &ran);
+    assert_completed_uncharged(spool, W, ids);
     for dir in [spool.tasks(W), spool.active(W), spool.deferred(W)] {
         assert!(
             wait_empty(spool, &dir),
@@ -723,7 +666,7 @@ fn two_workers_on_one_spool_run_each_of_500_tasks_exactly_once() {
     }
     wait_results(&spool, ids.len(), DEADLINE);
 
-    let runs = assert_each_ran_once(&spool, &ids);
+    let runs = assert_each_ran_once_by_log(&spool, &ids);
     let by = |pid: i32| {
         runs.iter()
             .filter(|e| e.extra.as_deref() == Some(pid.to_string().as_str()))
@@ -766,7 +709,7 @@ fn two_thousand_tasks_dropped_at_once_all_run_exactly_once() {
     }
     wait_results(&spool, ids.len(), Duration::from_secs(120));
 
-    assert_each_ran_once(&spool, &ids);
+    assert_each_ran_once_by_log(&spool, &ids);
     assert_exit_zero(w.stop());
 }
 

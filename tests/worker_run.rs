@@ -161,11 +161,13 @@ fn write_in_place_slowly(spool: &Spool, name: &str, task: &Value) {
     drop(f);
 }
 
-#[test]
-fn a_task_written_in_place_slowly_completes_and_is_not_dead_lettered() {
+/// Writes task `slow` in place slowly for a worker started with `args`:
+/// it completes, the agent having got its description, and nothing is
+/// dead-lettered.
+fn assert_written_in_place_completes(args: &[&str]) {
     let spool = Spool::new();
     let agent = spool.script("agent.sh", r#"printf '%s' "$2""#);
-    let w = Daemon::worker(&spool, W, &agent, &[]);
+    let w = worker_with_args(&spool, args, &agent, &[]);
     wait_ready(&spool, &w);
     let task = json!({"task_id": "slow", "description": "written in place"});
     write_in_place_slowly(&spool, "slow.json", &task);
@@ -180,22 +182,14 @@ fn a_task_written_in_place_slowly_completes_and_is_not_dead_lettered() {
 }
 
 #[test]
+fn a_task_written_in_place_slowly_completes_and_is_not_dead_lettered() {
+    assert_written_in_place_completes(&[]);
+}
+
+#[test]
 fn a_task_half_written_in_place_is_not_dead_lettered_by_a_rescan() {
-    let spool = Spool::new();
-    let agent = spool.script("agent.sh", r#"printf '%s' "$2""#);
     // Rescans every 50 ms, so the worker certainly sees the half-written file.
-    let w = worker_with_args(&spool, &["--poll", "0.05"], &agent, &[]);
-    wait_ready(&spool, &w);
-    let task = json!({"task_id": "slow", "description": "written in place"});
-    write_in_place_slowly(&spool, "slow.json", &task);
-    let r = spool.wait_result(W, "slow");
-    assert_eq!(r["status"], "completed", "{r}");
-    assert_eq!(r["stdout"], "written in place");
-    assert!(
-        spool.dlq_records(W).is_empty(),
-        "dead-lettered: {:?}",
-        spool.dlq_records(W)
-    );
+    assert_written_in_place_completes(&["--poll", "0.05"]);
 }
 
 // 3-5. The agent's argv.
@@ -274,29 +268,42 @@ fn the_system_prompt_file_goes_after_the_commands_words_and_before_the_prompt() 
 
 // 6. The agent's environment, stdin and working directory.
 
+/// Runs task `id` with an agent that writes `VAR=value` (`<unset>` when
+/// unset) for each of `vars`, and `TASK_FILE_EXISTS=yes|no`, under a
+/// worker given `env`; returns what the agent wrote.
+fn agent_env(
+    spool: &Spool,
+    id: &str,
+    vars: &[&str],
+    env: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let out = spool.scratch("env");
+    let mut body: String = vars
+        .iter()
+        .map(|v| format!("  printf '{v}=%s\\n' \"${{{v}-<unset>}}\"\n"))
+        .collect();
+    body.push_str(
+        "  if [ -f \"$HW_TASK_FILE\" ]; then echo TASK_FILE_EXISTS=yes; else echo TASK_FILE_EXISTS=no; fi\n",
+    );
+    let agent = spool.script("agent.sh", &format!("{{\n{body}}} > {}", q(&out)));
+    spool.drop_simple(W, id, "show me");
+    let _w = Daemon::worker(spool, W, &agent, env);
+    let r = spool.wait_result(W, id);
+    assert_eq!(r["status"], "completed", "{r}");
+    key_values(&wait_file(&out))
+}
+
 #[test]
 fn the_agent_gets_the_task_variables() {
     let spool = Spool::new();
-    let out = spool.scratch("env");
-    let agent = spool.script(
-        "agent.sh",
-        &format!(
-            r#"{{
-  printf 'HW_TASK_ID=%s\n' "${{HW_TASK_ID-<unset>}}"
-  printf 'HW_WORKER=%s\n' "${{HW_WORKER-<unset>}}"
-  printf 'HW_TASK_FILE=%s\n' "${{HW_TASK_FILE-<unset>}}"
-  printf 'HW_ATTEMPT=%s\n' "${{HW_ATTEMPT-<unset>}}"
-  printf 'HW_ROOT=%s\n' "${{HW_ROOT-<unset>}}"
-  if [ -f "$HW_TASK_FILE" ]; then echo TASK_FILE_EXISTS=yes; else echo TASK_FILE_EXISTS=no; fi
-}} > {}"#,
-            q(&out)
-        ),
-    );
-    spool.drop_simple(W, "envy", "show me");
-    let _w = Daemon::worker(&spool, W, &agent, &[]);
-    let r = spool.wait_result(W, "envy");
-    assert_eq!(r["status"], "completed", "{r}");
-    let env = key_values(&wait_file(&out));
+    let vars = [
+        "HW_TASK_ID",
+        "HW_WORKER",
+        "HW_TASK_FILE",
+        "HW_ATTEMPT",
+        "HW_ROOT",
+    ];
+    let env = agent_env(&spool, "envy", &vars, &[]);
     assert_eq!(env["HW_TASK_ID"], "envy");
     assert_eq!(env["HW_WORKER"], W);
     assert_eq!(env["HW_ATTEMPT"], "1");
@@ -317,35 +324,24 @@ fn the_agent_gets_the_task_variables() {
 #[test]
 fn systemd_variables_do_not_reach_the_agent() {
     let spool = Spool::new();
-    let out = spool.scratch("env");
-    let agent = spool.script(
-        "agent.sh",
-        &format!(
-            r#"{{
-  printf 'NOTIFY_SOCKET=%s\n' "${{NOTIFY_SOCKET-<unset>}}"
-  printf 'WATCHDOG_USEC=%s\n' "${{WATCHDOG_USEC-<unset>}}"
-  printf 'WATCHDOG_PID=%s\n' "${{WATCHDOG_PID-<unset>}}"
-  printf 'KEPT=%s\n' "${{HW_TEST_KEPT-<unset>}}"
-}} > {}"#,
-            q(&out)
-        ),
-    );
-    spool.drop_simple(W, "sd", "x");
-    let env = [
+    let vars = [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "HW_TEST_KEPT",
+    ];
+    let given = [
         ("NOTIFY_SOCKET", "/run/systemd/notify"),
         ("WATCHDOG_USEC", "30000000"),
         ("WATCHDOG_PID", "1"),
         ("HW_TEST_KEPT", "inherited"),
     ];
-    let _w = Daemon::worker(&spool, W, &agent, &env);
-    let r = spool.wait_result(W, "sd");
-    assert_eq!(r["status"], "completed", "{r}");
-    let env = key_values(&wait_file(&out));
+    let env = agent_env(&spool, "sd", &vars, &given);
     assert_eq!(env["NOTIFY_SOCKET"], "<unset>");
     assert_eq!(env["WATCHDOG_USEC"], "<unset>");
     assert_eq!(env["WATCHDOG_PID"], "<unset>");
     assert_eq!(
-        env["KEPT"], "inherited",
+        env["HW_TEST_KEPT"], "inherited",
         "the worker's other variables are passed on"
     );
 }
@@ -553,47 +549,40 @@ fn max_output_flag_sets_the_bytes_kept() {
 
 // 10. The agent's own error report.
 
+/// Runs one task with an agent that prints `output` and exits 0: the
+/// attempt must fail as `agent_reported_error`.
+fn assert_exit_0_reporting_an_error_fails(output: &str) {
+    let spool = Spool::new();
+    let agent = spool.script("agent.sh", &format!("cat <<'EOF'\n{output}\nEOF"));
+    spool.drop_simple(W, "rl", "x");
+    let _w = Daemon::worker(&spool, W, &agent, &[("MAX_RETRIES", "0")]);
+    let r = spool.wait_result(W, "rl");
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["error"], "agent_reported_error");
+}
+
 #[test]
 fn an_is_error_json_result_on_exit_0_is_a_failed_attempt() {
-    let spool = Spool::new();
-    let agent = spool.script(
-        "agent.sh",
-        // Spread over lines, so only the whole output is the JSON object.
-        r#"cat <<'EOF'
-{
+    // Spread over lines, so only the whole output is the JSON object.
+    assert_exit_0_reporting_an_error_fails(
+        r#"{
   "type": "result",
   "subtype": "success",
   "is_error": true,
   "result": "Rate limit reached"
-}
-EOF"#,
+}"#,
     );
-    spool.drop_simple(W, "rl", "x");
-    let _w = Daemon::worker(&spool, W, &agent, &[("MAX_RETRIES", "0")]);
-    let r = spool.wait_result(W, "rl");
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["exit_code"], 0);
-    assert_eq!(r["error"], "agent_reported_error");
 }
 
 #[test]
 fn an_is_error_last_line_of_stream_json_is_a_failed_attempt() {
-    let spool = Spool::new();
-    let agent = spool.script(
-        "agent.sh",
-        r#"cat <<'EOF'
-{"type":"system","subtype":"init","session_id":"s"}
+    assert_exit_0_reporting_an_error_fails(
+        r#"{"type":"system","subtype":"init","session_id":"s"}
 {"type":"assistant","message":{"content":[{"type":"text","text":"working"}]}}
 {"type":"result","subtype":"error_during_execution","is_error":true,"result":"overloaded"}
-
-EOF"#,
+"#,
     );
-    spool.drop_simple(W, "rl", "x");
-    let _w = Daemon::worker(&spool, W, &agent, &[("MAX_RETRIES", "0")]);
-    let r = spool.wait_result(W, "rl");
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["exit_code"], 0);
-    assert_eq!(r["error"], "agent_reported_error");
 }
 
 // 11. Exit codes.
