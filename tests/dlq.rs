@@ -157,6 +157,13 @@ fn changes_nothing(spool: &Spool, args: &[&str], code: i32) -> String {
     err
 }
 
+/// A pipe whose ends no other child of this process inherits (the tests
+/// run on threads that spawn children at any moment): a read end kept
+/// open elsewhere would make a closed stdout look open.
+fn cloexec_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
+}
+
 fn record_named(spool: &Spool, worker: &str, id: &str) -> Vec<PathBuf> {
     json_files(&spool.dlq(worker))
         .into_iter()
@@ -318,7 +325,7 @@ fn list_stops_quietly_when_stdout_is_closed() {
             &task_record(&format!("t{i}"), "max_retries_exceeded", "x", 0, 10),
         );
     }
-    let (read, write) = nix::unistd::pipe().unwrap();
+    let (read, write) = cloexec_pipe();
     drop(read);
     let out = hw_dlq_with(&spool, &["list"], Some(Stdio::from(write)));
     assert_exit(&out, 0);
@@ -763,7 +770,7 @@ fn replay_goes_on_when_stdout_is_closed() {
     for id in ["a", "b", "c"] {
         put_failed(&spool, W, &format!("{id}_1.json"), id);
     }
-    let (read, write) = nix::unistd::pipe().unwrap();
+    let (read, write) = cloexec_pipe();
     drop(read);
     let out = hw_dlq_with(&spool, &["replay", "--all"], Some(Stdio::from(write)));
     assert_exit(&out, 0);
