@@ -5,8 +5,7 @@
 //! `/bin/sh` stand-in agent that appends one line per execution to a log
 //! outside the spool, so executions can be counted.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::{Path, PathBuf};

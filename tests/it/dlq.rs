@@ -5,8 +5,7 @@
 //! `.rejected/`, every exit status, and the crontab example of the man
 //! page.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,6 @@
 //! back-off and the dead-letter queue, per-task timeouts, priority order,
 //! dependencies, the circuit breaker, and bad input of every kind.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -11,7 +9,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const W: &str = "marie";

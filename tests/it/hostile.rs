@@ -14,8 +14,6 @@
 //! without bound fails instead of eating the machine, and their peak
 //! resident memory is checked.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -27,7 +25,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use nix::libc;
 use serde_json::{json, Value};
 

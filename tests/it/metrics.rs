@@ -4,8 +4,7 @@
 //! whether it listens, scrapes under load, and floods of connections
 //! that neither take the worker's descriptors nor kill the endpoint.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

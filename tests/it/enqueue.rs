@@ -5,8 +5,7 @@
 //! bad input, bad options and their exit statuses; `--wait` against a real
 //! hw-worker; and the pipelines of the README's "Use from the shell".
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;

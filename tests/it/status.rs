@@ -3,8 +3,7 @@
 //! worker dies, `--workers`/`WORKERS`, `--init`, `--watch`, and the usual
 //! `--help`, `--version` and usage errors.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::fs;

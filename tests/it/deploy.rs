@@ -8,8 +8,7 @@
 //! report; one listener per state file. Each test runs the real binaries
 //! on its own spool, in their own process groups, always stopped.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;

@@ -7,8 +7,7 @@
 //! `--once`; terminal records are written by a real hw-worker or by hand,
 //! the way a worker writes them (a dot-file, then a rename).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -3,8 +3,7 @@
 //! working directory), trigger and heartbeat files, output capture, the
 //! verdict on an attempt, configuration errors and JSON logs.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::HashMap;
 use std::fs;
