@@ -686,11 +686,25 @@ pub fn group_alive(pgid: i32) -> bool {
     })
 }
 
-/// Sets a file's modification time to `secs` before now.
-pub fn age_file(path: &Path, secs: u64) {
-    let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+/// Sets a file's modification time.
+pub fn set_mtime(path: &Path, t: SystemTime) {
     let f = fs::File::options().write(true).open(path).unwrap();
     f.set_modified(t).unwrap();
+}
+
+/// Sets a file's modification time to `secs` before now.
+pub fn age_file(path: &Path, secs: u64) {
+    set_mtime(path, SystemTime::now() - Duration::from_secs(secs));
+}
+
+/// A valid worker name or task id, as SPEC section 1 says:
+/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, written out again here.
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=128).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// A scratch file whose existence lets gated agents finish. It is also

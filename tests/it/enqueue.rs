@@ -75,16 +75,6 @@ fn is_generated_id(id: &str) -> bool {
         && parts[2].bytes().all(|c| c.is_ascii_digit())
 }
 
-/// A valid task id, as SPEC section 1 says: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
-fn is_valid_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-}
-
 /// The ids of the pending task files of `worker`, sorted.
 fn pending_ids(spool: &Spool, worker: &str) -> Vec<String> {
     spool

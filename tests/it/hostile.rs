@@ -1914,7 +1914,10 @@ fn fate(bytes: &[u8], max_bytes: usize, now: f64) -> Fate {
 fn valid_task(value: &Value, now: f64) -> Option<(String, bool)> {
     let task = value.as_object()?;
     let field = |key: &str| task.get(key).filter(|v| !v.is_null());
-    let id = task.get("task_id")?.as_str().filter(|id| is_name(id))?;
+    let id = task
+        .get("task_id")?
+        .as_str()
+        .filter(|id| is_valid_name(id))?;
     let description = task.get("description")?.as_str()?;
     let valid = !description.is_empty()
         && !description.contains('\0')
@@ -1935,7 +1938,7 @@ fn valid_task(value: &Value, now: f64) -> Option<(String, bool)> {
     }
     let dependencies = match field("dependencies") {
         None => 0,
-        Some(Value::Array(deps)) if deps.iter().all(|d| d.as_str().is_some_and(is_name)) => {
+        Some(Value::Array(deps)) if deps.iter().all(|d| d.as_str().is_some_and(is_valid_name)) => {
             deps.len()
         }
         Some(_) => return None,
@@ -1951,15 +1954,6 @@ fn valid_task(value: &Value, now: f64) -> Option<(String, bool)> {
 fn show(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(300)];
     format!("{:?} ({} bytes)", String::from_utf8_lossy(cut), bytes.len())
-}
-
-/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, written out again here.
-fn is_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=128).contains(&b.len())
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
 /// How many of a batch of mutants were valid tasks, and how many not.

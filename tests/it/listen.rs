@@ -279,14 +279,9 @@ fn ms_of(rfc: &str) -> i64 {
     secs * 1000 + milli
 }
 
-fn set_mtime(path: &Path, unix: f64) {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(unix);
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
+/// Sets a file's modification time to `unix` seconds.
+fn set_mtime_unix(path: &Path, unix: f64) {
+    set_mtime(path, SystemTime::UNIX_EPOCH + Duration::from_secs_f64(unix));
 }
 
 fn task(id: &str) -> Value {
@@ -514,7 +509,7 @@ fn task_completed_names_the_result_file_and_the_duration_from_enqueue() {
     let spool = Spool::new();
     let enqueued = unix_now() - 100.0;
     let pending = place(&spool.tasks(W), "t1.json", &task("t1"));
-    set_mtime(&pending, enqueued);
+    set_mtime_unix(&pending, enqueued);
     let first = once_ok(&spool, &[], &[]);
     assert!(
         of_type(&first, "task_completed").is_empty(),
@@ -524,7 +519,7 @@ fn task_completed_names_the_result_file_and_the_duration_from_enqueue() {
     // The worker runs it: the task leaves, its result arrives 42.5 s later.
     fs::remove_file(&pending).unwrap();
     let result = write_result(&spool, W, "t1", "completed");
-    set_mtime(&result, enqueued + 42.5);
+    set_mtime_unix(&result, enqueued + 42.5);
     let events = once_ok(&spool, &[], &[]);
 
     let done = of_type(&events, "task_completed");
@@ -594,7 +589,7 @@ fn a_failed_result_gives_task_completed_with_status_failed() {
 fn a_replaced_result_is_emitted_again() {
     let spool = Spool::new();
     let old = write_result(&spool, W, "t1", "failed");
-    set_mtime(&old, unix_now() - 60.0);
+    set_mtime_unix(&old, unix_now() - 60.0);
     let first = once_ok(&spool, &[], &[]);
     assert_eq!(keys(&first, "task_completed"), [format!("{W}/t1")]);
 
@@ -1215,9 +1210,9 @@ fn the_first_run_emits_records_of_any_age() {
     let spool = Spool::new();
     let month = 30.0 * 86_400.0;
     let old = write_result(&spool, W, "old", "completed");
-    set_mtime(&old, unix_now() - month);
+    set_mtime_unix(&old, unix_now() - month);
     let dead = write_dead_letter(&spool, W, "older", "invalid_task");
-    set_mtime(&dead, unix_now() - 2.0 * month);
+    set_mtime_unix(&dead, unix_now() - 2.0 * month);
     let events = once_ok(&spool, &[], &[]);
     assert_eq!(keys(&events, "task_completed"), [format!("{W}/old")]);
     assert_eq!(keys(&events, "task_dead_lettered"), [format!("{W}/older")]);
@@ -1231,11 +1226,11 @@ fn later_runs_skip_new_records_older_than_retain() {
 
     let month = 30.0 * 86_400.0;
     let old = write_result(&spool, W, "old", "completed");
-    set_mtime(&old, unix_now() - month);
+    set_mtime_unix(&old, unix_now() - month);
     let dead = write_dead_letter(&spool, W, "old-dead", "invalid_task");
-    set_mtime(&dead, unix_now() - month);
+    set_mtime_unix(&dead, unix_now() - month);
     let recent = write_result(&spool, W, "recent", "completed");
-    set_mtime(&recent, unix_now() - 86_400.0);
+    set_mtime_unix(&recent, unix_now() - 86_400.0);
     let events = once_ok(&spool, &[], &[]);
     assert_eq!(keys(&events, "task_completed"), [format!("{W}/recent")]);
     assert!(

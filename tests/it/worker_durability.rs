@@ -139,36 +139,6 @@ fn task(id: &str) -> Value {
     json!({"task_id": id, "description": format!("do {id}")})
 }
 
-fn set_mtime(path: &Path, t: SystemTime) {
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
-/// Unix seconds of the RFC 3339 UTC times hookwatch writes
-/// (`2026-11-28T10:30:00.123Z`).
-fn unix_of(rfc: &str) -> f64 {
-    assert!(
-        rfc.len() >= 20 && rfc.ends_with('Z'),
-        "not an RFC 3339 UTC time: {rfc}"
-    );
-    let n = |r: std::ops::Range<usize>| rfc[r].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-    let (hh, mm) = (n(11..13), n(14..16));
-    let secs: f64 = rfc[17..rfc.len() - 1].parse().unwrap();
-    // Days from the civil date (H. Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    (days * 86_400 + hh * 3600 + mm * 60) as f64 + secs
-}
-
 /// Waits until a folder has no visible entries.
 fn wait_empty(spool: &Spool, dir: &Path) -> bool {
     wait_until(SHORT, || spool.names(dir).is_empty())
@@ -561,7 +531,7 @@ fn a_deferred_retry_keeps_its_schedule_across_a_restart() {
     assert!(ok, "t8 never reached .deferred/");
     let deferred = deferred.unwrap();
     assert_eq!(deferred["retry_count"], 1, "{deferred}");
-    let not_before = unix_of(deferred["not_before"].as_str().expect("not_before"));
+    let not_before = utc_seconds(deferred["not_before"].as_str().expect("not_before"));
 
     assert_exit_zero(w.stop());
     let mut again = start_worker(&spool, &agent, &[], &env);
