@@ -246,6 +246,93 @@ pub fn rfc3339(t: SystemTime) -> String {
     rfc3339_ms(d.as_millis() as i64)
 }
 
+/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Unix seconds of an RFC 3339 time, `YYYY-MM-DDTHH:MM:SS[.frac]` then
+/// `Z` or `+HH:MM`/`-HH:MM` (a lower-case `t` or `z`, or a space for the
+/// `T`, as RFC 3339 allows); `None` for anything else. Written here, not
+/// taken from the library under test.
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    let at = |i: usize, set: &[u8]| b.get(i).is_some_and(|c| set.contains(c));
+    if !(at(4, b"-") && at(7, b"-") && at(10, b"Tt ") && at(13, b":") && at(16, b":")) {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        let part = s.get(from..to)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hh, mm, ss) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut frac = 0.0;
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        frac = format!("0.{}", &r[..digits]).parse::<f64>().ok()?;
+        rest = &r[digits..];
+    }
+    let offset = match rest.as_bytes() {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (oh, om) = (num(s.len() - 5, s.len() - 3)?, num(s.len() - 2, s.len())?);
+            let secs = oh * 3600 + om * 60;
+            if *sign == b'+' {
+                secs
+            } else {
+                -secs
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss - offset;
+    Some(secs as f64 + frac)
+}
+
+/// `parse_rfc3339` of a timestamp hookwatch wrote, which must be UTC:
+/// `T` and `Z` (SPEC section 4). Panics on anything else.
+pub fn utc_seconds(s: &str) -> f64 {
+    let utc = s.as_bytes().get(10) == Some(&b'T') && s.ends_with('Z');
+    parse_rfc3339(s)
+        .filter(|_| utc)
+        .unwrap_or_else(|| panic!("not an RFC 3339 UTC timestamp: {s:?}"))
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// True when `cond` holds at every poll for all of `period`.
+pub fn holds_for(period: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + period;
+    while Instant::now() < end {
+        if !cond() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
 pub fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
@@ -607,9 +694,8 @@ pub fn group_alive(pgid: i32) -> bool {
     })
 }
 
-/// Sets a file's modification time to `secs` before now.
-pub fn age_file(path: &Path, secs: u64) {
-    let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+/// Sets a file's modification time.
+pub fn set_mtime(path: &Path, t: SystemTime) {
     let f = fs::File::options().write(true).open(path).unwrap();
     f.set_modified(t).unwrap();
 }
@@ -673,4 +759,101 @@ pub fn shape_differences(want: &Map<String, Value>, got: &Map<String, Value>) ->
         compare("usage.", w, g);
     }
     found
+}
+
+/// Sets a file's modification time to `secs` before now.
+pub fn age_file(path: &Path, secs: u64) {
+    set_mtime(path, SystemTime::now() - Duration::from_secs(secs));
+}
+
+/// A valid worker name or task id, as SPEC section 1 says:
+/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, written out again here.
+pub fn is_valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=128).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// A scratch file whose existence lets gated agents finish. It is also
+/// created when the test ends, so that no agent outlives it for long
+/// (declare it after the spool: it must be dropped first).
+pub struct Gate {
+    pub path: PathBuf,
+}
+
+impl Gate {
+    pub fn new(spool: &Spool) -> Gate {
+        Gate {
+            path: spool.scratch("GO"),
+        }
+    }
+
+    pub fn open(&self) {
+        fs::write(&self.path, b"").unwrap();
+    }
+
+    /// Shell lines that wait for the gate to open (20 s at most, then
+    /// `exit 3`).
+    pub fn wait_lines(&self) -> String {
+        format!(
+            r#"i=0
+while [ ! -e '{}' ]; do
+  i=$((i + 1))
+  if [ "$i" -gt 400 ]; then exit 3; fi
+  sleep 0.05
+done"#,
+            self.path.display()
+        )
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, b"");
+    }
+}
+
+/// Each of `ids` ran exactly once by `ran` (the task id of each
+/// execution, in any order), and nothing else ran.
+pub fn assert_each_ran_once(ids: &[String], ran: &[&str]) {
+    let mut count: std::collections::HashMap<&str, usize> = Default::default();
+    for id in ran {
+        *count.entry(id).or_default() += 1;
+    }
+    let wrong: Vec<(String, usize)> = ids
+        .iter()
+        .filter(|id| count.get(id.as_str()) != Some(&1))
+        .map(|id| (id.clone(), count.get(id.as_str()).copied().unwrap_or(0)))
+        .take(20)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "ids not run exactly once (id, runs; first 20): {wrong:?}"
+    );
+    assert_eq!(ran.len(), ids.len(), "executions of unknown tasks");
+}
+
+/// Every id has one completed result of `worker` with `retry_count` 0.
+pub fn assert_completed_uncharged(spool: &Spool, worker: &str, ids: &[String]) {
+    for id in ids {
+        let r = spool
+            .result(worker, id)
+            .unwrap_or_else(|| panic!("no result for {id}"));
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["retry_count"], 0, "{r}");
+    }
+}
+
+/// A process started here, in its own group, killed with it when dropped.
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -14,13 +14,12 @@
 //! `api_error_status`; the CLI cannot produce one without a login, so
 //! that shape is checked from the fixture with that change.
 
-mod common;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Map, Value};
 
 fn root() -> &'static Path {

@@ -7,8 +7,7 @@
 //! `--once`; terminal records are written by a real hw-worker or by hand,
 //! the way a worker writes them (a dot-file, then a rename).
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -255,23 +254,6 @@ fn assert_each_line_has_its_trigger(spool: &Spool, lines: &[String]) {
 // ---------------------------------------------------------------------------
 // Files written by hand, as a worker writes them
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// `2026-11-28T10:30:00.123Z` of Unix seconds.
 fn rfc3339(unix: f64) -> String {
     rfc3339_ms((unix * 1000.0).round() as i64)
@@ -297,14 +279,9 @@ fn ms_of(rfc: &str) -> i64 {
     secs * 1000 + milli
 }
 
-fn set_mtime(path: &Path, unix: f64) {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(unix);
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
+/// Sets a file's modification time to `unix` seconds.
+fn set_mtime_unix(path: &Path, unix: f64) {
+    set_mtime(path, SystemTime::UNIX_EPOCH + Duration::from_secs_f64(unix));
 }
 
 fn task(id: &str) -> Value {
@@ -389,40 +366,9 @@ echo "done $HW_TASK_ID""#,
     )
 }
 
-/// A scratch file whose existence lets gated agents finish; created when
-/// the test ends too (declare it after the spool: it must drop first).
-struct Gate {
-    path: PathBuf,
-}
-
-impl Gate {
-    fn new(spool: &Spool) -> Gate {
-        Gate {
-            path: spool.scratch("GO"),
-        }
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.path, b"");
-    }
-}
-
 /// An agent that runs until the gate opens (20 s at most).
 fn gated_agent(spool: &Spool, gate: &Gate) -> PathBuf {
-    let go = gate.path.display().to_string();
-    spool.script(
-        "gated.sh",
-        &format!(
-            r#"i=0
-while [ ! -e '{go}' ]; do
-  i=$((i + 1))
-  if [ "$i" -gt 400 ]; then exit 3; fi
-  sleep 0.05
-done"#
-        ),
-    )
+    spool.script("gated.sh", &gate.wait_lines())
 }
 
 /// Hooks started by a test that may outlive it (they run in their own
@@ -440,6 +386,12 @@ impl Hooks {
             pids: spool.scratch("hook.pids"),
             cwd: fs::canonicalize(&spool.root).unwrap(),
         }
+    }
+
+    /// A hook that records its pid and sleeps for 60 s; its path.
+    fn hanging(&self, spool: &Spool) -> String {
+        let body = format!("echo $$ >> '{}'\nexec sleep 60", self.pids.display());
+        spool.script("hang.sh", &body).display().to_string()
     }
 
     fn started(&self) -> Vec<i32> {
@@ -557,7 +509,7 @@ fn task_completed_names_the_result_file_and_the_run_s_duration_from_it() {
     let spool = Spool::new();
     let enqueued = unix_now() - 100.0;
     let pending = place(&spool.tasks(W), "t1.json", &task("t1"));
-    set_mtime(&pending, enqueued);
+    set_mtime_unix(&pending, enqueued);
     let first = once_ok(&spool, &[], &[]);
     assert!(
         of_type(&first, "task_completed").is_empty(),
@@ -675,7 +627,7 @@ fn a_failed_result_gives_task_completed_with_status_failed() {
 fn a_replaced_result_is_emitted_again() {
     let spool = Spool::new();
     let old = write_result(&spool, W, "t1", "failed");
-    set_mtime(&old, unix_now() - 60.0);
+    set_mtime_unix(&old, unix_now() - 60.0);
     let first = once_ok(&spool, &[], &[]);
     assert_eq!(keys(&first, "task_completed"), [format!("{W}/t1")]);
 
@@ -1126,11 +1078,7 @@ fn a_hanging_hook_is_cut_off_at_the_exec_timeout_and_later_events_still_go_out()
     let spool = Spool::new();
     write_heartbeat(&spool, W, 0.0, 3600.0, "healthy");
     let hooks = Hooks::new(&spool);
-    let hook = spool.script(
-        "hang.sh",
-        &format!("echo $$ >> '{}'\nexec sleep 60", hooks.pids.display()),
-    );
-    let hook = hook.display().to_string();
+    let hook = hooks.hanging(&spool);
     let mut l = Listener::ready(&spool, &["--exec", &hook, "--exec-timeout", "1"], &[]);
     for id in ["a", "b", "c"] {
         write_result(&spool, W, id, "completed");
@@ -1166,11 +1114,7 @@ fn events_go_out_while_a_hook_still_runs() {
     let spool = Spool::new();
     write_heartbeat(&spool, W, 0.0, 3600.0, "healthy");
     let hooks = Hooks::new(&spool);
-    let hook = spool.script(
-        "hang.sh",
-        &format!("echo $$ >> '{}'\nexec sleep 60", hooks.pids.display()),
-    );
-    let hook = hook.display().to_string();
+    let hook = hooks.hanging(&spool);
     let l = Listener::ready(&spool, &["--exec", &hook, "--exec-timeout", "25"], &[]);
     write_result(&spool, W, "a", "completed");
     l.wait_completed(W, "a");
@@ -1304,9 +1248,9 @@ fn the_first_run_emits_records_of_any_age() {
     let spool = Spool::new();
     let month = 30.0 * 86_400.0;
     let old = write_result(&spool, W, "old", "completed");
-    set_mtime(&old, unix_now() - month);
+    set_mtime_unix(&old, unix_now() - month);
     let dead = write_dead_letter(&spool, W, "older", "invalid_task");
-    set_mtime(&dead, unix_now() - 2.0 * month);
+    set_mtime_unix(&dead, unix_now() - 2.0 * month);
     let events = once_ok(&spool, &[], &[]);
     assert_eq!(keys(&events, "task_completed"), [format!("{W}/old")]);
     assert_eq!(keys(&events, "task_dead_lettered"), [format!("{W}/older")]);
@@ -1320,11 +1264,11 @@ fn later_runs_skip_new_records_older_than_retain() {
 
     let month = 30.0 * 86_400.0;
     let old = write_result(&spool, W, "old", "completed");
-    set_mtime(&old, unix_now() - month);
+    set_mtime_unix(&old, unix_now() - month);
     let dead = write_dead_letter(&spool, W, "old-dead", "invalid_task");
-    set_mtime(&dead, unix_now() - month);
+    set_mtime_unix(&dead, unix_now() - month);
     let recent = write_result(&spool, W, "recent", "completed");
-    set_mtime(&recent, unix_now() - 86_400.0);
+    set_mtime_unix(&recent, unix_now() - 86_400.0);
     let events = once_ok(&spool, &[], &[]);
     assert_eq!(keys(&events, "task_completed"), [format!("{W}/recent")]);
     assert!(

@@ -1,13 +1,12 @@
 //! Names in the spool (hookwatch(5), FILES): a task file keeps its own
 //! name through every folder it passes, whatever bytes the name holds.
 
-mod common;
 
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 
-use common::*;
+use crate::common::*;
 
 const W: &str = "marie";
 

@@ -3,8 +3,7 @@
 //! working directory), trigger and heartbeat files, output capture, the
 //! verdict on an attempt, configuration errors and JSON logs.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::HashMap;
 use std::fs;
@@ -161,11 +160,13 @@ fn write_in_place_slowly(spool: &Spool, name: &str, task: &Value) {
     drop(f);
 }
 
-#[test]
-fn a_task_written_in_place_slowly_completes_and_is_not_dead_lettered() {
+/// Writes task `slow` in place slowly for a worker started with `args`:
+/// it completes, the agent having got its description, and nothing is
+/// dead-lettered.
+fn assert_written_in_place_completes(args: &[&str]) {
     let spool = Spool::new();
     let agent = spool.script("agent.sh", r#"printf '%s' "$desc""#);
-    let w = Daemon::worker(&spool, W, &agent, &[]);
+    let w = worker_with_args(&spool, args, &agent, &[]);
     wait_ready(&spool, &w);
     let task = json!({"task_id": "slow", "description": "written in place"});
     write_in_place_slowly(&spool, "slow.json", &task);
@@ -180,22 +181,14 @@ fn a_task_written_in_place_slowly_completes_and_is_not_dead_lettered() {
 }
 
 #[test]
+fn a_task_written_in_place_slowly_completes_and_is_not_dead_lettered() {
+    assert_written_in_place_completes(&[]);
+}
+
+#[test]
 fn a_task_half_written_in_place_is_not_dead_lettered_by_a_rescan() {
-    let spool = Spool::new();
-    let agent = spool.script("agent.sh", r#"printf '%s' "$desc""#);
     // Rescans every 50 ms, so the worker certainly sees the half-written file.
-    let w = worker_with_args(&spool, &["--poll", "0.05"], &agent, &[]);
-    wait_ready(&spool, &w);
-    let task = json!({"task_id": "slow", "description": "written in place"});
-    write_in_place_slowly(&spool, "slow.json", &task);
-    let r = spool.wait_result(W, "slow");
-    assert_eq!(r["status"], "completed", "{r}");
-    assert_eq!(r["stdout"], "written in place");
-    assert!(
-        spool.dlq_records(W).is_empty(),
-        "dead-lettered: {:?}",
-        spool.dlq_records(W)
-    );
+    assert_written_in_place_completes(&["--poll", "0.05"]);
 }
 
 // 3-5. The agent's argv.
@@ -279,29 +272,42 @@ fn the_system_prompt_file_goes_after_the_commands_words_and_before_the_prompt() 
 
 // 6. The agent's environment, stdin and working directory.
 
+/// Runs task `id` with an agent that writes `VAR=value` (`<unset>` when
+/// unset) for each of `vars`, and `TASK_FILE_EXISTS=yes|no`, under a
+/// worker given `env`; returns what the agent wrote.
+fn agent_env(
+    spool: &Spool,
+    id: &str,
+    vars: &[&str],
+    env: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let out = spool.scratch("env");
+    let mut body: String = vars
+        .iter()
+        .map(|v| format!("  printf '{v}=%s\\n' \"${{{v}-<unset>}}\"\n"))
+        .collect();
+    body.push_str(
+        "  if [ -f \"$HW_TASK_FILE\" ]; then echo TASK_FILE_EXISTS=yes; else echo TASK_FILE_EXISTS=no; fi\n",
+    );
+    let agent = spool.script("agent.sh", &format!("{{\n{body}}} > {}", q(&out)));
+    spool.drop_simple(W, id, "show me");
+    let _w = Daemon::worker(spool, W, &agent, env);
+    let r = spool.wait_result(W, id);
+    assert_eq!(r["status"], "completed", "{r}");
+    key_values(&wait_file(&out))
+}
+
 #[test]
 fn the_agent_gets_the_task_variables() {
     let spool = Spool::new();
-    let out = spool.scratch("env");
-    let agent = spool.script(
-        "agent.sh",
-        &format!(
-            r#"{{
-  printf 'HW_TASK_ID=%s\n' "${{HW_TASK_ID-<unset>}}"
-  printf 'HW_WORKER=%s\n' "${{HW_WORKER-<unset>}}"
-  printf 'HW_TASK_FILE=%s\n' "${{HW_TASK_FILE-<unset>}}"
-  printf 'HW_ATTEMPT=%s\n' "${{HW_ATTEMPT-<unset>}}"
-  printf 'HW_ROOT=%s\n' "${{HW_ROOT-<unset>}}"
-  if [ -f "$HW_TASK_FILE" ]; then echo TASK_FILE_EXISTS=yes; else echo TASK_FILE_EXISTS=no; fi
-}} > {}"#,
-            q(&out)
-        ),
-    );
-    spool.drop_simple(W, "envy", "show me");
-    let _w = Daemon::worker(&spool, W, &agent, &[]);
-    let r = spool.wait_result(W, "envy");
-    assert_eq!(r["status"], "completed", "{r}");
-    let env = key_values(&wait_file(&out));
+    let vars = [
+        "HW_TASK_ID",
+        "HW_WORKER",
+        "HW_TASK_FILE",
+        "HW_ATTEMPT",
+        "HW_ROOT",
+    ];
+    let env = agent_env(&spool, "envy", &vars, &[]);
     assert_eq!(env["HW_TASK_ID"], "envy");
     assert_eq!(env["HW_WORKER"], W);
     assert_eq!(env["HW_ATTEMPT"], "1");
@@ -322,35 +328,24 @@ fn the_agent_gets_the_task_variables() {
 #[test]
 fn systemd_variables_do_not_reach_the_agent() {
     let spool = Spool::new();
-    let out = spool.scratch("env");
-    let agent = spool.script(
-        "agent.sh",
-        &format!(
-            r#"{{
-  printf 'NOTIFY_SOCKET=%s\n' "${{NOTIFY_SOCKET-<unset>}}"
-  printf 'WATCHDOG_USEC=%s\n' "${{WATCHDOG_USEC-<unset>}}"
-  printf 'WATCHDOG_PID=%s\n' "${{WATCHDOG_PID-<unset>}}"
-  printf 'KEPT=%s\n' "${{HW_TEST_KEPT-<unset>}}"
-}} > {}"#,
-            q(&out)
-        ),
-    );
-    spool.drop_simple(W, "sd", "x");
-    let env = [
+    let vars = [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "HW_TEST_KEPT",
+    ];
+    let given = [
         ("NOTIFY_SOCKET", "/run/systemd/notify"),
         ("WATCHDOG_USEC", "30000000"),
         ("WATCHDOG_PID", "1"),
         ("HW_TEST_KEPT", "inherited"),
     ];
-    let _w = Daemon::worker(&spool, W, &agent, &env);
-    let r = spool.wait_result(W, "sd");
-    assert_eq!(r["status"], "completed", "{r}");
-    let env = key_values(&wait_file(&out));
+    let env = agent_env(&spool, "sd", &vars, &given);
     assert_eq!(env["NOTIFY_SOCKET"], "<unset>");
     assert_eq!(env["WATCHDOG_USEC"], "<unset>");
     assert_eq!(env["WATCHDOG_PID"], "<unset>");
     assert_eq!(
-        env["KEPT"], "inherited",
+        env["HW_TEST_KEPT"], "inherited",
         "the worker's other variables are passed on"
     );
 }

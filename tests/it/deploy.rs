@@ -8,8 +8,7 @@
 //! report; one listener per state file. Each test runs the real binaries
 //! on its own spool, in their own process groups, always stopped.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -382,18 +381,26 @@ while [ ! -e '{}' ] && [ "$i" -lt 400 ]; do i=$((i + 1)); sleep 0.05; done"#,
 #[test]
 fn watchdog_pings_arrive_every_half_of_watchdog_usec() {
     let spool = Spool::new();
-    let agent = logging_agent(&spool);
     let mut systemd = NotifySocket::at_path(&spool);
-    let env = [
-        ("NOTIFY_SOCKET", systemd.address.as_str()),
-        ("WATCHDOG_USEC", "400000"),
-    ];
-    let _worker = Daemon::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
+    let cmd = watched_worker(&spool, &systemd, &[]);
+    let _worker = Daemon::spawn(&spool, "worker", cmd);
     assert!(
         systemd.wait_count(3, FEW_BEATS, is_watchdog),
         "fewer than 3 WATCHDOG=1 within {FEW_BEATS:?}; received {:?}",
         systemd.received
     );
+}
+
+/// `worker_command` with a logging agent, the notify socket of `systemd`,
+/// a watchdog of 0.4 s, and `extra` variables.
+fn watched_worker(spool: &Spool, systemd: &NotifySocket, extra: &[(&str, &str)]) -> Command {
+    let agent = logging_agent(spool);
+    let mut env = vec![
+        ("NOTIFY_SOCKET", systemd.address.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    env.extend_from_slice(extra);
+    worker_command(spool, &agent, &env)
 }
 
 /// Receives for four heartbeats after READY=1 (1.2 s of the worker's own
@@ -411,15 +418,10 @@ fn pings_over_four_heartbeats(systemd: &mut NotifySocket) -> usize {
 #[test]
 fn watchdog_pid_naming_another_process_means_no_pings() {
     let spool = Spool::new();
-    let agent = logging_agent(&spool);
     let mut systemd = NotifySocket::at_path(&spool);
     let test_pid = std::process::id().to_string();
-    let env = [
-        ("NOTIFY_SOCKET", systemd.address.as_str()),
-        ("WATCHDOG_USEC", "400000"),
-        ("WATCHDOG_PID", test_pid.as_str()),
-    ];
-    let _worker = Daemon::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
+    let cmd = watched_worker(&spool, &systemd, &[("WATCHDOG_PID", test_pid.as_str())]);
+    let _worker = Daemon::spawn(&spool, "worker", cmd);
     assert_eq!(
         pings_over_four_heartbeats(&mut systemd),
         0,
@@ -431,14 +433,9 @@ fn watchdog_pid_naming_another_process_means_no_pings() {
 #[test]
 fn watchdog_pid_naming_the_worker_itself_keeps_the_pings() {
     let spool = Spool::new();
-    let agent = logging_agent(&spool);
     let mut systemd = NotifySocket::at_path(&spool);
-    let env = [
-        ("NOTIFY_SOCKET", systemd.address.as_str()),
-        ("WATCHDOG_USEC", "400000"),
-    ];
     // As systemd does for its main process: the pid the worker will have.
-    let plain = worker_command(&spool, &agent, &env);
+    let plain = watched_worker(&spool, &systemd, &[]);
     let mut cmd = Command::new("/bin/sh");
     cmd.args([
         "-c",
@@ -463,13 +460,9 @@ fn watchdog_pid_naming_the_worker_itself_keeps_the_pings() {
 #[test]
 fn an_abstract_notify_socket_gets_the_messages_too() {
     let spool = Spool::new();
-    let agent = logging_agent(&spool);
     let mut systemd = NotifySocket::abstract_name();
-    let env = [
-        ("NOTIFY_SOCKET", systemd.address.as_str()),
-        ("WATCHDOG_USEC", "400000"),
-    ];
-    let mut worker = Daemon::spawn(&spool, "worker", worker_command(&spool, &agent, &env));
+    let cmd = watched_worker(&spool, &systemd, &[]);
+    let mut worker = Daemon::spawn(&spool, "worker", cmd);
     let ready = systemd.wait_for(DEADLINE, |m| has(m, "READY=1"));
     assert!(
         ready.as_deref().and_then(status_of).is_some(),

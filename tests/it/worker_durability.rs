@@ -5,10 +5,8 @@
 //! `/bin/sh` stand-in agent that appends one line per execution to a log
 //! outside the spool, so executions can be counted.
 
-mod common;
-use common::*;
+use crate::common::*;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -32,31 +30,6 @@ fn start_worker(spool: &Spool, agent: &Path, args: &[&str], env: &[(&str, &str)]
     Daemon::start(spool, "hw-worker", &argv, &all)
 }
 
-/// A scratch file whose existence lets gated agents finish. It is also
-/// created when the test ends, so that no agent outlives it for long
-/// (declare it after the spool: it must be dropped first).
-struct Gate {
-    path: PathBuf,
-}
-
-impl Gate {
-    fn new(spool: &Spool) -> Gate {
-        Gate {
-            path: spool.scratch("GO"),
-        }
-    }
-
-    fn open(&self) {
-        fs::write(&self.path, b"").unwrap();
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.path, b"");
-    }
-}
-
 fn agent_log(spool: &Spool) -> PathBuf {
     spool.scratch("agent.log")
 }
@@ -65,18 +38,12 @@ fn agent_log(spool: &Spool) -> PathBuf {
 /// gate, then logs `end ID ATTEMPT PID` and succeeds.
 fn gated_agent(spool: &Spool, gate: &Gate) -> PathBuf {
     let log = agent_log(spool).display().to_string();
-    let go = gate.path.display().to_string();
     spool.script(
         "gated.sh",
         &format!(
-            r#"echo "start $HW_TASK_ID $HW_ATTEMPT $$" >> '{log}'
-i=0
-while [ ! -e '{go}' ]; do
-  i=$((i + 1))
-  if [ "$i" -gt 400 ]; then exit 3; fi
-  sleep 0.05
-done
-echo "end $HW_TASK_ID $HW_ATTEMPT $$" >> '{log}'"#
+            "echo \"start $HW_TASK_ID $HW_ATTEMPT $$\" >> '{log}'\n{}\n\
+             echo \"end $HW_TASK_ID $HW_ATTEMPT $$\" >> '{log}'",
+            gate.wait_lines()
         ),
     )
 }
@@ -170,43 +137,6 @@ fn assert_exit_zero(status: ExitStatus) {
 
 fn task(id: &str) -> Value {
     json!({"task_id": id, "description": format!("do {id}")})
-}
-
-fn set_mtime(path: &Path, t: SystemTime) {
-    fs::File::options()
-        .write(true)
-        .open(path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
-/// Unix seconds of the RFC 3339 UTC times hookwatch writes
-/// (`2026-11-28T10:30:00.123Z`).
-fn unix_of(rfc: &str) -> f64 {
-    assert!(
-        rfc.len() >= 20 && rfc.ends_with('Z'),
-        "not an RFC 3339 UTC time: {rfc}"
-    );
-    let n = |r: std::ops::Range<usize>| rfc[r].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-    let (hh, mm) = (n(11..13), n(14..16));
-    let secs: f64 = rfc[17..rfc.len() - 1].parse().unwrap();
-    // Days from the civil date (H. Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    (days * 86_400 + hh * 3600 + mm * 60) as f64 + secs
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// Waits until a folder has no visible entries.
@@ -601,7 +531,7 @@ fn a_deferred_retry_keeps_its_schedule_across_a_restart() {
     assert!(ok, "t8 never reached .deferred/");
     let deferred = deferred.unwrap();
     assert_eq!(deferred["retry_count"], 1, "{deferred}");
-    let not_before = unix_of(deferred["not_before"].as_str().expect("not_before"));
+    let not_before = utc_seconds(deferred["not_before"].as_str().expect("not_before"));
 
     assert_exit_zero(w.stop());
     let mut again = start_worker(&spool, &agent, &[], &env);
@@ -659,29 +589,11 @@ fn pending_and_due_deferred_tasks_present_before_start_are_run_at_start() {
 
 /// Every id ran exactly once according to the agent log, and has one
 /// completed result; nothing is left pending, active or deferred.
-fn assert_each_ran_once(spool: &Spool, ids: &[String]) -> Vec<Exec> {
+fn assert_each_ran_once_by_log(spool: &Spool, ids: &[String]) -> Vec<Exec> {
     let runs = executions(spool);
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for e in &runs {
-        *count.entry(e.id.as_str()).or_default() += 1;
-    }
-    let wrong: Vec<_> = ids
-        .iter()
-        .filter(|id| count.get(id.as_str()) != Some(&1))
-        .map(|id| (id.clone(), count.get(id.as_str()).copied().unwrap_or(0)))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "ids not run exactly once (id, runs): {wrong:?}"
-    );
-    assert_eq!(runs.len(), ids.len(), "executions of unknown tasks");
-    for id in ids {
-        let r = spool
-            .result(W, id)
-            .unwrap_or_else(|| panic!("no result for {id}"));
-        assert_eq!(r["status"], "completed", "{r}");
-        assert_eq!(r["retry_count"], 0, "{r}");
-    }
+    let ran: Vec<&str> = runs.iter().map(|e| e.id.as_str()).collect();
+    assert_each_ran_once(ids, &ran);
+    assert_completed_uncharged(spool, W, ids);
     for dir in [spool.tasks(W), spool.active(W), spool.deferred(W)] {
         assert!(
             wait_empty(spool, &dir),
@@ -723,7 +635,7 @@ fn two_workers_on_one_spool_run_each_of_500_tasks_exactly_once() {
     }
     wait_results(&spool, ids.len(), DEADLINE);
 
-    let runs = assert_each_ran_once(&spool, &ids);
+    let runs = assert_each_ran_once_by_log(&spool, &ids);
     let by = |pid: i32| {
         runs.iter()
             .filter(|e| e.extra.as_deref() == Some(pid.to_string().as_str()))
@@ -766,7 +678,7 @@ fn two_thousand_tasks_dropped_at_once_all_run_exactly_once() {
     }
     wait_results(&spool, ids.len(), Duration::from_secs(120));
 
-    assert_each_ran_once(&spool, &ids);
+    assert_each_ran_once_by_log(&spool, &ids);
     assert_exit_zero(w.stop());
 }
 

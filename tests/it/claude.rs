@@ -5,7 +5,6 @@
 //! and the pauses they cause, the task's options, the spend and the
 //! daily budget, and the start-up checks.
 
-mod common;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -13,7 +12,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const W: &str = "marie";

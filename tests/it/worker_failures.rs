@@ -2,8 +2,6 @@
 //! back-off and the dead-letter queue, per-task timeouts, priority order,
 //! dependencies, the circuit breaker, and bad input of every kind.
 
-mod common;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -11,7 +9,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const W: &str = "marie";
@@ -66,68 +64,6 @@ fn attempts(log: &Path) -> Vec<Attempt> {
 
 fn ids(attempts: &[Attempt]) -> Vec<&str> {
     attempts.iter().map(|a| a.id.as_str()).collect()
-}
-
-/// Lines of a plain text file (empty when it does not exist).
-/// True when `cond` holds at every poll for all of `period`; false as soon
-/// as it does not.
-fn holds_for(period: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + period;
-    while Instant::now() < end {
-        if !cond() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
-}
-
-/// Parses the spool's timestamps, `YYYY-MM-DDTHH:MM:SS[.fff]Z`, into Unix
-/// seconds; panics on anything else (SPEC section 4: RFC 3339, UTC, `Z`).
-fn rfc3339(s: &str) -> f64 {
-    let fail = || -> ! { panic!("not an RFC 3339 UTC timestamp: {s:?}") };
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        fail();
-    }
-    if !s.ends_with('Z') {
-        fail();
-    }
-    let num = |r: std::ops::Range<usize>| -> i64 {
-        let part = &s[r];
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            fail();
-        }
-        part.parse().unwrap_or_else(|_| fail())
-    };
-    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
-    let (hh, mm, ss) = (num(11..13), num(14..16), num(17..19));
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        fail();
-    }
-    let frac = &s[19..s.len() - 1];
-    let frac = match frac.strip_prefix('.') {
-        Some(digits) if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) => {
-            format!("0.{digits}").parse::<f64>().unwrap()
-        }
-        None if frac.is_empty() => 0.0,
-        _ => fail(),
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    (days * 86_400 + hh * 3600 + mm * 60 + ss) as f64 + frac
 }
 
 /// True when no live process has this pid. A zombie counts as gone: it is
@@ -249,7 +185,7 @@ fn a_failing_task_is_retried_with_growing_gaps_then_dead_lettered() {
         assert_eq!(s["task_id"], "doomed");
         assert_eq!(s["description"], "always fails");
         assert_eq!(s["metadata"], metadata);
-        let not_before = rfc3339(
+        let not_before = utc_seconds(
             s["not_before"]
                 .as_str()
                 .unwrap_or_else(|| panic!("no not_before: {s}")),
@@ -302,7 +238,7 @@ fn a_failing_task_is_retried_with_growing_gaps_then_dead_lettered() {
         record["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{record}"
     );
-    rfc3339(record["dlq_timestamp"].as_str().expect("dlq_timestamp"));
+    utc_seconds(record["dlq_timestamp"].as_str().expect("dlq_timestamp"));
     assert_eq!(record["task_id"], "doomed");
     assert_eq!(record["description"], "always fails");
     assert_eq!(record["metadata"], metadata);
@@ -345,39 +281,35 @@ fn a_task_that_succeeds_on_its_retry_completes_without_a_dead_letter() {
 // ---------------------------------------------------------------------------
 // 3. timeouts
 
-#[test]
-fn a_task_timeout_kills_the_agent_and_its_children() {
-    let spool = Spool::new();
+/// Runs task `id` with `timeout: 1` under `--kill-grace 1`, its agent
+/// starting a grandchild and then sleeping (both ignoring SIGTERM when
+/// `ignore_term`); checks that it failed as a timeout (exit code 124) and
+/// that the agent and the grandchild are gone within 3 s. Returns the
+/// result, how long it took to come, and the worker, still running.
+fn timed_out(spool: &Spool, id: &str, ignore_term: bool) -> (Value, Duration, Daemon) {
     let (apid, gpid) = (spool.scratch("agent.pid"), spool.scratch("grandchild.pid"));
+    // A trap set to ignore is inherited by the child.
     let body = format!(
-        "sleep 60 &\necho $! > '{}'\necho $$ > '{}'\nsleep 60",
+        "{}sleep 60 &\necho $! > '{}'\necho $$ > '{}'\nsleep 60",
+        if ignore_term { "trap '' TERM\n" } else { "" },
         gpid.display(),
         apid.display()
     );
     let agent = spool.script("agent.sh", &body);
-    let _w = worker(
-        &spool,
+    let w = worker(
+        spool,
         &agent,
         &["--kill-grace", "1"],
         &[("MAX_RETRIES", "0")],
     );
     let started = Instant::now();
-    spool.drop_task(
-        W,
-        "slow.json",
-        &json!({"task_id": "slow", "description": "hangs", "timeout": 1}),
-    );
-    let r = spool.wait_result(W, "slow");
+    let task = json!({"task_id": id, "description": "hangs", "timeout": 1});
+    spool.drop_task(W, &format!("{id}.json"), &task);
+    let r = spool.wait_result(W, id);
     let took = started.elapsed();
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["exit_code"], 124, "{r}");
     assert_eq!(r["error"], "timeout", "{r}");
-    assert!(
-        took < Duration::from_secs(5),
-        "took {took:?} for a 1 s timeout"
-    );
-    let secs = r["duration_seconds"].as_f64().expect("duration_seconds");
-    assert!((0.9..4.0).contains(&secs), "duration_seconds {secs}");
     let (apid, gpid) = (read_pid(&apid), read_pid(&gpid));
     let gone = wait_until(Duration::from_secs(3), || {
         process_gone(apid) && process_gone(gpid)
@@ -388,6 +320,19 @@ fn a_task_timeout_kills_the_agent_and_its_children() {
         !process_gone(apid),
         !process_gone(gpid)
     );
+    (r, took, w)
+}
+
+#[test]
+fn a_task_timeout_kills_the_agent_and_its_children() {
+    let spool = Spool::new();
+    let (r, took, _w) = timed_out(&spool, "slow", false);
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} for a 1 s timeout"
+    );
+    let secs = r["duration_seconds"].as_f64().expect("duration_seconds");
+    assert!((0.9..4.0).contains(&secs), "duration_seconds {secs}");
     assert_eq!(spool.dlq_records(W).len(), 1);
     assert_spool_drained(&spool);
 }
@@ -395,44 +340,10 @@ fn a_task_timeout_kills_the_agent_and_its_children() {
 #[test]
 fn a_timed_out_agent_ignoring_sigterm_is_killed_after_the_grace() {
     let spool = Spool::new();
-    let (apid, gpid) = (spool.scratch("agent.pid"), spool.scratch("grandchild.pid"));
-    // SIGTERM is ignored by the agent and, inherited, by its child.
-    let body = format!(
-        "trap '' TERM\nsleep 60 &\necho $! > '{}'\necho $$ > '{}'\nsleep 60",
-        gpid.display(),
-        apid.display()
-    );
-    let agent = spool.script("agent.sh", &body);
-    let _w = worker(
-        &spool,
-        &agent,
-        &["--kill-grace", "1"],
-        &[("MAX_RETRIES", "0")],
-    );
-    let started = Instant::now();
-    spool.drop_task(
-        W,
-        "stubborn.json",
-        &json!({"task_id": "stubborn", "description": "x", "timeout": 1}),
-    );
-    let r = spool.wait_result(W, "stubborn");
-    let took = started.elapsed();
-    assert_eq!(r["status"], "failed", "{r}");
-    assert_eq!(r["exit_code"], 124, "{r}");
-    assert_eq!(r["error"], "timeout", "{r}");
+    let (_, took, _w) = timed_out(&spool, "stubborn", true);
     assert!(
         took < Duration::from_secs(6),
         "took {took:?} for 1 s timeout + 1 s grace"
-    );
-    let (apid, gpid) = (read_pid(&apid), read_pid(&gpid));
-    let gone = wait_until(Duration::from_secs(3), || {
-        process_gone(apid) && process_gone(gpid)
-    });
-    assert!(
-        gone,
-        "still running: agent {apid} {}, grandchild {gpid} {}",
-        !process_gone(apid),
-        !process_gone(gpid)
     );
 }
 
@@ -541,7 +452,7 @@ fn a_task_runs_only_after_its_dependency_completed() {
     let order: Vec<String> = events.iter().map(|(w, i, _)| format!("{w} {i}")).collect();
     assert_eq!(order, ["start A", "end A", "start B", "end B"]);
     assert!(when("start", "B") > when("end", "A"));
-    let a_done = rfc3339(a["timestamp"].as_str().expect("timestamp"));
+    let a_done = utc_seconds(a["timestamp"].as_str().expect("timestamp"));
     assert!(
         when("start", "B") >= a_done - 0.001,
         "B started at {:.3}, before A's result at {a_done:.3}",
@@ -581,7 +492,7 @@ fn a_task_whose_dependency_failed_is_dead_lettered_and_never_runs() {
     assert_eq!(record["retry_count"], 0, "{record}");
     assert_eq!(record["description"], "needs D");
     assert_eq!(record["metadata"], json!({"k": "v"}));
-    rfc3339(record["dlq_timestamp"].as_str().expect("dlq_timestamp"));
+    utc_seconds(record["dlq_timestamp"].as_str().expect("dlq_timestamp"));
     assert_eq!(ids(&attempts(&log)), ["D"], "C must never run");
     assert!(
         spool
@@ -770,7 +681,7 @@ fn wait_entry_record(spool: &Spool, reason: &str, name: impl Fn(&str) -> bool) -
     let record = record.unwrap();
     assert_eq!(record["dlq_reason"], reason, "{record}");
     assert_eq!(record["retry_count"], 0, "{record}");
-    rfc3339(
+    utc_seconds(
         record["dlq_timestamp"]
             .as_str()
             .unwrap_or_else(|| panic!("no dlq_timestamp: {record}")),

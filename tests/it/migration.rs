@@ -6,8 +6,7 @@
 //! real binaries on a spool of its own, laid out as the Python system
 //! leaves it.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::path::PathBuf;

@@ -3,14 +3,12 @@
 //! while it is full, receipts and results written together, and the
 //! `--no-fsync` and `--queue-cap` options.
 
-mod common;
-
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const W: &str = "fabien";

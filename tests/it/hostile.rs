@@ -14,8 +14,6 @@
 //! without bound fails instead of eating the machine, and their peak
 //! resident memory is checked.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -27,8 +25,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
-use hookwatch::model::task::Task;
+use crate::common::*;
 use nix::libc;
 use serde_json::{json, Value};
 
@@ -491,18 +488,6 @@ fn drop_entry(dir: &Path, name: &OsStr, entry: &Entry) -> Result<(), String> {
     Ok(())
 }
 
-/// True when `cond` holds at every poll for all of `period`.
-fn holds_for(period: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + period;
-    while Instant::now() < end {
-        if !cond() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
 /// Starts `hw-worker W` with `agent` and waits for its first heartbeat
 /// (written after the watch and the start-up scan).
 fn worker_up(spool: &Spool, agent: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
@@ -534,12 +519,12 @@ const ESCAPING_IDS: [&str; 3] = [
 enum Expect {
     /// A dead letter of the entry (by `original_name`) with this reason.
     Dead(&'static str),
-    /// The task ran: a result for `id` (with `status` when given); with
-    /// `argv`, the agent got exactly that description as one argument;
-    /// with `once`, it ran exactly once, as attempt 1 or later.
+    /// The task ran: a result for `id` with `status`; with `argv`, the
+    /// agent got exactly that description as one argument; with `once`,
+    /// it ran exactly once, as attempt 1 or later.
     Ran {
         id: String,
-        status: Option<&'static str>,
+        status: &'static str,
         argv: Option<String>,
         once: bool,
     },
@@ -547,14 +532,12 @@ enum Expect {
     Either(Vec<String>),
 }
 
+/// One row: an entry named `file` in the tasks folder; the name says
+/// what is hostile about it.
 struct Row {
     file: OsString,
     entry: Entry,
     expect: Expect,
-}
-
-fn task_bytes(v: Value) -> Entry {
-    Entry::Bytes(v.to_string().into_bytes())
 }
 
 fn dead(file: &str, bytes: impl Into<Vec<u8>>, reason: &'static str) -> Row {
@@ -565,40 +548,27 @@ fn dead(file: &str, bytes: impl Into<Vec<u8>>, reason: &'static str) -> Row {
     }
 }
 
-fn dead_task(file: &str, task: Value, reason: &'static str) -> Row {
+/// A task that must run and complete.
+fn ran(file: &str, task: Value) -> Row {
     Row {
         file: os(file),
-        entry: task_bytes(task),
-        expect: Expect::Dead(reason),
-    }
-}
-
-fn ran(file: &str, task: Value, status: Option<&'static str>) -> Row {
-    let id = task["task_id"].as_str().unwrap().to_string();
-    Row {
-        file: os(file),
-        entry: task_bytes(task),
         expect: Expect::Ran {
-            id,
-            status,
+            id: task["task_id"].as_str().unwrap().to_string(),
+            status: "completed",
             argv: None,
             once: false,
         },
+        entry: Entry::Bytes(task.to_string().into_bytes()),
     }
 }
 
 /// A valid task whose description the agent must get as one argument.
 fn ran_exactly(file: &str, id: &str, description: &str) -> Row {
-    Row {
-        file: os(file),
-        entry: task_bytes(json!({"task_id": id, "description": description})),
-        expect: Expect::Ran {
-            id: id.into(),
-            status: Some("completed"),
-            argv: Some(description.into()),
-            once: false,
-        },
+    let mut row = ran(file, json!({"task_id": id, "description": description}));
+    if let Expect::Ran { argv, .. } = &mut row.expect {
+        *argv = Some(description.into());
     }
+    row
 }
 
 fn irregular(file: &str, entry: Entry) -> Row {
@@ -609,261 +579,146 @@ fn irregular(file: &str, entry: Entry) -> Row {
     }
 }
 
+/// Files that are not JSON at all: each is dead-lettered `invalid_json`.
+#[rustfmt::skip]
+const NOT_JSON: [(&str, &[u8]); 9] = [
+    ("malformed.json", br#"{"task_id" "x", "description": }"#),
+    ("empty.json", b""),
+    ("blank.json", b" \n\t\n"),
+    ("not-utf8.json", b"\xff\xfe{\"task_id\":1}"),
+    ("not-utf8-in-string.json", b"{\"task_id\":\"u8\",\"description\":\"caf\xe9\"}"),
+    ("lone-surrogate.json", br#"{"task_id":"sur","description":"\ud800"}"#),
+    ("raw-nul.json", b"{\"task_id\":\"n\x00ul\",\"description\":\"d\"}"),
+    ("two-objects.json", br#"{"task_id":"two1","description":"d"}{"task_id":"two2","description":"d"}"#),
+    ("number-too-large.json", br#"{"task_id":"big-num","description":"d","timeout":1e400}"#),
+];
+
+/// JSON, but not a task (a wrong type, a value out of range, a worker
+/// that is not this one): each is dead-lettered `invalid_task`.
+#[rustfmt::skip]
+const NOT_A_TASK: [(&str, &str); 25] = [
+    ("null.json", "null"),
+    ("string.json", r#""a task""#),
+    ("array-of-task.json", r#"[{"task_id":"in-array","description":"d"}]"#),
+    ("id-number.json", r#"{"task_id":5,"description":"d"}"#),
+    ("id-null.json", r#"{"task_id":null,"description":"d"}"#),
+    ("description-array.json", r#"{"task_id":"da","description":["d"]}"#),
+    ("description-null.json", r#"{"task_id":"dn","description":null}"#),
+    ("description-empty.json", r#"{"task_id":"de","description":""}"#),
+    ("timeout-string.json", r#"{"task_id":"ts","description":"d","timeout":"60"}"#),
+    ("timeout-negative.json", r#"{"task_id":"tn","description":"d","timeout":-1}"#),
+    ("timeout-zero.json", r#"{"task_id":"tz","description":"d","timeout":0}"#),
+    ("priority-object.json", r#"{"task_id":"po","description":"d","priority":{"p":1}}"#),
+    ("priority-spaced.json", r#"{"task_id":"ps","description":"d","priority":"high "}"#),
+    ("dependencies-number.json", r#"{"task_id":"dnum","description":"d","dependencies":5}"#),
+    ("dependency-escaping.json", r#"{"task_id":"desc","description":"d","dependencies":["../../x"]}"#),
+    ("metadata-string.json", r#"{"task_id":"ms","description":"d","metadata":"m"}"#),
+    ("retry-count-negative.json", r#"{"task_id":"rcn","description":"d","retry_count":-1}"#),
+    ("retry-count-fraction.json", r#"{"task_id":"rcf","description":"d","retry_count":1.5}"#),
+    ("retry-count-2-32.json", r#"{"task_id":"rc32","description":"d","retry_count":4294967296}"#),
+    ("not-before-number.json", r#"{"task_id":"nbn","description":"d","not_before":5}"#),
+    ("not-before-garbage.json", r#"{"task_id":"nbg","description":"d","not_before":"soon"}"#),
+    ("worker-other.json", r#"{"task_id":"wo","description":"d","worker":"anga"}"#),
+    ("worker-escaping.json", r#"{"task_id":"we","description":"d","worker":"../marie"}"#),
+    ("worker-number.json", r#"{"task_id":"wn","description":"d","worker":7}"#),
+    // Descriptions no argument can carry: not a task that could run.
+    ("description-nul.json", r#"{"task_id":"desc-nul","description":"a\u0000b"}"#),
+];
+
+/// Task ids that must never become part of a path: each task is
+/// dead-lettered `invalid_task` (more in `ESCAPING_IDS`).
+#[rustfmt::skip]
+const BAD_IDS: [(&str, &str); 9] = [
+    ("id-slash.json", "a/b"),
+    ("id-dotdot.json", ".."),
+    ("id-dot.json", "."),
+    ("id-leading-dot.json", ".hidden"),
+    ("id-leading-dash.json", "-rf"),
+    ("id-nul.json", "a\u{0}b"),
+    ("id-newline.json", "a\nb"),
+    ("id-empty.json", ""),
+    ("id-non-ascii.json", "caf\u{e9}"),
+];
+
+/// File names that mean something elsewhere (Windows devices, a newline,
+/// a leading dash), of valid tasks: each runs and completes.
+#[rustfmt::skip]
+const ODD_NAMES: [(&str, &str); 8] = [
+    ("con.json", "con"),
+    ("nul.json", "nul"),
+    ("aux.json", "aux"),
+    ("prn.json", "prn"),
+    ("com1.json", "com1"),
+    ("lpt1.json", "lpt1"),
+    ("new\nline.json", "newline"),
+    ("-dash.json", "dash"),
+];
+
 fn task_file_rows(spool: &Spool, outside: &Outside) -> Vec<Row> {
+    let mut rows = Vec::new();
+    // Not JSON.
+    for (file, bytes) in NOT_JSON {
+        rows.push(dead(file, bytes, "invalid_json"));
+    }
     let valid = json!({"task_id": "half", "description": "cut in two"}).to_string();
-    let nested = |open: &str, close: &str, n: usize| {
-        format!(
-            r#"{{"task_id":"deep","description":"d","metadata":{{"x":{}{}}}}}"#,
-            open.repeat(n),
-            close.repeat(n)
-        )
-    };
-    let mut deep_object = json!("bottom");
-    for _ in 0..100 {
-        deep_object = json!({ "a": deep_object });
-    }
-    let mut many = serde_json::Map::new();
-    many.insert("task_id".into(), "many-fields".into());
-    many.insert("description".into(), "d".into());
-    for i in 0..10_000 {
-        many.insert(format!("extra-{i}"), i.into());
-    }
-    let shell = format!(
-        "$(touch {s}/a); `touch {s}/b` | touch {s}/c; touch {s}/d & echo >{s}/e",
-        s = outside.sentinel.display()
+    let nested = format!(
+        r#"{{"task_id":"deep","description":"d","metadata":{{"x":{}{}}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
     );
-    let mut rows = vec![
-        // Not JSON.
-        dead(
-            "malformed.json",
-            r#"{"task_id" "x", "description": }"#,
-            "invalid_json",
-        ),
+    rows.extend([
         dead(
             "truncated.json",
             &valid.as_bytes()[..valid.len() / 2],
             "invalid_json",
         ),
-        dead("empty.json", "", "invalid_json"),
-        dead("blank.json", " \n\t\n", "invalid_json"),
         dead("nested-100000.json", "[".repeat(100_000), "invalid_json"),
-        dead(
-            "nested-in-metadata.json",
-            nested("[", "]", 100_000),
-            "invalid_json",
-        ),
+        dead("nested-in-metadata.json", nested, "invalid_json"),
         dead(
             "nested-objects.json",
             r#"{"a":"#.repeat(100_000),
             "invalid_json",
         ),
-        dead(
-            "not-utf8.json",
-            b"\xff\xfe{\"task_id\":1}".to_vec(),
-            "invalid_json",
-        ),
-        dead(
-            "not-utf8-in-string.json",
-            b"{\"task_id\":\"u8\",\"description\":\"caf\xe9\"}".to_vec(),
-            "invalid_json",
-        ),
-        dead(
-            "lone-surrogate.json",
-            r#"{"task_id":"sur","description":"\ud800"}"#,
-            "invalid_json",
-        ),
-        dead(
-            "raw-nul.json",
-            b"{\"task_id\":\"n\x00ul\",\"description\":\"d\"}".to_vec(),
-            "invalid_json",
-        ),
-        dead(
-            "two-objects.json",
-            r#"{"task_id":"two1","description":"d"}{"task_id":"two2","description":"d"}"#,
-            "invalid_json",
-        ),
-        dead(
-            "number-too-large.json",
-            r#"{"task_id":"big-num","description":"d","timeout":1e400}"#,
-            "invalid_json",
-        ),
-        // JSON, but not a task: wrong types.
-        dead("null.json", "null", "invalid_task"),
-        dead("string.json", r#""a task""#, "invalid_task"),
-        dead(
-            "array-of-task.json",
-            r#"[{"task_id":"in-array","description":"d"}]"#,
-            "invalid_task",
-        ),
-        dead_task(
-            "id-number.json",
-            json!({"task_id": 5, "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-null.json",
-            json!({"task_id": null, "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "description-array.json",
-            json!({"task_id": "da", "description": ["d"]}),
-            "invalid_task",
-        ),
-        dead_task(
-            "description-null.json",
-            json!({"task_id": "dn", "description": null}),
-            "invalid_task",
-        ),
-        dead_task(
-            "description-empty.json",
-            json!({"task_id": "de", "description": ""}),
-            "invalid_task",
-        ),
-        dead_task(
-            "timeout-string.json",
-            json!({"task_id": "ts", "description": "d", "timeout": "60"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "timeout-negative.json",
-            json!({"task_id": "tn", "description": "d", "timeout": -1}),
-            "invalid_task",
-        ),
-        dead_task(
-            "timeout-zero.json",
-            json!({"task_id": "tz", "description": "d", "timeout": 0}),
-            "invalid_task",
-        ),
-        dead_task(
-            "priority-object.json",
-            json!({"task_id": "po", "description": "d", "priority": {"p": 1}}),
-            "invalid_task",
-        ),
-        dead_task(
-            "priority-spaced.json",
-            json!({"task_id": "ps", "description": "d", "priority": "high "}),
-            "invalid_task",
-        ),
-        dead_task(
-            "dependencies-number.json",
-            json!({"task_id": "dnum", "description": "d", "dependencies": 5}),
-            "invalid_task",
-        ),
-        dead_task(
-            "dependency-escaping.json",
-            json!({"task_id": "desc", "description": "d", "dependencies": ["../../x"]}),
-            "invalid_task",
-        ),
-        dead_task(
-            "metadata-string.json",
-            json!({"task_id": "ms", "description": "d", "metadata": "m"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "retry-count-negative.json",
-            json!({"task_id": "rcn", "description": "d", "retry_count": -1}),
-            "invalid_task",
-        ),
-        dead_task(
-            "retry-count-fraction.json",
-            json!({"task_id": "rcf", "description": "d", "retry_count": 1.5}),
-            "invalid_task",
-        ),
-        dead_task(
-            "retry-count-2-32.json",
-            json!({"task_id": "rc32", "description": "d", "retry_count": 4_294_967_296u64}),
-            "invalid_task",
-        ),
-        dead_task(
-            "not-before-number.json",
-            json!({"task_id": "nbn", "description": "d", "not_before": 5}),
-            "invalid_task",
-        ),
-        dead_task(
-            "not-before-garbage.json",
-            json!({"task_id": "nbg", "description": "d", "not_before": "soon"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "worker-other.json",
-            json!({"task_id": "wo", "description": "d", "worker": "anga"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "worker-escaping.json",
-            json!({"task_id": "we", "description": "d", "worker": "../marie"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "worker-number.json",
-            json!({"task_id": "wn", "description": "d", "worker": 7}),
-            "invalid_task",
-        ),
-        // Ids that must never become part of a path.
-        dead_task(
-            "id-slash.json",
-            json!({"task_id": "a/b", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-dotdot.json",
-            json!({"task_id": "..", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-dot.json",
-            json!({"task_id": ".", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-leading-dot.json",
-            json!({"task_id": ".hidden", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-leading-dash.json",
-            json!({"task_id": "-rf", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-nul.json",
-            json!({"task_id": "a\u{0}b", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-newline.json",
-            json!({"task_id": "a\nb", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-empty.json",
-            json!({"task_id": "", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-non-ascii.json",
-            json!({"task_id": "caf\u{e9}", "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-129.json",
-            json!({"task_id": "a".repeat(129), "description": "d"}),
-            "invalid_task",
-        ),
-        dead_task(
-            "id-10k.json",
-            json!({"task_id": "a".repeat(10_240), "description": "d"}),
-            "invalid_task",
-        ),
-        // Too large to read (the default --max-task-bytes, 1 MiB).
-        dead_task(
-            "huge-task.json",
-            json!({"task_id": "huge", "description": "x".repeat(2 << 20)}),
-            "task_too_large",
-        ),
-        dead("huge-garbage.json", vec![b'x'; 3 << 20], "task_too_large"),
-        // Entries that are not regular files: moved aside, never followed.
+        dead(&format!("{}.json", "n".repeat(250)), "{", "invalid_json"),
+    ]);
+    // JSON, but not a task.
+    for (file, text) in NOT_A_TASK {
+        rows.push(dead(file, text, "invalid_task"));
+    }
+    // Too long for one argument: the Claude CLI reads it on stdin.
+    rows.push(ran_exactly(
+        "description-200k.json",
+        "desc-200k",
+        &"y".repeat(200_000),
+    ));
+    // Ids that must never become part of a path.
+    let long_ids = [
+        ("id-129.json", "a".repeat(129)),
+        ("id-10k.json", "a".repeat(10_240)),
+    ];
+    let escaping = ESCAPING_IDS
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (format!("escaping-{i}.json"), id.to_string()));
+    let bad_ids = BAD_IDS
+        .iter()
+        .map(|(f, id)| (f.to_string(), id.to_string()))
+        .chain(long_ids.map(|(f, id)| (f.to_string(), id)))
+        .chain(escaping);
+    for (file, id) in bad_ids {
+        let task = json!({"task_id": id, "description": "d"}).to_string();
+        rows.push(dead(&file, task, "invalid_task"));
+    }
+    // Too large to read (the default --max-task-bytes, 1 MiB).
+    let huge = json!({"task_id": "huge", "description": "x".repeat(2 << 20)}).to_string();
+    rows.push(dead("huge-task.json", huge, "task_too_large"));
+    rows.push(dead(
+        "huge-garbage.json",
+        vec![b'x'; 3 << 20],
+        "task_too_large",
+    ));
+    // Entries that are not regular files: moved aside, never followed.
+    rows.extend([
         irregular(
             "link-to-file.json",
             Entry::Symlink(outside.victim.join("victim.json")),
@@ -881,112 +736,66 @@ fn task_file_rows(spool: &Spool, outside: &Outside) -> Vec<Row> {
         irregular("folder.json", Entry::Folder),
         irregular("socket.json", Entry::Socket),
         irregular("device.json", Entry::CharDevice),
-        // Odd names and odd but valid content: they run.
-        ran(
-            "con.json",
-            json!({"task_id": "con", "description": "d"}),
-            Some("completed"),
-        ),
-        ran(
-            "nul.json",
-            json!({"task_id": "nul", "description": "d"}),
-            Some("completed"),
-        ),
-        ran(
-            "aux.json",
-            json!({"task_id": "aux", "description": "d"}),
-            Some("completed"),
-        ),
-        ran(
-            "prn.json",
-            json!({"task_id": "prn", "description": "d"}),
-            Some("completed"),
-        ),
-        ran(
-            "com1.json",
-            json!({"task_id": "com1", "description": "d"}),
-            Some("completed"),
-        ),
-        ran(
-            "lpt1.json",
-            json!({"task_id": "lpt1", "description": "d"}),
-            Some("completed"),
-        ),
-        ran(
-            "new\nline.json",
-            json!({"task_id": "newline", "description": "d"}),
-            Some("completed"),
-        ),
-        ran(
-            "-dash.json",
-            json!({"task_id": "dash", "description": "d"}),
-            Some("completed"),
-        ),
+    ]);
+    // Odd names and odd but valid content: they run.
+    for (file, id) in ODD_NAMES {
+        rows.push(ran(file, json!({"task_id": id, "description": "d"})));
+    }
+    let mut deep_object = json!("bottom");
+    for _ in 0..100 {
+        deep_object = json!({ "a": deep_object });
+    }
+    let mut many = serde_json::Map::new();
+    many.insert("task_id".into(), "many-fields".into());
+    many.insert("description".into(), "d".into());
+    for i in 0..10_000 {
+        many.insert(format!("extra-{i}"), i.into());
+    }
+    let past = "0001-01-01T00:00:00Z";
+    rows.extend([
         ran(
             "id-128.json",
             json!({"task_id": "b".repeat(128), "description": "d"}),
-            Some("completed"),
         ),
         ran(
             "deep-object.json",
             json!({"task_id": "deep-object", "description": "d", "metadata": deep_object}),
-            Some("completed"),
         ),
-        ran("many-fields.json", Value::Object(many), Some("completed")),
+        ran("many-fields.json", Value::Object(many)),
         ran(
             "timeout-huge.json",
             json!({"task_id": "timeout-huge", "description": "d", "timeout": 1e308}),
-            Some("completed"),
         ),
         ran(
             "not-before-past.json",
-            json!({"task_id": "nb-past", "description": "d", "not_before": "0001-01-01T00:00:00Z"}),
-            Some("completed"),
+            json!({"task_id": "nb-past", "description": "d", "not_before": past}),
         ),
-        // Descriptions no argument can carry: not a task that could run.
-        dead_task(
-            "description-nul.json",
-            json!({"task_id": "desc-nul", "description": "a\u{0}b"}),
-            "invalid_task",
-        ),
-        // Too long for one argument: the Claude CLI reads it on stdin.
-        ran_exactly("description-200k.json", "desc-200k", &"y".repeat(200_000)),
+    ]);
+    // Descriptions the agent must get whole, as one argument.
+    let shell = format!(
+        "$(touch {s}/a); `touch {s}/b` | touch {s}/c; touch {s}/d & echo >{s}/e",
+        s = outside.sentinel.display()
+    );
+    let odd_text = "line one\nline two\ttab \u{1b}[31mred\u{1b}[0m \u{e9}\u{1F980} '\"\\";
+    rows.extend([
         ran_exactly("shell.json", "shell", &shell),
         ran_exactly("dash-help.json", "dash-help", "--help"),
-        ran_exactly(
-            "odd-text.json",
-            "odd-text",
-            "line one\nline two\ttab \u{1b}[31mred\u{1b}[0m \u{e9}\u{1F980} '\"\\",
-        ),
-        Row {
-            file: os("retry-count-max.json"),
-            entry: task_bytes(
-                json!({"task_id": "rc-max", "description": "FAIL", "retry_count": 4_294_967_295u64}),
-            ),
-            expect: Expect::Ran {
-                id: "rc-max".into(),
-                status: Some("failed"),
-                argv: None,
-                once: true,
-            },
-        },
-        Row {
-            file: os("duplicate-keys.json"),
-            entry: Entry::Bytes(
-                br#"{"task_id":"dup1","description":"d","task_id":"dup2"}"#.to_vec(),
-            ),
-            expect: Expect::Either(vec!["dup1".into(), "dup2".into()]),
-        },
-    ];
-    let long_name = format!("{}.json", "n".repeat(250));
-    rows.push(dead(&long_name, "{", "invalid_json"));
-    for (i, id) in ESCAPING_IDS.iter().enumerate() {
-        rows.push(dead_task(
-            &format!("escaping-{i}.json"),
-            json!({"task_id": id, "description": "d"}),
-            "invalid_task",
-        ));
+        ran_exactly("odd-text.json", "odd-text", odd_text),
+    ]);
+    // The largest retry_count: it runs once (no retry past it), and fails.
+    let rc_max =
+        json!({"task_id": "rc-max", "description": "FAIL", "retry_count": 4_294_967_295u64});
+    let mut row = ran("retry-count-max.json", rc_max);
+    if let Expect::Ran { status, once, .. } = &mut row.expect {
+        (*status, *once) = ("failed", true);
     }
+    rows.push(row);
+    // A key given twice: one of the two ids runs, or it is dead-lettered.
+    rows.push(Row {
+        file: os("duplicate-keys.json"),
+        entry: Entry::Bytes(br#"{"task_id":"dup1","description":"d","task_id":"dup2"}"#.to_vec()),
+        expect: Expect::Either(vec!["dup1".into(), "dup2".into()]),
+    });
     rows
 }
 
@@ -1120,14 +929,12 @@ fn hostile_task_files_end_in_a_dead_letter_or_a_result_and_nothing_leaves_the_sp
                     bad.push(format!("{what}: no result for {id}"));
                     continue;
                 };
-                if let Some(s) = status {
-                    if result["status"] != *s {
-                        bad.push(format!(
-                            "{what}: status {}, want {s}: {}",
-                            result["status"],
-                            tail(&result.to_string())
-                        ));
-                    }
+                if result["status"] != *status {
+                    bad.push(format!(
+                        "{what}: status {}, want {status}: {}",
+                        result["status"],
+                        tail(&result.to_string())
+                    ));
                 }
                 if result["status"] == "failed" {
                     failed_results += 1;
@@ -1251,172 +1058,69 @@ fn enqueue_stdin(
     }
 }
 
+/// `hw-enqueue W --json` with `stdin`.
+fn json_input(
+    what: &'static str,
+    stdin: impl Into<Vec<u8>>,
+    allowed: &'static [i32],
+) -> EnqueueRow {
+    enqueue_stdin(what, &[W, "--json"], stdin, allowed)
+}
+
+#[rustfmt::skip]
 fn enqueue_rows() -> Vec<EnqueueRow> {
     let long = "a".repeat(10_240);
     let mut rows = vec![
         enqueue_row("an id with a slash", &[W, "--id", "a/b", "d"], &[65]),
         enqueue_row("an id that is ..", &[W, "--id", "..", "d"], &[65]),
-        enqueue_row(
-            "an id with a leading dot",
-            &[W, "--id", ".hidden", "d"],
-            &[65],
-        ),
+        enqueue_row("an id with a leading dot", &[W, "--id", ".hidden", "d"], &[65]),
         enqueue_row("an empty id", &[W, "--id", "", "d"], &[65]),
         enqueue_row("a 10 kB id", &[W, "--id", &long, "d"], &[65]),
-        enqueue_row(
-            "a dependency escaping the spool",
-            &[W, "--depends-on", "../../x", "d"],
-            &[65],
-        ),
+        enqueue_row("a dependency escaping the spool", &[W, "--depends-on", "../../x", "d"], &[65]),
         enqueue_row("a worker escaping the spool", &["../sentinel", "d"], &[64]),
         enqueue_row("a worker that is ..", &["..", "d"], &[64]),
         enqueue_row("a worker with a slash", &["a/b", "d"], &[64]),
         enqueue_row("an empty worker", &["", "d"], &[64]),
         enqueue_row("a 10 kB worker", &[&long, "d"], &[64]),
-        enqueue_row(
-            "the listener's folder as a worker",
-            &["orchestrator", "d"],
-            &[64],
-        ),
+        enqueue_row("the listener's folder as a worker", &["orchestrator", "d"], &[64]),
         enqueue_row("no worker", &[], &[64]),
         enqueue_row("an unknown option", &[W, "--bogus", "d"], &[64]),
         enqueue_row("an option without its value", &[W, "d", "--id"], &[64]),
-        enqueue_row(
-            "a timeout that is not a number",
-            &[W, "--timeout", "nan", "d"],
-            &[78],
-        ),
+        enqueue_row("a timeout that is not a number", &[W, "--timeout", "nan", "d"], &[78]),
         enqueue_row("a negative timeout", &[W, "--timeout", "-5", "d"], &[78]),
-        enqueue_row(
-            "an infinite timeout",
-            &[W, "--timeout", "1e400", "d"],
-            &[78],
-        ),
-        enqueue_row(
-            "a priority that is a command",
-            &[W, "--priority", "$(id)", "d"],
-            &[78],
-        ),
+        enqueue_row("an infinite timeout", &[W, "--timeout", "1e400", "d"], &[78]),
+        enqueue_row("a priority that is a command", &[W, "--priority", "$(id)", "d"], &[78]),
         enqueue_row("metadata without a key", &[W, "--meta", "=v", "d"], &[78]),
         enqueue_row("a count of zero", &[W, "--count", "0", "d"], &[78]),
-        enqueue_row(
-            "a count beyond reason",
-            &[W, "--count", "99999999999999999999", "d"],
-            &[78],
-        ),
-        enqueue_row(
-            "a wait timeout that is not a number",
-            &[W, "--wait", "--wait-timeout", "nan", "d"],
-            &[78],
-        ),
-        enqueue_row(
-            "a description of shell metacharacters",
-            &[W, "$(touch x); `touch y` | rm -rf /"],
-            &[0],
-        ),
-        enqueue_row(
-            "a description that looks like an option",
-            &[W, "--", "--id", "-p"],
-            &[0],
-        ),
-        enqueue_stdin(
-            "a line with a NUL byte",
-            &[W],
-            b"before\0after\n".to_vec(),
-            &[0, 65],
-        ),
-        enqueue_stdin(
-            "a line that is not UTF-8",
-            &[W],
-            b"good line\n\xff\xfe\n".to_vec(),
-            &[65],
-        ),
-        enqueue_stdin(
-            "a 2 MiB line",
-            &[W],
-            [vec![b'x'; 2 << 20], b"\n".to_vec()].concat(),
-            &[0, 65],
-        ),
+        enqueue_row("a count beyond reason", &[W, "--count", "99999999999999999999", "d"], &[78]),
+        enqueue_row("a wait timeout that is not a number", &[W, "--wait", "--wait-timeout", "nan", "d"], &[78]),
+        enqueue_row("a description of shell metacharacters", &[W, "$(touch x); `touch y` | rm -rf /"], &[0]),
+        enqueue_row("a description that looks like an option", &[W, "--", "--id", "-p"], &[0]),
+        enqueue_stdin("a line with a NUL byte", &[W], b"before\0after\n".to_vec(), &[0, 65]),
+        enqueue_stdin("a line that is not UTF-8", &[W], b"good line\n\xff\xfe\n".to_vec(), &[65]),
+        enqueue_stdin("a 2 MiB line", &[W], [vec![b'x'; 2 << 20], b"\n".to_vec()].concat(), &[0, 65]),
         enqueue_stdin("only empty lines", &[W], "\n\n \n\t\n", &[0]),
         enqueue_stdin("CRLF lines", &[W], "one\r\ntwo\r\n", &[0]),
-        enqueue_stdin("--json: not JSON", &[W, "--json"], "{oops\n", &[65]),
-        enqueue_stdin(
-            "--json: truncated",
-            &[W, "--json"],
-            r#"{"task_id":"j0","descr"#,
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: nested 100,000 deep",
-            &[W, "--json"],
-            "[".repeat(100_000) + "\n",
-            &[65],
-        ),
-        enqueue_stdin("--json: an array", &[W, "--json"], "[]\n", &[65]),
-        enqueue_stdin("--json: null", &[W, "--json"], "null\n", &[65]),
-        enqueue_stdin(
-            "--json: not UTF-8",
-            &[W, "--json"],
-            b"{\"task_id\":\"\xff\"}\n".to_vec(),
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: an id with NUL",
-            &[W, "--json"],
-            r#"{"task_id":"a\u0000b","description":"d"}"#,
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: another worker",
-            &[W, "--json"],
-            r#"{"task_id":"j1","description":"d","worker":"../anga"}"#,
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: a description that is a number",
-            &[W, "--json"],
-            r#"{"task_id":"j2","description":5}"#,
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: a dependency escaping the spool",
-            &[W, "--json"],
-            r#"{"task_id":"j3","description":"d","dependencies":["../x"]}"#,
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: a 10 kB id",
-            &[W, "--json"],
-            format!(r#"{{"task_id":"{long}","description":"d"}}"#),
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: a good line, then a bad one",
-            &[W, "--json"],
-            "{\"task_id\":\"j4\",\"description\":\"d\"}\n{bad\n",
-            &[65],
-        ),
-        enqueue_stdin(
-            "--json: a description with NUL",
-            &[W, "--json"],
-            r#"{"task_id":"j5","description":"a\u0000b"}"#,
-            &[0, 65],
-        ),
+        json_input("--json: not JSON", "{oops\n", &[65]),
+        json_input("--json: truncated", r#"{"task_id":"j0","descr"#, &[65]),
+        json_input("--json: nested 100,000 deep", "[".repeat(100_000) + "\n", &[65]),
+        json_input("--json: an array", "[]\n", &[65]),
+        json_input("--json: null", "null\n", &[65]),
+        json_input("--json: not UTF-8", b"{\"task_id\":\"\xff\"}\n".to_vec(), &[65]),
+        json_input("--json: an id with NUL", r#"{"task_id":"a\u0000b","description":"d"}"#, &[65]),
+        json_input("--json: another worker", r#"{"task_id":"j1","description":"d","worker":"../anga"}"#, &[65]),
+        json_input("--json: a description that is a number", r#"{"task_id":"j2","description":5}"#, &[65]),
+        json_input("--json: a dependency escaping the spool", r#"{"task_id":"j3","description":"d","dependencies":["../x"]}"#, &[65]),
+        json_input("--json: a 10 kB id", format!(r#"{{"task_id":"{long}","description":"d"}}"#), &[65]),
+        json_input("--json: a good line, then a bad one", "{\"task_id\":\"j4\",\"description\":\"d\"}\n{bad\n", &[65]),
+        json_input("--json: a description with NUL", r#"{"task_id":"j5","description":"a\u0000b"}"#, &[0, 65]),
     ];
     for id in ESCAPING_IDS {
-        rows.push(enqueue_row(
-            "an id escaping the spool",
-            &[W, "--id", id, "d"],
-            &[65],
-        ));
+        rows.push(enqueue_row("an id escaping the spool", &[W, "--id", id, "d"], &[65]));
         rows.push(EnqueueRow {
             what: "--json: an id escaping the spool",
             args: oss(&[W, "--json"]),
-            stdin: Some(
-                json!({"task_id": id, "description": "d"})
-                    .to_string()
-                    .into_bytes(),
-            ),
+            stdin: Some(json!({"task_id": id, "description": "d"}).to_string().into_bytes()),
             allowed: &[65],
         });
     }
@@ -1569,114 +1273,39 @@ fn hostile_dlq(spool: &Spool, outside: &Outside) -> Result<(), String> {
 #[test]
 fn hostile_hw_dlq_arguments_get_one_line_errors_and_never_reach_outside_the_spool() {
     let long = "a".repeat(10_240);
+    #[rustfmt::skip]
     let mut rows: Vec<(&str, Vec<OsString>, &[i32])> = vec![
         ("list", oss(&["list"]), &[0]),
         ("list --json", oss(&["--json", "list"]), &[0]),
-        (
-            "list a worker escaping the spool",
-            oss(&["list", "../sentinel"]),
-            &[64],
-        ),
-        (
-            "show an id escaping the spool",
-            oss(&["show", W, ESCAPING_IDS[1]]),
-            &[66],
-        ),
+        ("list a worker escaping the spool", oss(&["list", "../sentinel"]), &[64]),
+        ("show an id escaping the spool", oss(&["show", W, ESCAPING_IDS[1]]), &[66]),
         ("show a 10 kB id", oss(&["show", W, &long]), &[66]),
-        (
-            "show a record nested 100,000 deep",
-            oss(&["show", W, "deep"]),
-            &[65],
-        ),
-        (
-            "show a record that is not UTF-8",
-            oss(&["show", W, "bin"]),
-            &[65],
-        ),
-        (
-            "show a FIFO",
-            oss(&["show", W, "fifo_1700000007.json"]),
-            &[66],
-        ),
-        (
-            "show a symlinked record",
-            oss(&["show", W, "link_1700000009.json"]),
-            &[66],
-        ),
+        ("show a record nested 100,000 deep", oss(&["show", W, "deep"]), &[65]),
+        ("show a record that is not UTF-8", oss(&["show", W, "bin"]), &[65]),
+        ("show a FIFO", oss(&["show", W, "fifo_1700000007.json"]), &[66]),
+        ("show a symlinked record", oss(&["show", W, "link_1700000009.json"]), &[66]),
         ("show without an id", oss(&["show", W]), &[64]),
-        (
-            "show with a worker escaping the spool",
-            oss(&["show", "../marie", "keep"]),
-            &[64],
-        ),
-        (
-            "replay a record whose id escapes the spool",
-            oss(&["replay", W, "evil"]),
-            &[1],
-        ),
-        (
-            "replay a record with a dependency escaping the spool",
-            oss(&["replay", W, "dep"]),
-            &[1],
-        ),
-        (
-            "replay an id escaping the spool",
-            oss(&["replay", W, ESCAPING_IDS[1]]),
-            &[66],
-        ),
+        ("show with a worker escaping the spool", oss(&["show", "../marie", "keep"]), &[64]),
+        ("replay a record whose id escapes the spool", oss(&["replay", W, "evil"]), &[1]),
+        ("replay a record with a dependency escaping the spool", oss(&["replay", W, "dep"]), &[1]),
+        ("replay an id escaping the spool", oss(&["replay", W, ESCAPING_IDS[1]]), &[66]),
         ("replay everything", oss(&["replay", "--all"]), &[1]),
-        (
-            "purge a rejected_path leaving the spool",
-            oss(&["purge", W, "rej"]),
-            &[1],
-        ),
-        (
-            "purge a rejected_path through .rejected/..",
-            oss(&["purge", W, "rej2"]),
-            &[1],
-        ),
-        (
-            "purge an absolute rejected_path",
-            oss(&["purge", W, "rej3"]),
-            &[1],
-        ),
+        ("purge a rejected_path leaving the spool", oss(&["purge", W, "rej"]), &[1]),
+        ("purge a rejected_path through .rejected/..", oss(&["purge", W, "rej2"]), &[1]),
+        ("purge an absolute rejected_path", oss(&["purge", W, "rej3"]), &[1]),
         ("purge everything", oss(&["purge", "--all", W]), &[1]),
-        (
-            "purge --all with ids",
-            oss(&["purge", "--all", W, "keep"]),
-            &[64],
-        ),
+        ("purge --all with ids", oss(&["purge", "--all", W, "keep"]), &[64]),
         ("a bare replay", oss(&["replay", W]), &[64]),
-        (
-            "an infinite --older-than",
-            oss(&["list", "--older-than", "1e400"]),
-            &[78],
-        ),
-        (
-            "a --older-than that is not a number",
-            oss(&["purge", "--older-than", "nan"]),
-            &[78],
-        ),
+        ("an infinite --older-than", oss(&["list", "--older-than", "1e400"]), &[78]),
+        ("a --older-than that is not a number", oss(&["purge", "--older-than", "nan"]), &[78]),
         ("an empty --reason", oss(&["replay", "--reason", ""]), &[78]),
         ("an unknown command", oss(&["frob"]), &[64]),
         ("no command", oss(&[]), &[64]),
         // A worker folder that is a symlink out of the spool: whatever
         // the answer, nothing out there is replayed or purged.
-        (
-            "list a symlinked worker folder",
-            oss(&["list", "linked"]),
-            &[0, 1, 64, 66, 74],
-        ),
-        (
-            "replay a symlinked worker folder",
-            oss(&["replay", "--all", "linked"]),
-            &[0, 1, 64, 66, 74],
-        ),
-        (
-            "purge a symlinked worker folder",
-            oss(&["purge", "--all", "linked"]),
-            &[0, 1, 64, 66, 74],
-        ),
+        ("list a symlinked worker folder", oss(&["list", "linked"]), &[0, 1, 64, 66, 74]),
+        ("replay a symlinked worker folder", oss(&["replay", "--all", "linked"]), &[0, 1, 64, 66, 74]),
+        ("purge a symlinked worker folder", oss(&["purge", "--all", "linked"]), &[0, 1, 64, 66, 74]),
     ];
     rows.push((
         "an id that is not UTF-8",
@@ -1730,10 +1359,11 @@ fn listen_once(spool: &Spool, state: &Path) -> Finished {
 
 #[test]
 fn a_hostile_state_file_is_refused_in_one_line_or_read_and_never_hangs_or_panics() {
-    let state = |v: Value| Entry::Bytes(v.to_string().into_bytes());
+    let bytes = |b: &[u8]| Some(Entry::Bytes(b.to_vec()));
+    let link = |to: &str| Some(Entry::Symlink(PathBuf::from(to)));
+    let state = |v: Value| Some(Entry::Bytes(v.to_string().into_bytes()));
     let task_state = |t: Value| state(json!({"version": 1, "tasks": {"w/t": t}}));
-    let journal_line =
-        |t: Value| Entry::Bytes(format!("{}\n", json!({"task": ["w/t", t]})).into_bytes());
+    let journal_line = |t: Value| bytes(format!("{}\n", json!({"task": ["w/t", t]})).as_bytes());
     let mut huge = serde_json::Map::new();
     for i in 0..50_000 {
         huge.insert(
@@ -1743,189 +1373,52 @@ fn a_hostile_state_file_is_refused_in_one_line_or_read_and_never_hangs_or_panics
     }
     let huge = state(json!({"version": 1, "horizon": 1.0, "tasks": huge}));
     let valid = json!({"version": 1, "horizon": 1.0, "tasks": {}}).to_string();
+    let valid = valid.as_bytes();
+    let deep = "[".repeat(100_000);
+    let nested = format!(
+        r#"{{"tasks":{{"w/t":{{"batch":{deep}1{}}}}}}}"#,
+        "]".repeat(100_000)
+    );
+    let escaping_keys = state(json!({"version": 1, "tasks": {
+        "../../../sentinel/x": {"enqueued": 1.0}, "": {"enqueued": 1.0},
+        "w": {"enqueued": 1.0, "batch": "../../sentinel/b"}}}));
+    let ended = json!({"enqueued": 1.0, "status": "completed", "ended": -1e308});
     // (what, the state file, the journal beside it, allowed statuses)
     type StateRow = (&'static str, Option<Entry>, Option<Entry>, &'static [i32]);
+    #[rustfmt::skip]
     let rows: Vec<StateRow> = vec![
-        (
-            "malformed",
-            Some(Entry::Bytes(br#"{"tasks":"#.to_vec())),
-            None,
-            &[65],
-        ),
-        (
-            "truncated",
-            Some(Entry::Bytes(valid.as_bytes()[..valid.len() / 2].to_vec())),
-            None,
-            &[65],
-        ),
-        ("empty", Some(Entry::Bytes(Vec::new())), None, &[65]),
-        (
-            "nested 100,000 deep",
-            Some(Entry::Bytes("[".repeat(100_000).into_bytes())),
-            None,
-            &[65],
-        ),
-        (
-            "nested deep inside",
-            Some(Entry::Bytes(
-                format!(
-                    r#"{{"tasks":{{"w/t":{{"batch":{}1{}}}}}}}"#,
-                    "[".repeat(100_000),
-                    "]".repeat(100_000)
-                )
-                .into_bytes(),
-            )),
-            None,
-            &[65],
-        ),
-        (
-            "not UTF-8",
-            Some(Entry::Bytes(b"\xff\xfe{}".to_vec())),
-            None,
-            &[65],
-        ),
-        (
-            "an array instead of an object",
-            Some(state(json!([]))),
-            None,
-            &[65],
-        ),
-        ("null", Some(state(Value::Null)), None, &[65]),
-        (
-            "tasks of the wrong type",
-            Some(state(json!({"tasks": 5}))),
-            None,
-            &[65],
-        ),
-        (
-            "a horizon of the wrong type",
-            Some(state(json!({"horizon": "x"}))),
-            None,
-            &[65],
-        ),
-        (
-            "a negative version",
-            Some(state(json!({"version": -1}))),
-            None,
-            &[65],
-        ),
-        (
-            "an unknown health",
-            Some(state(json!({"workers": {"w": {"health": "zombie"}}}))),
-            None,
-            &[65],
-        ),
-        (
-            "an enqueue time of -1e308",
-            Some(task_state(json!({"enqueued": -1e308}))),
-            None,
-            &[0, 65],
-        ),
-        (
-            "an enqueue time of -1e19",
-            Some(task_state(json!({"enqueued": -1e19}))),
-            None,
-            &[0, 65],
-        ),
-        (
-            "an enqueue time of 1e308",
-            Some(task_state(json!({"enqueued": 1e308}))),
-            None,
-            &[0, 65],
-        ),
-        (
-            "an end time of -1e308",
-            Some(task_state(
-                json!({"enqueued": 1.0, "status": "completed", "ended": -1e308}),
-            )),
-            None,
-            &[0, 65],
-        ),
-        (
-            "a horizon of -1e308",
-            Some(state(json!({"version": 1, "horizon": -1e308}))),
-            None,
-            &[0, 65],
-        ),
-        (
-            "a horizon of 1e308",
-            Some(state(json!({"version": 1, "horizon": 1e308}))),
-            None,
-            &[0, 65],
-        ),
-        (
-            "task keys escaping the spool",
-            Some(state(json!({"version": 1, "tasks": {
-            "../../../sentinel/x": {"enqueued": 1.0}, "": {"enqueued": 1.0},
-            "w": {"enqueued": 1.0, "batch": "../../sentinel/b"}}}))),
-            None,
-            &[0, 65],
-        ),
-        ("50,000 tasks", Some(huge), None, &[0]),
-        (
-            "a sparse 4 GiB file",
-            Some(Entry::Sparse(4 << 30)),
-            None,
-            &[65, 74],
-        ),
-        (
-            "an endless file (/dev/zero)",
-            Some(Entry::Symlink(PathBuf::from("/dev/zero"))),
-            None,
-            &[65, 74],
-        ),
+        ("malformed", bytes(br#"{"tasks":"#), None, &[65]),
+        ("truncated", bytes(&valid[..valid.len() / 2]), None, &[65]),
+        ("empty", bytes(b""), None, &[65]),
+        ("nested 100,000 deep", bytes(deep.as_bytes()), None, &[65]),
+        ("nested deep inside", bytes(nested.as_bytes()), None, &[65]),
+        ("not UTF-8", bytes(b"\xff\xfe{}"), None, &[65]),
+        ("an array instead of an object", state(json!([])), None, &[65]),
+        ("null", state(Value::Null), None, &[65]),
+        ("tasks of the wrong type", state(json!({"tasks": 5})), None, &[65]),
+        ("a horizon of the wrong type", state(json!({"horizon": "x"})), None, &[65]),
+        ("a negative version", state(json!({"version": -1})), None, &[65]),
+        ("an unknown health", state(json!({"workers": {"w": {"health": "zombie"}}})), None, &[65]),
+        ("an enqueue time of -1e308", task_state(json!({"enqueued": -1e308})), None, &[0, 65]),
+        ("an enqueue time of -1e19", task_state(json!({"enqueued": -1e19})), None, &[0, 65]),
+        ("an enqueue time of 1e308", task_state(json!({"enqueued": 1e308})), None, &[0, 65]),
+        ("an end time of -1e308", task_state(ended), None, &[0, 65]),
+        ("a horizon of -1e308", state(json!({"version": 1, "horizon": -1e308})), None, &[0, 65]),
+        ("a horizon of 1e308", state(json!({"version": 1, "horizon": 1e308})), None, &[0, 65]),
+        ("task keys escaping the spool", escaping_keys, None, &[0, 65]),
+        ("50,000 tasks", huge, None, &[0]),
+        ("a sparse 4 GiB file", Some(Entry::Sparse(4 << 30)), None, &[65, 74]),
+        ("an endless file (/dev/zero)", link("/dev/zero"), None, &[65, 74]),
         ("a FIFO", Some(Entry::Fifo), None, &[65, 74]),
         ("a folder", Some(Entry::Folder), None, &[65, 74]),
-        (
-            "a char device (/dev/null)",
-            Some(Entry::CharDevice),
-            None,
-            &[0, 65, 74],
-        ),
-        (
-            "a dangling symlink",
-            Some(Entry::Symlink(PathBuf::from("/nonexistent/state.json"))),
-            None,
-            &[0, 65, 74],
-        ),
-        (
-            "a journal that is a FIFO",
-            Some(Entry::Bytes(valid.clone().into_bytes())),
-            Some(Entry::Fifo),
-            &[0, 65, 74],
-        ),
-        (
-            "a journal that is endless",
-            Some(Entry::Bytes(valid.clone().into_bytes())),
-            Some(Entry::Symlink(PathBuf::from("/dev/zero"))),
-            &[0, 65, 74],
-        ),
-        (
-            "a journal of garbage",
-            Some(Entry::Bytes(valid.clone().into_bytes())),
-            Some(Entry::Bytes(
-                b"{oops\n\xff\xfe\n[[[[\n{\"task\":5}\n".to_vec(),
-            )),
-            &[0, 65],
-        ),
-        (
-            "a journal nested 100,000 deep",
-            Some(Entry::Bytes(valid.clone().into_bytes())),
-            Some(Entry::Bytes("[".repeat(100_000).into_bytes())),
-            &[0, 65],
-        ),
-        (
-            "a journal line with an enqueue time of -1e308",
-            None,
-            Some(journal_line(json!({"enqueued": -1e308}))),
-            &[0, 65],
-        ),
-        (
-            "a journal line with an enqueue time of -1e19",
-            None,
-            Some(journal_line(json!({"enqueued": -1e19}))),
-            &[0, 65],
-        ),
+        ("a char device (/dev/null)", Some(Entry::CharDevice), None, &[0, 65, 74]),
+        ("a dangling symlink", link("/nonexistent/state.json"), None, &[0, 65, 74]),
+        ("a journal that is a FIFO", bytes(valid), Some(Entry::Fifo), &[0, 65, 74]),
+        ("a journal that is endless", bytes(valid), link("/dev/zero"), &[0, 65, 74]),
+        ("a journal of garbage", bytes(valid), bytes(b"{oops\n\xff\xfe\n[[[[\n{\"task\":5}\n"), &[0, 65]),
+        ("a journal nested 100,000 deep", bytes(valid), bytes(deep.as_bytes()), &[0, 65]),
+        ("a journal line with an enqueue time of -1e308", None, journal_line(json!({"enqueued": -1e308})), &[0, 65]),
+        ("a journal line with an enqueue time of -1e19", None, journal_line(json!({"enqueued": -1e19})), &[0, 65]),
     ];
     let failures = in_parallel(rows, |(what, file, journal, allowed)| {
         let spool = Spool::new();
@@ -1985,102 +1478,48 @@ fn hostile_heartbeats_leave_hw_status_and_hw_listen_with_a_verdict_and_no_hang()
     };
     let mut huge = json!({"worker": W, "timestamp": FUTURE, "status": "healthy"});
     huge["hostname"] = json!("h".repeat(3 << 20));
+    let nested = format!(
+        r#"{{"worker":"marie","stats":{}1{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let escapes = fresh(json!({
+        "status": "healthy\u{1b}[2J\rfake",
+        "circuit_breaker_state": "\u{1b}]0;pwned\u{7}",
+        "metrics_addr": "\r\u{1b}[1Aoverall: ok\u{0}"}));
+    #[rustfmt::skip]
     let rows: Vec<(&str, Entry)> = vec![
         ("malformed", Entry::Bytes(br#"{"timestamp": "#.to_vec())),
-        (
-            "truncated",
-            Entry::Bytes(br#"{"worker":"marie","timestamp":"2999-01-01T00:0"#.to_vec()),
-        ),
+        ("truncated", Entry::Bytes(br#"{"worker":"marie","timestamp":"2999-01-01T00:0"#.to_vec())),
         ("empty", Entry::Bytes(Vec::new())),
-        (
-            "nested 100,000 deep",
-            Entry::Bytes("[".repeat(100_000).into_bytes()),
-        ),
-        (
-            "nested deep inside",
-            Entry::Bytes(
-                format!(
-                    r#"{{"worker":"marie","stats":{}1{}}}"#,
-                    "[".repeat(100_000),
-                    "]".repeat(100_000)
-                )
-                .into_bytes(),
-            ),
-        ),
-        (
-            "not UTF-8",
-            Entry::Bytes(b"{\"worker\":\"m\xffrie\"}".to_vec()),
-        ),
+        ("nested 100,000 deep", Entry::Bytes("[".repeat(100_000).into_bytes())),
+        ("nested deep inside", Entry::Bytes(nested.into_bytes())),
+        ("not UTF-8", Entry::Bytes(b"{\"worker\":\"m\xffrie\"}".to_vec())),
         ("an array", beat(json!([]))),
         ("null", beat(Value::Null)),
-        (
-            "a timestamp that is a number",
-            fresh(json!({"timestamp": 5})),
-        ),
-        (
-            "a timestamp that is garbage",
-            fresh(json!({"timestamp": "yesterday"})),
-        ),
-        (
-            "a timestamp in year 0",
-            fresh(json!({"timestamp": "0000-01-01T00:00:00Z"})),
-        ),
-        (
-            "a timestamp with a 99:99 offset",
-            fresh(json!({"timestamp": "2999-01-01T00:00:00+99:99"})),
-        ),
-        (
-            "a timestamp with a multibyte character",
-            fresh(json!({"timestamp": "2999-01-01T00:00:0\u{e9}Z"})),
-        ),
-        (
-            "an interval that is a string",
-            fresh(json!({"heartbeat_interval": "10"})),
-        ),
-        (
-            "a negative interval",
-            fresh(json!({"heartbeat_interval": -5})),
-        ),
-        (
-            "an interval of 1e308",
-            fresh(json!({"heartbeat_interval": 1e308})),
-        ),
-        (
-            "an interval of 1e-300",
-            fresh(json!({"heartbeat_interval": 1e-300})),
-        ),
-        (
-            "an uptime of -1e308",
-            fresh(json!({"uptime_seconds": -1e308})),
-        ),
-        (
-            "an uptime of 1e308",
-            fresh(json!({"uptime_seconds": 1e308})),
-        ),
+        ("a timestamp that is a number", fresh(json!({"timestamp": 5}))),
+        ("a timestamp that is garbage", fresh(json!({"timestamp": "yesterday"}))),
+        ("a timestamp in year 0", fresh(json!({"timestamp": "0000-01-01T00:00:00Z"}))),
+        ("a timestamp with a 99:99 offset", fresh(json!({"timestamp": "2999-01-01T00:00:00+99:99"}))),
+        ("a timestamp with a multibyte character", fresh(json!({"timestamp": "2999-01-01T00:00:0\u{e9}Z"}))),
+        ("an interval that is a string", fresh(json!({"heartbeat_interval": "10"}))),
+        ("a negative interval", fresh(json!({"heartbeat_interval": -5}))),
+        ("an interval of 1e308", fresh(json!({"heartbeat_interval": 1e308}))),
+        ("an interval of 1e-300", fresh(json!({"heartbeat_interval": 1e-300}))),
+        ("an uptime of -1e308", fresh(json!({"uptime_seconds": -1e308}))),
+        ("an uptime of 1e308", fresh(json!({"uptime_seconds": 1e308}))),
         ("stats of the wrong type", fresh(json!({"stats": "many"}))),
         ("a status that is a number", fresh(json!({"status": 5}))),
         ("a negative pid", fresh(json!({"pid": -1}))),
-        (
-            "terminal escapes in every field",
-            fresh(json!({
-            "status": "healthy\u{1b}[2J\rfake",
-            "circuit_breaker_state": "\u{1b}]0;pwned\u{7}",
-            "metrics_addr": "\r\u{1b}[1Aoverall: ok\u{0}"})),
-        ),
+        ("terminal escapes in every field", escapes),
         ("3 MiB", beat(huge)),
         ("a sparse 4 GiB file", Entry::Sparse(4 << 30)),
-        (
-            "an endless file (/dev/zero)",
-            Entry::Symlink(PathBuf::from("/dev/zero")),
-        ),
+        ("an endless file (/dev/zero)", Entry::Symlink(PathBuf::from("/dev/zero"))),
         ("a FIFO", Entry::Fifo),
         ("a folder", Entry::Folder),
         ("a socket", Entry::Socket),
         ("a char device (/dev/null)", Entry::CharDevice),
-        (
-            "a dangling symlink",
-            Entry::Symlink(PathBuf::from("/nonexistent/marie.json")),
-        ),
+        ("a dangling symlink", Entry::Symlink(PathBuf::from("/nonexistent/marie.json"))),
     ];
     let failures = in_parallel(rows, |(what, entry)| {
         let spool = Spool::new();
@@ -2438,7 +1877,8 @@ fn mutant(rng: &mut Rng, id: &str, very_long: bool) -> Vec<u8> {
     bytes
 }
 
-/// What the worker must make of a file: run it, or dead-letter it.
+/// What the worker must make of a file: run it, dead-letter it, or let
+/// it wait.
 #[derive(Debug, Clone, PartialEq)]
 enum Fate {
     Runs(String),
@@ -2447,17 +1887,69 @@ enum Fate {
     Waits,
 }
 
+/// The fate of a task file of W, read from SPEC section 4 here (not
+/// taken from the library's parser, so that the worker is held to the
+/// contract): too large, not JSON, not a valid task, or a task that
+/// runs or waits.
 fn fate(bytes: &[u8], max_bytes: usize, now: f64) -> Fate {
     if bytes.len() > max_bytes {
         return Fate::Dead("task_too_large");
     }
-    match Task::parse(bytes, W) {
-        Ok(t) if !t.dependencies.is_empty() || t.not_before.is_some_and(|n| n > now - 1.0) => {
-            Fate::Waits
-        }
-        Ok(t) => Fate::Runs(t.id),
-        Err(e) => Fate::Dead(e.reason().as_str()),
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return Fate::Dead("invalid_json");
+    };
+    match valid_task(&value, now) {
+        None => Fate::Dead("invalid_task"),
+        Some((_, true)) => Fate::Waits,
+        Some((id, false)) => Fate::Runs(id),
     }
+}
+
+/// A task's id and whether it must wait (for dependencies, or for a
+/// `not_before` still to come), or `None` when it breaks a rule: not an
+/// object; `task_id` not a name; `description` not a non-empty string
+/// without a NUL (a long one goes on stdin); `worker` not W; `priority` not high,
+/// normal or low; `timeout` not a positive number; `metadata` not an
+/// object; `retry_count` not a count; `dependencies` not a list of
+/// names; `not_before` not an RFC 3339 time. An optional field given as
+/// null counts as absent.
+fn valid_task(value: &Value, now: f64) -> Option<(String, bool)> {
+    let task = value.as_object()?;
+    let field = |key: &str| task.get(key).filter(|v| !v.is_null());
+    let id = task
+        .get("task_id")?
+        .as_str()
+        .filter(|id| is_valid_name(id))?;
+    let description = task.get("description")?.as_str()?;
+    let valid = !description.is_empty()
+        && !description.contains('\0')
+        && field("worker").map_or(true, |w| *w == W)
+        && field("priority").map_or(true, |p| {
+            matches!(p.as_str(), Some("high" | "normal" | "low"))
+        })
+        && field("timeout").map_or(true, |t| {
+            t.as_f64().is_some_and(|t| t > 0.0 && t.is_finite())
+        })
+        && field("metadata").map_or(true, Value::is_object)
+        && field("retry_count").map_or(true, |n| {
+            n.as_u64().is_some_and(|n| u32::try_from(n).is_ok())
+        });
+    if !valid {
+        return None;
+    }
+    let dependencies = match field("dependencies") {
+        None => 0,
+        Some(Value::Array(deps)) if deps.iter().all(|d| d.as_str().is_some_and(is_valid_name)) => {
+            deps.len()
+        }
+        Some(_) => return None,
+    };
+    let not_before = match field("not_before") {
+        None => None,
+        Some(v) => Some(parse_rfc3339(v.as_str()?)?),
+    };
+    let waits = dependencies > 0 || not_before.is_some_and(|t| t > now - 1.0);
+    Some((id.to_string(), waits))
 }
 
 fn show(bytes: &[u8]) -> String {
@@ -2465,58 +1957,21 @@ fn show(bytes: &[u8]) -> String {
     format!("{:?} ({} bytes)", String::from_utf8_lossy(cut), bytes.len())
 }
 
-/// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`, written out again here.
-fn is_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=128).contains(&b.len())
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+/// How many of a batch of mutants were valid tasks, and how many not.
+struct Drawn {
+    runs: usize,
+    dead: usize,
 }
 
-#[test]
-fn the_task_parser_survives_100000_mutated_files_without_a_panic() {
-    let seed = seed();
-    let replay = format!("seed {seed} (replay with HW_HOSTILE_SEED={seed})");
-    eprintln!("parser property test: {replay}");
-    let mut rng = Rng::new(seed);
-    let mut valid = 0;
-    for i in 0..100_000 {
-        let bytes = mutant(&mut rng, &format!("p{i}"), false);
-        let parsed = std::panic::catch_unwind(|| Task::parse(&bytes, W));
-        match parsed {
-            Err(_) => panic!(
-                "Task::parse panicked on input {i}, {replay}: {}",
-                show(&bytes)
-            ),
-            Ok(Ok(t)) => {
-                valid += 1;
-                assert!(
-                    is_name(&t.id) && !t.description.is_empty(),
-                    "input {i}, {replay}: accepted id {:?} / description {:?}: {}",
-                    t.id,
-                    t.description,
-                    show(&bytes)
-                );
-            }
-            Ok(Err(e)) => assert!(
-                matches!(e.reason().as_str(), "invalid_json" | "invalid_task"),
-                "input {i}, {replay}: reason {:?}",
-                e.reason()
-            ),
-        }
-    }
-    assert!(
-        (1_000..99_000).contains(&valid),
-        "{valid} of 100000 mutants were valid ({replay}): the generator tests too little"
-    );
-}
-
-#[test]
-fn mutated_task_files_each_end_in_exactly_one_result_or_dead_letter() {
-    const INPUTS: usize = 3_000;
+/// Drops `inputs` mutated task files (seeded by `seed`; with
+/// `very_long`, some descriptions near the size limit) into a worker's
+/// folder and checks that each ends as `fate` says: a valid task in
+/// exactly one result (and, when failed, one dead letter), any other file
+/// in exactly one dead letter with the reason the spec gives; that the
+/// worker neither exits nor panics; and that at least 1 % and at most
+/// 99 % of the mutants are valid (else the generator tests too little).
+fn mutants_end_as_the_spec_says(seed: u64, inputs: usize, very_long: bool) -> Drawn {
     const MAX_BYTES: usize = 65_536;
-    let seed = seed();
     let replay = format!("seed {seed} (replay with HW_HOSTILE_SEED={seed})");
     eprintln!("claim path property test: {replay}");
     let spool = Spool::new();
@@ -2532,18 +1987,15 @@ fn mutated_task_files_each_end_in_exactly_one_result_or_dead_letter() {
             ("TASK_TIMEOUT", "30"),
         ],
     );
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let now = unix_now();
     let mut rng = Rng::new(seed);
-    let mut inputs: Vec<(String, Vec<u8>, Fate)> = Vec::with_capacity(INPUTS);
+    let mut dropped: Vec<(String, Vec<u8>, Fate)> = Vec::with_capacity(inputs);
     let mut ids = HashSet::new();
-    for i in 0..INPUTS {
+    for i in 0..inputs {
         // Valid tasks that would wait, or share an id, are drawn again.
         let (bytes, fate) = (0..100)
             .map(|_| {
-                let b = mutant(&mut rng, &format!("m{i}"), true);
+                let b = mutant(&mut rng, &format!("m{i}"), very_long);
                 let f = fate(&b, MAX_BYTES, now);
                 (b, f)
             })
@@ -2558,13 +2010,13 @@ fn mutated_task_files_each_end_in_exactly_one_result_or_dead_letter() {
         }
         let file = format!("f{i}.json");
         spool.drop_bytes(W, &file, &bytes);
-        inputs.push((file, bytes, fate));
+        dropped.push((file, bytes, fate));
     }
-    let runs = inputs
+    let runs = dropped
         .iter()
         .filter(|(_, _, f)| matches!(f, Fate::Runs(_)))
         .count();
-    let dead = inputs.len() - runs;
+    let dead = dropped.len() - runs;
     eprintln!("claim path property test: {runs} valid and {dead} bad inputs dropped");
     let count = |dir: &Path| json_files(dir).len();
     let empty = |dir: &Path| all_names(dir).iter().all(|n| n.starts_with('.'));
@@ -2583,9 +2035,14 @@ fn mutated_task_files_each_end_in_exactly_one_result_or_dead_letter() {
     }
 
     let mut bad = Vec::new();
+    if !(inputs / 100..=inputs * 99 / 100).contains(&runs) {
+        bad.push(format!(
+            "{runs} of {inputs} mutants were valid: the generator tests too little"
+        ));
+    }
     if !done {
         bad.push(format!(
-            "not all {INPUTS} inputs ended: pending {}, active {}, deferred {}, results {}/{runs}, dead letters {}/{dead}+",
+            "not all {inputs} inputs ended: pending {}, active {}, deferred {}, results {}/{runs}, dead letters {}/{dead}+",
             spool.names(&spool.tasks(W)).len(),
             spool.names(&spool.active(W)).len(),
             spool.names(&spool.deferred(W)).len(),
@@ -2611,7 +2068,7 @@ fn mutated_task_files_each_end_in_exactly_one_result_or_dead_letter() {
         }
     }
     let mut failed = 0;
-    for (i, (file, bytes, fate)) in inputs.iter().enumerate() {
+    for (i, (file, bytes, fate)) in dropped.iter().enumerate() {
         let mine = by_name.get(file.as_str()).map_or(0, Vec::len);
         let problem = match fate {
             Fate::Runs(id) => match results.get(id) {
@@ -2672,22 +2129,47 @@ fn mutated_task_files_each_end_in_exactly_one_result_or_dead_letter() {
         bad.len(),
         shown.join("\n- ")
     );
+    Drawn { runs, dead }
+}
+
+#[test]
+fn mutated_task_files_each_end_in_exactly_one_result_or_dead_letter() {
+    mutants_end_as_the_spec_says(seed(), 3_000, true);
+}
+
+/// 100,000 mutants (in rounds of 3,125, each on its own spool and
+/// worker) through the worker's parser and claim path.
+#[test]
+#[ignore = "slow: run with --ignored"]
+fn a_hundred_thousand_mutated_task_files_end_as_the_spec_says_without_a_panic() {
+    let first = seed();
+    let (mut runs, mut dead) = (0, 0);
+    for round in 0..32 {
+        let drawn = mutants_end_as_the_spec_says(first.wrapping_add(round), 3_125, false);
+        runs += drawn.runs;
+        dead += drawn.dead;
+    }
+    assert_eq!(runs + dead, 100_000);
+    eprintln!("{runs} valid and {dead} bad of 100,000 mutants (first seed {first})");
 }
 
 // ---------------------------------------------------------------------------
 // 7. security: a task folder strangers may write is refused
 
-/// Gives the tasks folder its hostile owner and mode; `Err` when this
-/// system cannot (chown needs root).
-fn share_tasks_folder(spool: &Spool, mode: u32, owner: Option<u32>) -> Result<PathBuf, String> {
+/// Gives the tasks folder its hostile owner and mode; `None`, and the
+/// row `what` skipped with a message, when this system cannot (chown
+/// needs root).
+fn share_tasks_folder(spool: &Spool, what: &str, mode: u32, owner: Option<u32>) -> Option<PathBuf> {
     let dir = spool.tasks(W);
     fs::create_dir_all(&dir).unwrap();
     if let Some(uid) = owner {
-        nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(uid)), None)
-            .map_err(|e| format!("chown {uid} {} failed: {e}", dir.display()))?;
+        if let Err(e) = nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(uid)), None) {
+            eprintln!("skipping {what}: chown {uid} {} failed: {e}", dir.display());
+            return None;
+        }
     }
     fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
-    Ok(dir)
+    Some(dir)
 }
 
 /// (what, mode, owner, what the worker must say it found)
@@ -2706,12 +2188,8 @@ const SHARED: [(&str, u32, Option<u32>, &str); 3] = [
 fn the_worker_refuses_a_task_folder_that_others_may_write() {
     let failures = in_parallel(SHARED.to_vec(), |(what, mode, owner, found)| {
         let spool = Spool::new();
-        let dir = match share_tasks_folder(&spool, mode, owner) {
-            Ok(d) => d,
-            Err(why) => {
-                eprintln!("skipping {what}: {why}");
-                return Vec::new();
-            }
+        let Some(dir) = share_tasks_folder(&spool, what, mode, owner) else {
+            return Vec::new();
         };
         let agent = spool.script("agent.sh", "exit 0");
         let agent = agent.display().to_string();
@@ -2747,12 +2225,8 @@ fn the_worker_refuses_a_task_folder_that_others_may_write() {
 fn allow_shared_spool_starts_the_worker_with_a_warning_saying_what_it_found() {
     let failures = in_parallel(SHARED.to_vec(), |(what, mode, owner, found)| {
         let spool = Spool::new();
-        let dir = match share_tasks_folder(&spool, mode, owner) {
-            Ok(d) => d,
-            Err(why) => {
-                eprintln!("skipping {what}: {why}");
-                return Vec::new();
-            }
+        let Some(dir) = share_tasks_folder(&spool, what, mode, owner) else {
+            return Vec::new();
         };
         let agent = spool.script("agent.sh", "exit 0");
         let mut w = worker_up(
@@ -2789,7 +2263,7 @@ fn allow_shared_spool_starts_the_worker_with_a_warning_saying_what_it_found() {
 #[test]
 fn a_sticky_world_writable_task_folder_is_accepted_without_a_warning() {
     let spool = Spool::new();
-    share_tasks_folder(&spool, 0o1777, None).unwrap();
+    share_tasks_folder(&spool, "sticky", 0o1777, None).unwrap();
     let agent = spool.script("agent.sh", "exit 0");
     let w = worker_up(&spool, &agent.display().to_string(), &[], &[]);
     spool.drop_simple(W, "sticky", "like /tmp");
@@ -3014,39 +2488,12 @@ fn agents_are_held_to_max_cpu_and_max_memory_and_the_result_says_which() {
         Option<&'static str>,
         Option<&'static str>,
     );
+    #[rustfmt::skip]
     let cases: Vec<Case> = vec![
-        (
-            "an agent that spins",
-            "spin",
-            false,
-            "failed",
-            Some("cpu"),
-            Some("resource_limit"),
-        ),
-        (
-            "an agent that allocates 300 MB",
-            "alloc",
-            false,
-            "failed",
-            Some("memory"),
-            Some("resource_limit"),
-        ),
-        (
-            "an agent that fails for another reason",
-            "other",
-            false,
-            "failed",
-            None,
-            None,
-        ),
-        (
-            "a normal agent under generous limits",
-            "normal",
-            true,
-            "completed",
-            None,
-            None,
-        ),
+        ("an agent that spins", "spin", false, "failed", Some("cpu"), Some("resource_limit")),
+        ("an agent that allocates 300 MB", "alloc", false, "failed", Some("memory"), Some("resource_limit")),
+        ("an agent that fails for another reason", "other", false, "failed", None, None),
+        ("a normal agent under generous limits", "normal", true, "completed", None, None),
     ];
     let failures = in_parallel(
         cases,

@@ -5,8 +5,7 @@
 //! bad input, bad options and their exit statuses; `--wait` against a real
 //! hw-worker; and the pipelines of the README's "Use from the shell".
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
@@ -74,16 +73,6 @@ fn is_generated_id(id: &str) -> bool {
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         && parts[2].len() >= 4
         && parts[2].bytes().all(|c| c.is_ascii_digit())
-}
-
-/// A valid task id, as SPEC section 1 says: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
-fn is_valid_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// The ids of the pending task files of `worker`, sorted.
@@ -285,14 +274,29 @@ fn count_makes_n_copies_with_distinct_ids() {
 // ---------------------------------------------------------------------------
 // Refusals before anything is written.
 
+/// Runs `hw-enqueue ARGS` on a new spool: it must exit `code` with one
+/// `hw-enqueue: ...` line on stderr, print nothing and write nothing.
+/// Returns stderr.
+fn refused(args: &[&str], code: i32) -> String {
+    let spool = Spool::new();
+    let out = enqueue(&spool, args);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+    assert!(
+        stdout(&out).is_empty(),
+        "{args:?}: stdout {:?}",
+        stdout(&out)
+    );
+    let err = stderr(&out);
+    let one_line = err.starts_with("hw-enqueue: ") && err.lines().count() == 1;
+    assert!(one_line, "{args:?}: stderr {err:?}");
+    assert_nothing_written(&spool, &format!("{args:?}"));
+    err
+}
+
 #[test]
 fn count_with_id_is_a_usage_error_and_writes_nothing() {
-    let spool = Spool::new();
-    let out = enqueue(&spool, &["--count", "2", "--id", "x", W, "twice"]);
-    assert_exit(&out, 64);
-    assert!(stdout(&out).is_empty(), "stdout: {:?}", stdout(&out));
-    assert!(stderr(&out).contains("--count"), "stderr: {}", stderr(&out));
-    assert_nothing_written(&spool, "--count 2 --id x");
+    let err = refused(&["--count", "2", "--id", "x", W, "twice"], 64);
+    assert!(err.contains("--count"), "stderr: {err}");
 }
 
 #[test]
@@ -308,20 +312,7 @@ fn bad_worker_names_exit_64_and_write_nothing() {
         "orchestrator",
         long.as_str(),
     ] {
-        let spool = Spool::new();
-        let out = enqueue(&spool, &[name, "a description"]);
-        assert_exit(&out, 64);
-        assert!(
-            stdout(&out).is_empty(),
-            "{name:?}: stdout {:?}",
-            stdout(&out)
-        );
-        assert!(
-            stderr(&out).starts_with("hw-enqueue: "),
-            "{name:?}: stderr {:?}",
-            stderr(&out)
-        );
-        assert_nothing_written(&spool, &format!("worker {name:?}"));
+        refused(&[name, "a description"], 64);
     }
 }
 
@@ -337,17 +328,7 @@ fn bad_ids_exit_65_and_write_nothing() {
         ["--depends-on", "x/y"],
         ["--depends-on", "-x"],
     ] {
-        let spool = Spool::new();
-        let mut all = args.to_vec();
-        all.extend([W, "a description"]);
-        let out = enqueue(&spool, &all);
-        assert_exit(&out, 65);
-        assert!(
-            stdout(&out).is_empty(),
-            "{args:?}: stdout {:?}",
-            stdout(&out)
-        );
-        assert_nothing_written(&spool, &format!("{args:?}"));
+        refused(&[args[0], args[1], W, "a description"], 65);
     }
 }
 
@@ -364,41 +345,27 @@ fn bad_option_values_exit_78_naming_the_flag_and_write_nothing() {
         ("--count", "many"),
         ("--wait-timeout", "soon"),
     ] {
-        let spool = Spool::new();
         let mut args = vec![flag, value, W, "a description"];
         if flag == "--wait-timeout" {
             args.insert(0, "--wait");
         }
-        let out = enqueue(&spool, &args);
-        assert_exit(&out, 78);
-        let err = stderr(&out);
+        let err = refused(&args, 78);
         assert!(err.contains(flag), "{flag} {value}: stderr {err:?}");
-        assert_eq!(err.lines().count(), 1, "{flag} {value}: stderr {err:?}");
-        assert!(stdout(&out).is_empty());
-        assert_nothing_written(&spool, &format!("{flag} {value}"));
     }
 }
 
 #[test]
 fn usage_errors_exit_64_and_write_nothing() {
     for args in [
-        vec![],
-        vec!["--no-such-flag", W, "x"],
-        vec!["--id"],
-        vec!["--count", "3", W],
-        vec!["--json", W, "a description"],
-        vec!["--wait-timeout", "5", W, "a description"],
-        vec!["--json", "--id", "x1", W],
+        &[][..],
+        &["--no-such-flag", W, "x"],
+        &["--id"],
+        &["--count", "3", W],
+        &["--json", W, "a description"],
+        &["--wait-timeout", "5", W, "a description"],
+        &["--json", "--id", "x1", W],
     ] {
-        let spool = Spool::new();
-        let out = enqueue(&spool, &args);
-        assert_exit(&out, 64);
-        assert!(
-            stdout(&out).is_empty(),
-            "{args:?}: stdout {:?}",
-            stdout(&out)
-        );
-        assert_nothing_written(&spool, &format!("{args:?}"));
+        refused(args, 64);
     }
 }
 
@@ -773,58 +740,50 @@ fn a_json_line_repeating_an_earlier_id_exits_73_after_enqueuing_the_lines_before
 // ---------------------------------------------------------------------------
 // An id that exists anywhere for the worker is refused.
 
-/// Places `bytes` at `path`, runs `hw-enqueue --id dup`, and checks the
-/// refusal: 73, nothing printed, the file byte-identical, no new task.
-fn assert_refused_over(spool: &Spool, path: &Path) {
+/// Places a task `dup` at `path`, runs `hw-enqueue --id dup`, and checks
+/// the refusal: 73, nothing printed, the file byte-identical, no new task;
+/// then the same from a `--json` line. `what` names the case.
+fn assert_refused_over(spool: &Spool, path: &Path, what: &str) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     let bytes = br#"{"task_id":"dup","description":"the original"}"#;
     fs::write(path, bytes).unwrap();
     let pending_before = pending_ids(spool, W);
-    let out = enqueue(spool, &["--id", "dup", W, "the impostor"]);
-    assert_exit(&out, 73);
-    assert!(stdout(&out).is_empty(), "stdout: {:?}", stdout(&out));
-    assert!(stderr(&out).contains("dup"), "stderr: {}", stderr(&out));
-    assert_eq!(fs::read(path).unwrap(), bytes, "the existing file changed");
-    assert_eq!(pending_ids(spool, W), pending_before, "a task was written");
-    assert_no_dot_files(spool, W);
-    // The same from a --json line.
     let line = br#"{"task_id":"dup","description":"the impostor"}"#;
-    let out = enqueue_input(spool, &["--json", W], line);
-    assert_exit(&out, 73);
-    assert!(stdout(&out).is_empty());
-    assert_eq!(fs::read(path).unwrap(), bytes, "the existing file changed");
-    assert_eq!(pending_ids(spool, W), pending_before);
-    assert_no_dot_files(spool, W);
+    for (args, input) in [
+        (&["--id", "dup", W, "the impostor"][..], &b""[..]),
+        (&["--json", W], line),
+    ] {
+        let what = format!("{what}, hw-enqueue {args:?}");
+        let out = enqueue_input(spool, args, input);
+        assert_eq!(out.status.code(), Some(73), "{what}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{what}: stdout {:?}", stdout(&out));
+        assert!(stderr(&out).contains("dup"), "{what}: {}", stderr(&out));
+        let same = fs::read(path).unwrap() == bytes;
+        assert!(same, "{what}: the existing file changed");
+        let pending = pending_ids(spool, W);
+        assert_eq!(pending, pending_before, "{what}: a task was written");
+        let left = dot_files(&spool.tasks(W));
+        assert!(
+            left.is_empty(),
+            "{what}: staging files left behind: {left:?}"
+        );
+    }
 }
 
 #[test]
-fn the_id_of_a_pending_task_is_refused() {
-    let spool = Spool::new();
-    assert_refused_over(&spool, &spool.tasks(W).join("dup.json"));
-}
-
-#[test]
-fn the_id_of_an_active_task_is_refused() {
-    let spool = Spool::new();
-    assert_refused_over(&spool, &spool.active(W).join("dup.json"));
-}
-
-#[test]
-fn the_id_of_a_deferred_task_is_refused() {
-    let spool = Spool::new();
-    assert_refused_over(&spool, &spool.deferred(W).join("dup.json"));
-}
-
-#[test]
-fn the_id_of_a_task_with_a_result_is_refused() {
-    let spool = Spool::new();
-    assert_refused_over(&spool, &spool.results(W).join("dup.json"));
-}
-
-#[test]
-fn the_id_of_a_dead_letter_is_refused() {
-    let spool = Spool::new();
-    assert_refused_over(&spool, &spool.dlq(W).join("dup_1795861800.json"));
+fn the_id_of_a_pending_active_deferred_finished_or_dead_task_is_refused() {
+    type Place = fn(&Spool) -> PathBuf;
+    let rows: [(&str, Place); 5] = [
+        ("a pending task", |s| s.tasks(W).join("dup.json")),
+        ("an active task", |s| s.active(W).join("dup.json")),
+        ("a deferred task", |s| s.deferred(W).join("dup.json")),
+        ("a task with a result", |s| s.results(W).join("dup.json")),
+        ("a dead letter", |s| s.dlq(W).join("dup_1795861800.json")),
+    ];
+    for (what, place) in rows {
+        let spool = Spool::new();
+        assert_refused_over(&spool, &place(&spool), what);
+    }
 }
 
 #[test]

@@ -8,8 +8,7 @@
 //! wait has a deadline; daemons run in their own process group and are
 //! always stopped.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::fs;
 use std::os::unix::process::CommandExt;

@@ -3,14 +3,13 @@
 //! worker dies, `--workers`/`WORKERS`, `--init`, `--watch`, and the usual
 //! `--help`, `--version` and usage errors.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -303,21 +302,14 @@ fn exit_1_when_dead_letters_exist() {
 }
 
 #[test]
-fn exit_1_when_a_worker_is_degraded() {
-    let spool = Spool::new();
-    healthy_worker(&spool, "marie");
-    put_heartbeat(&spool, "anga", "degraded", 0.0, 10.0);
-    let report = assert_verdict(&spool, 1, "warning");
-    assert_eq!(report["workers"]["anga"]["status"], "degraded");
-}
-
-#[test]
-fn exit_1_when_a_worker_is_stopped() {
-    let spool = Spool::new();
-    healthy_worker(&spool, "marie");
-    put_heartbeat(&spool, "anga", "stopped", 0.0, 10.0);
-    let report = assert_verdict(&spool, 1, "warning");
-    assert_eq!(report["workers"]["anga"]["status"], "stopped");
+fn exit_1_when_a_worker_is_degraded_or_stopped() {
+    for status in ["degraded", "stopped"] {
+        let spool = Spool::new();
+        healthy_worker(&spool, "marie");
+        put_heartbeat(&spool, "anga", status, 0.0, 10.0);
+        let report = assert_verdict(&spool, 1, "warning");
+        assert_eq!(report["workers"]["anga"]["status"], status);
+    }
 }
 
 #[test]
@@ -486,18 +478,6 @@ fn init_with_a_bad_name_exits_78_and_creates_nothing() {
 
 // ---------------------------------------------------------------------------
 // --watch.
-
-/// A process started here, in its own group, killed with it when dropped.
-struct Spawned(Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn watch_redraws_until_sigint() {

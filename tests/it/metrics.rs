@@ -4,15 +4,14 @@
 //! whether it listens, scrapes under load, and floods of connections
 //! that neither take the worker's descriptors nor kill the endpoint.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -319,18 +318,6 @@ fn find_on_path(tool: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(tool))
             .find(|p| p.is_file())
     })
-}
-
-/// A process started here, in its own group, killed with it when dropped.
-struct Spawned(Child);
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------
