@@ -5,7 +5,6 @@
 //! and the pauses they cause, the task's options, the spend and the
 //! daily budget, and the start-up checks.
 
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;

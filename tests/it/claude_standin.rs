@@ -14,7 +14,6 @@
 //! `api_error_status`; the CLI cannot produce one without a login, so
 //! that shape is checked from the fixture with that change.
 
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -523,7 +523,7 @@ fn task_completed_names_the_result_file_and_the_run_s_duration_from_it() {
         "exit_code": 0, "stdout": "", "stderr": "", "duration_seconds": 42.5,
         "timestamp": rfc3339(unix_now()), "retry_count": 0});
     let result = place(&spool.results(W), "t1.json", &record);
-    set_mtime(&result, enqueued + 90.0);
+    set_mtime_unix(&result, enqueued + 90.0);
     let events = once_ok(&spool, &[], &[]);
 
     let done = of_type(&events, "task_completed");

@@ -28,4 +28,3 @@ mod worker_durability;
 mod worker_failures;
 mod worker_run;
 mod worker_throughput;
-

@@ -1,7 +1,6 @@
 //! Names in the spool (hookwatch(5), FILES): a task file keeps its own
 //! name through every folder it passes, whatever bytes the name holds.
 
-
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
