@@ -118,8 +118,38 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// Unix seconds of an RFC 3339 time (`Z` or an offset; fractions).
 pub fn parse_rfc3339(s: &str) -> Option<f64> {
-    let ts: Timestamp = s.trim().parse().ok()?;
+    if !rfc3339_shape(s.as_bytes()) {
+        return None;
+    }
+    let ts: Timestamp = s.parse().ok()?;
     Some(ts.as_nanosecond() as f64 / 1e9)
+}
+
+/// RFC 3339's own grammar, `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, which
+/// jiff's parser widens (seconds optional, offsets without a colon): the
+/// contract is RFC 3339, so the rest is refused.
+fn rfc3339_shape(b: &[u8]) -> bool {
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|p| p.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, set: &[u8]| b.get(i).is_some_and(|c| set.contains(c));
+    let date = digits(0..4) && at(4, b"-") && digits(5..7) && at(7, b"-") && digits(8..10);
+    let time = at(10, b"Tt ") && digits(11..13) && at(13, b":") && digits(14..16);
+    if !(date && time && at(16, b":") && digits(17..19)) {
+        return false;
+    }
+    let mut rest = &b[19..];
+    if let Some(r) = rest.strip_prefix(b".") {
+        let n = r.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &r[n..];
+    }
+    match rest {
+        b"Z" | b"z" => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|c| c.is_ascii_digit()),
+        _ => false,
+    }
 }
 
 /// The UTC day of a time, `2026-12-04`: the day a daily budget counts.
@@ -211,6 +241,11 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0.0));
         assert_eq!(parse_rfc3339("1970-01-01 00:00:00"), None);
         assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2000-01-01T00:00Z"), None, "no seconds");
+        assert_eq!(parse_rfc3339("2000-01-01T00:00:00+0000"), None, "no colon");
+        assert_eq!(parse_rfc3339(" 2000-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("1970-01-01t00:00:01z"), Some(1.0));
+        assert_eq!(parse_rfc3339("1970-01-01 00:00:01.5Z"), Some(1.5));
         assert_eq!(parse_rfc3339("2026-13-01T00:00:00Z"), None);
     }
 }

@@ -270,8 +270,8 @@ impl<'a> Enqueuer<'a> {
                 Err(e) => return Err(self.abandon(staged, e)),
             }
         }
-        if let Some((_, first)) = staged.first() {
-            if let Err(e) = sync_filesystem(first, D) {
+        if !staged.is_empty() {
+            if let Err(e) = sync_filesystem(&self.pending, D) {
                 return Err(self.abandon(staged, e));
             }
         }

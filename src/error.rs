@@ -101,6 +101,17 @@ impl Error {
         self.source.as_ref()
     }
 
+    /// True for an error that no wait will mend: a name the file system
+    /// refuses, a path through something that is not a folder.
+    pub fn is_permanent(&self) -> bool {
+        let code = self.source.as_ref().and_then(|e| e.raw_os_error());
+        use nix::libc::{EINVAL, EISDIR, ELOOP, ENAMETOOLONG, ENOTDIR, EXDEV};
+        matches!(
+            code,
+            Some(ENAMETOOLONG | EINVAL | ELOOP | ENOTDIR | EISDIR | EXDEV)
+        )
+    }
+
     /// True for a full disk or quota: the spool's fault, not the task's.
     pub fn is_no_space(&self) -> bool {
         let code = self.source.as_ref().and_then(|e| e.raw_os_error());

@@ -28,6 +28,33 @@ pub fn openat<P: ?Sized + NixPath>(
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Marks every descriptor from 3 up close-on-exec: those this process
+/// inherited (from a shell, a supervisor) must not reach the agents it
+/// starts. Its own are opened close-on-exec already. Called once, before
+/// any thread starts.
+pub fn close_inherited_on_exec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range(2) takes three integers and touches no memory;
+    // with CLOSE_RANGE_CLOEXEC it only sets a flag on each descriptor.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if rc == 0 {
+        return;
+    }
+    // Before Linux 5.11: each descriptor listed in /proc/self/fd.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number changes only its flags;
+        // on one that was closed meanwhile (the listing's own) it fails.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// A pidfd for a child (Linux 5.3 and later), to poll(2) for its exit
 /// together with its pipes; `None` on older kernels.
 pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {

@@ -1,7 +1,7 @@
 //! hw-enqueue: writes tasks into a worker's tasks folder and prints their
 //! ids (or, with --wait, their terminal records).
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use hookwatch::cli::{self, Command};
 use hookwatch::enqueue::{check_id, Enqueuer, Prepared, Template};
 use hookwatch::error::{Error, Kind};
 use hookwatch::model::agent_options::AgentOptions;
-use hookwatch::model::task::Priority;
+use hookwatch::model::task::{Priority, TASK_BYTES_DEFAULT};
 use hookwatch::spool::names::valid_worker_name;
 use hookwatch::spool::Spool;
 use hookwatch::wait::{WaitEnd, Waiter};
@@ -399,13 +399,10 @@ fn one_description() -> Result<Option<String>, Error> {
     let mut number = 0u64;
     loop {
         line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("cannot read", "standard input".as_ref(), e))?;
-        if n == 0 {
+        number += 1;
+        if read_line(&mut input, &mut line, number)? == 0 {
             return Ok(found);
         }
-        number += 1;
         let text = std::str::from_utf8(&line)
             .map_err(|_| Error::new(Kind::Data, format!("line {number}: not UTF-8")))?;
         let text = text.trim_end_matches(['\n', '\r']);
@@ -454,13 +451,10 @@ fn feed_stdin(
     let mut number = 0u64;
     loop {
         line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("cannot read", "standard input".as_ref(), e))?;
-        if n == 0 {
+        number += 1;
+        if read_line(&mut input, &mut line, number)? == 0 {
             break;
         }
-        number += 1;
         let prepared = prepare_line(p, enqueuer, &line);
         match prepared {
             Ok(Some(task)) => batch.push(task),
@@ -476,6 +470,24 @@ fn feed_stdin(
         }
     }
     publish(enqueuer, batch, sink)
+}
+
+/// Reads line `number` of the input into `line`; 0 at its end. A line
+/// longer than the largest task file a worker takes by default is
+/// refused before more of it is read, so no input grows memory unbounded.
+fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>, number: u64) -> Result<usize, Error> {
+    let n = input
+        .by_ref()
+        .take(TASK_BYTES_DEFAULT + 1)
+        .read_until(b'\n', line)
+        .map_err(|e| Error::io("cannot read", "standard input".as_ref(), e))?;
+    if line.len() as u64 > TASK_BYTES_DEFAULT && line.last() != Some(&b'\n') {
+        return Err(Error::new(
+            Kind::Data,
+            format!("line {number}: longer than {TASK_BYTES_DEFAULT} bytes, more than a worker takes by default (--max-task-bytes)"),
+        ));
+    }
+    Ok(n)
 }
 
 /// One line of input as a task; `None` for an empty line.

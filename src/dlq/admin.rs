@@ -16,8 +16,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -28,7 +28,8 @@ use crate::error::{Error, Kind, Result};
 use crate::model::dead_letter::{task_record, DlqReason};
 use crate::model::task::Task;
 use crate::model::Word;
-use crate::spool::claim::{self, Attempt, Claim};
+use crate::spool::claim::{self, Attempt, Claim, Unread};
+use crate::spool::dir::Dir;
 use crate::spool::names::{
     is_task_file, json_stem, task_file, valid_name, valid_worker_name, Numbered,
 };
@@ -545,11 +546,25 @@ fn refused(r: &Record, what: &str, why: &str) -> Outcome {
 /// Locks a record for acting on it; `None` when it is gone or another
 /// hw-dlq holds it (that one acts on it: skip quietly).
 fn lock(spool: &Spool, r: &Record) -> std::result::Result<Option<Claim>, Error> {
-    let dir = spool.dlq_dir(&r.worker);
+    let dir = Arc::new(Dir::open(&spool.dlq_dir(&r.worker))?);
     match claim::lock(&dir, OsStr::new(&r.file_name))? {
         Attempt::Locked(c) => Ok(Some(c)),
-        Attempt::Lost | Attempt::NotRegular(_) => Ok(None),
+        Attempt::Lost | Attempt::Held | Attempt::NotRegular(_) => Ok(None),
     }
+}
+
+/// A locked record's content, bounded like every record read.
+fn read_record(record: &mut Claim) -> std::result::Result<Vec<u8>, Error> {
+    record.read(MAX_RECORD_BYTES).map_err(|e| match e {
+        Unread::Failed(e) => e,
+        Unread::TooLarge => Error::new(
+            Kind::Data,
+            format!(
+                "dead letter {} is larger than {MAX_RECORD_BYTES} bytes",
+                record.path().display()
+            ),
+        ),
+    })
 }
 
 fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
@@ -558,7 +573,7 @@ fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
         Ok(None) => return,
         Err(e) => return report(Outcome::Failed(e)),
     };
-    let bytes = match record.read() {
+    let bytes = match read_record(&mut record) {
         Ok(b) => b,
         Err(e) => return report(Outcome::Failed(e)),
     };
@@ -643,7 +658,7 @@ fn purge_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
         Ok(None) => return,
         Err(e) => return report(Outcome::Failed(e)),
     };
-    let bytes = match record.read() {
+    let bytes = match read_record(&mut record) {
         Ok(b) => b,
         Err(e) => return report(Outcome::Failed(e)),
     };
@@ -774,7 +789,11 @@ fn cancel_one(
                 "task {id} is running; cancelling a running task is not supported yet"
             )));
         }
-        let dir = spool.queued_dir(worker, *q);
+        let path = spool.queued_dir(worker, *q);
+        let dir = match Dir::open(&path) {
+            Ok(d) => Arc::new(d),
+            Err(e) => return report(Outcome::Failed(e)),
+        };
         match claim::lock(&dir, name) {
             Ok(Attempt::Locked(c)) => return cancel_locked(spool, worker, c, report),
             Ok(Attempt::NotRegular(kind)) => {
@@ -783,7 +802,7 @@ fn cancel_one(
                     dir.join(name).display()
                 )))
             }
-            Ok(Attempt::Lost) => {}
+            Ok(Attempt::Lost | Attempt::Held) => {}
             Err(e) => return report(Outcome::Failed(e)),
         }
         // Claimed, deferred or released meanwhile: where is it now?
@@ -800,10 +819,15 @@ fn cancel_one(
 /// then the task file goes; a crash in between leaves both (a duplicate
 /// that replay refuses while the task is queued), never neither.
 fn cancel_locked(spool: &Spool, worker: &str, mut c: Claim, report: &mut dyn FnMut(Outcome)) {
-    let locked = fs::symlink_metadata(&c.path).map(|m| (m.dev(), m.ino()));
-    let bytes = match c.read() {
+    let bytes = match c.read(crate::spool::RECORD_MAX) {
         Ok(b) => b,
-        Err(e) => return report(Outcome::Failed(e)),
+        Err(Unread::TooLarge) => {
+            return report(Outcome::Refused(format!(
+            "{worker} {}: not cancelled: too large to be a task (the worker will dead-letter it)",
+            c.name.to_string_lossy()
+        )))
+        }
+        Err(Unread::Failed(e)) => return report(Outcome::Failed(e)),
     };
     let task = match Task::parse(&bytes, worker) {
         Ok(t) => t,
@@ -817,7 +841,8 @@ fn cancel_locked(spool: &Spool, worker: &str, mut c: Claim, report: &mut dyn FnM
     };
     let record = task_record(&task, DlqReason::Cancelled, Some(CANCELLED_BY));
     let published = crate::spool::create_dir(&spool.dlq_dir(worker))
-        .and_then(|()| crate::dlq::publish(spool, worker, &task.id, &record, D));
+        .and_then(|()| Dir::open(&spool.dlq_dir(worker)))
+        .and_then(|dlq| crate::dlq::publish(&dlq, &task.id, &record, D));
     let dlq_file = match published {
         Ok(f) => f,
         Err(e) => return report(Outcome::Failed(e)),
@@ -825,21 +850,16 @@ fn cancel_locked(spool: &Spool, worker: &str, mut c: Claim, report: &mut dyn FnM
     // A deferred task may have been moved back to pending meanwhile (the
     // worker does that without a lock); the lock went with the file, so
     // it is still ours: remove it where it is now.
-    let pending = spool.pending_dir(worker).join(&c.name);
-    let same = |p: &Path| {
-        let here = fs::symlink_metadata(p).map(|m| (m.dev(), m.ino()));
-        matches!((&here, &locked), (Ok(a), Ok(b)) if a == b)
-    };
-    if !same(&c.path) && same(&pending) {
-        c.path = pending;
+    if !c.is_in_place() {
+        if let Ok(pending) = Dir::open_following(&spool.pending_dir(worker)) {
+            c.moved_to(Arc::new(pending));
+        }
     }
-    let folder = c.path.parent().map(Path::to_path_buf);
+    let folder = c.dir().clone();
     if let Err(e) = c.finish() {
         return report(Outcome::Failed(e));
     }
-    if let Some(folder) = folder {
-        let _ = publish::sync_dir(&folder, D);
-    }
+    let _ = folder.sync(D);
     report(Outcome::Done(Done {
         act: Act::Cancelled,
         worker: worker.to_string(),

@@ -8,27 +8,26 @@ pub mod admin;
 
 use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
 
 use serde_json::{Map, Value};
 
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::spool::dir::Dir;
 use crate::spool::names::{rejected_path, safe_stem, task_file};
-use crate::spool::publish::{self, json_line, rename_noreplace, Durability};
-use crate::spool::Spool;
+use crate::spool::publish::{json_line, Durability};
 
-/// Publishes a record for `worker` under `stem`; returns the file name.
+/// Publishes a record under `stem` in a worker's DLQ folder; returns
+/// the file name.
 pub fn publish(
-    spool: &Spool,
-    worker: &str,
+    dlq: &Dir,
     stem: &str,
     record: &Map<String, Value>,
     d: Durability,
 ) -> Result<String> {
-    let dir = spool.dlq_dir(worker);
     let unix = clock::unix_now().max(0.0) as u64;
-    publish::publish_numbered(&dir, stem, unix, &json_line(record), d)
+    let (name, _) = dlq.publish_numbered(stem, unix, 1, &json_line(record), d, true)?;
+    Ok(name)
 }
 
 /// The stem a bad entry's dead letter is named by.
@@ -36,17 +35,11 @@ pub fn entry_stem(name: &OsStr) -> String {
     safe_stem(&name.to_string_lossy())
 }
 
-/// Moves `from` as it is into the worker's `.rejected/` folder, under its
-/// own name when it can, and returns `rejected_path` (relative to the
-/// worker's DLQ folder). `NotFound` means someone else moved it first.
-pub fn move_aside(
-    spool: &Spool,
-    worker: &str,
-    from: &Path,
-    name: &OsStr,
-    d: Durability,
-) -> Result<String> {
-    let dir = spool.rejected_dir(worker);
+/// Moves `name` of `from` as it is into the worker's `.rejected/`
+/// folder, under its own name when it can, and returns `rejected_path`
+/// (relative to the worker's DLQ folder). `NotFound` means someone else
+/// moved it first.
+pub fn move_aside(from: &Dir, name: &OsStr, rejected: &Dir, d: Durability) -> Result<String> {
     let plain = name
         .to_str()
         .filter(|n| !n.starts_with('.') && !n.contains(char::is_control));
@@ -59,25 +52,21 @@ pub fn move_aside(
         } else {
             format!("{base}.{n}")
         };
-        match rename_noreplace(from, &dir.join(&candidate)) {
+        match from.rename_noreplace(name, rejected, OsStr::new(&candidate)) {
             Ok(()) => {
-                publish::sync_dir(&dir, d)?;
+                rejected.sync(d)?;
                 return Ok(rejected_path(&candidate));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(Error::io2(
-                    "cannot move aside",
-                    from,
-                    &dir.join(&candidate),
-                    e,
-                ))
+                let to = rejected.join(&candidate);
+                return Err(Error::io2("cannot move aside", &from.join(name), &to, e));
             }
         }
     }
     Err(Error::io(
         "cannot move aside",
-        from,
+        &from.join(name),
         io::Error::from(io::ErrorKind::AlreadyExists),
     ))
 }

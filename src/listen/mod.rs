@@ -73,6 +73,7 @@ struct Listener {
 /// Runs the listener until SIGTERM or SIGINT (or, with `--once`, until
 /// it has caught up).
 pub fn run(cfg: ListenConfig) -> Result<()> {
+    crate::sys::close_inherited_on_exec();
     let stop = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
     let signals = watch_signals(stop.clone())?;
     let mut l = Listener::new(cfg)?;
@@ -115,10 +116,12 @@ impl Listener {
             python::import(bytes, &cfg.spool, now, horizon)
         })?;
         let hooks = match &cfg.exec {
-            Some(cmd) => Some(
-                Hooks::start(cmd.clone(), cfg.exec_timeout, cfg.spool.root.clone())
-                    .map_err(|e| Error::io("cannot start the exec thread", "".as_ref(), e))?,
-            ),
+            Some(cmd) => Some(Hooks::start(
+                cmd.clone(),
+                cfg.exec_timeout,
+                cfg.spool.root.clone(),
+                &cfg.spool.orchestrator_dir(),
+            )?),
             None => None,
         };
         let emitter = Emitter::new(&cfg.spool.orchestrator_dir(), hooks)?;

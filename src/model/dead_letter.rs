@@ -31,6 +31,11 @@ words! {
         NotRetryable = "not_retryable",
         /// An operator cancelled the task before it ran (`hw-dlq cancel`).
         Cancelled = "cancelled",
+        /// A pending file the worker may not read: moved aside unread.
+        Unreadable = "unreadable",
+        /// A task id that already has a result (only a replay may run it
+        /// again), or that another queued file already uses.
+        DuplicateTaskId = "duplicate_task_id",
     }
 }
 
@@ -43,6 +48,7 @@ impl DlqReason {
                 | DlqReason::InvalidTask
                 | DlqReason::TaskTooLarge
                 | DlqReason::NotARegularFile
+                | DlqReason::Unreadable
         )
     }
 

@@ -29,6 +29,9 @@ words! {
         NotRetryable = "not_retryable",
         /// The API is overloaded (529): retried like any failure.
         Overloaded = "overloaded",
+        /// A pending file the worker may not open or lock (another user's
+        /// 0600 file): set aside, not attempted; counted once.
+        Unreadable = "unreadable",
     }
 }
 

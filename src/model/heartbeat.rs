@@ -105,6 +105,20 @@ pub struct Heartbeat {
     pub paused_until: Option<String>,
     /// The agent's spend on the UTC day of `timestamp`, USD.
     pub cost_usd_today: f64,
+    /// Pending files set aside because they cannot be claimed (the first
+    /// few by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unclaimable: Vec<Unclaimable>,
+}
+
+/// A pending file the worker cannot claim for now, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unclaimable {
+    pub file: String,
+    /// Its owner, when the worker could see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_uid: Option<u32>,
+    pub error: String,
 }
 
 fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

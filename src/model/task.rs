@@ -9,6 +9,10 @@ use crate::model::agent_options::AgentOptions;
 use crate::model::dead_letter::DlqReason;
 use crate::spool::names::valid_name;
 
+/// The largest task file a worker reads unless told otherwise
+/// (`--max-task-bytes`); hw-enqueue bounds its input lines by it.
+pub const TASK_BYTES_DEFAULT: u64 = 1 << 20;
+
 /// When more tasks are pending than can run, `High` runs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Priority {

@@ -1,15 +1,17 @@
-//! The claim protocol (hw-worker(8), Tasks; hookwatch(5), Claimed and deferred tasks): exactly one claimer wins a pending
-//! task, also across processes and hosts sharing the spool. A held flock
-//! means "running": the lock lives in `Claim` and is released only after
-//! the task has left `.active/`. `probe` is the other half: a lock that can
-//! be taken on a file in `.active/` belongs to a dead claimer.
+//! The claim protocol (hw-worker(8), Tasks; hookwatch(5), Claimed and
+//! deferred tasks): exactly one claimer wins a pending task, also across
+//! processes and hosts sharing the spool. A held flock means "running":
+//! the lock lives in `Claim` and is released only after the task has left
+//! `.active/`. `probe` is the other half: a lock that can be taken on a
+//! file in `.active/` belongs to a dead claimer. Every step is relative to
+//! a held folder, so a folder swapped for a symbolic link leads nowhere.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -18,7 +20,7 @@ use nix::sys::stat::futimens;
 use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result};
-use crate::spool::publish::rename_noreplace;
+use crate::spool::dir::{read_at_most, Dir};
 
 /// A task file locked by this process: pending until `activate` moves it
 /// into `.active/`.
@@ -26,7 +28,8 @@ use crate::spool::publish::rename_noreplace;
 pub struct Claim {
     file: Flock<File>,
     pub name: OsString,
-    pub path: PathBuf,
+    /// The folder it is in now.
+    dir: Arc<Dir>,
     /// When the producer last wrote the file (for the pickup latency).
     pub written: SystemTime,
     /// When it was claimed; its mtime from then on.
@@ -39,6 +42,10 @@ pub enum Attempt {
     Locked(Claim),
     /// Another claimer won, or the file is gone: skip quietly.
     Lost,
+    /// Someone else holds its lock and it is still pending: look again
+    /// later (another claimer between its lock and its rename, or any
+    /// process that locks the file).
+    Held,
     /// The entry is a symlink, FIFO, socket, folder or device (named).
     NotRegular(&'static str),
 }
@@ -52,127 +59,194 @@ pub enum Activated {
     Lost,
 }
 
-/// Locks `dir/name`, a pending task file: open without following links or
-/// blocking, a regular file, flock, and still the same inode at that path.
-pub fn lock(dir: &Path, name: &OsStr) -> Result<Attempt> {
-    let path = dir.join(name);
-    let before = match fs::symlink_metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Lost),
-        Err(e) => return Err(Error::io("cannot stat", &path, e)),
+/// Why a claimed file cannot be read.
+#[derive(Debug)]
+pub enum Unread {
+    /// More than the bound, by the bytes read (it may have grown since
+    /// its size was looked at).
+    TooLarge,
+    Failed(Error),
+}
+
+/// Locks `name` in `dir`, a pending task file: open without following
+/// links or blocking, a regular file, flock, and still the same inode
+/// under that name.
+pub fn lock(dir: &Arc<Dir>, name: &OsStr) -> Result<Attempt> {
+    let before = match dir.stat(name) {
+        Ok(e) => e,
+        Err(e) if gone(&e) => return Ok(Attempt::Lost),
+        Err(e) => return Err(Error::io("cannot stat", &dir.join(name), e)),
     };
-    if let Some(kind) = irregular(&before) {
+    if let Some(kind) = before.irregular() {
         return Ok(Attempt::NotRegular(kind));
     }
-    let file = match open_nofollow(&path) {
+    let file = match dir.open_read(name) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Lost),
+        Err(e) if gone(&e) => return Ok(Attempt::Lost),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Ok(Attempt::NotRegular("symlink"))
         }
-        Err(e) => return Err(Error::io("cannot open", &path, e)),
+        Err(e) => return Err(Error::io("cannot open", &dir.join(name), e)),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("cannot stat", &path, e))?;
-    if !meta.is_file() || meta.ino() != before.ino() {
+    let meta = nix::sys::stat::fstat(file.as_raw_fd())
+        .map_err(|e| Error::io("cannot stat", &dir.join(name), e.into()))?;
+    if meta.st_ino != before.ino {
         return Ok(Attempt::Lost);
     }
-    let Some(file) = try_lock(file).filter(|_| same_inode(&path, &meta)) else {
-        return Ok(Attempt::Lost);
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => f,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let still = dir.stat(name).is_ok_and(|e| e.ino == before.ino);
+            return Ok(if still { Attempt::Held } else { Attempt::Lost });
+        }
+        Err((_, e)) => return Err(Error::io("cannot lock", &dir.join(name), e.into())),
     };
-    let written = meta.modified().unwrap_or_else(|_| SystemTime::now());
+    if !dir.stat(name).is_ok_and(|e| e.ino == before.ino) {
+        return Ok(Attempt::Lost);
+    }
+    let written = before.modified();
     Ok(Attempt::Locked(Claim {
         file,
         name: name.to_os_string(),
-        path,
+        dir: dir.clone(),
         written,
         claimed: written,
-        size: meta.len(),
+        size: before.size,
     }))
 }
 
-/// Takes the lock of `active_dir/name` if its claimer is gone.
-pub fn probe(active_dir: &Path, name: &OsStr) -> Result<Option<Claim>> {
-    let path = active_dir.join(name);
-    let file = match open_nofollow(&path) {
+/// Takes the lock of `name` in `active` if its claimer is gone.
+pub fn probe(active: &Arc<Dir>, name: &OsStr) -> Result<Option<Claim>> {
+    let file = match active.open_read(name) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot open", &path, e)),
+        Err(e) if gone(&e) => return Ok(None),
+        Err(e) => return Err(Error::io("cannot open", &active.join(name), e)),
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("cannot stat", &path, e))?;
-    if !meta.is_file() {
+    let meta = nix::sys::stat::fstat(file.as_raw_fd())
+        .map_err(|e| Error::io("cannot stat", &active.join(name), e.into()))?;
+    let regular = meta.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if !regular {
         return Ok(None);
     }
-    // nlink 0: the claimer finished and removed it between our open and lock.
-    let Some(file) = try_lock(file).filter(|_| meta.nlink() > 0 && same_inode(&path, &meta)) else {
+    let Ok(file) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         return Ok(None);
     };
-    let claimed = meta.modified().unwrap_or_else(|_| SystemTime::now());
+    // nlink 0: the claimer finished and removed it between our open and lock.
+    let same = active.stat(name).is_ok_and(|e| e.ino == meta.st_ino);
+    if meta.st_nlink == 0 || !same {
+        return Ok(None);
+    }
+    let since = std::time::Duration::new(meta.st_mtime.max(0) as u64, meta.st_mtime_nsec as u32);
+    let claimed = SystemTime::UNIX_EPOCH + since;
     Ok(Some(Claim {
         file,
         name: name.to_os_string(),
-        path,
+        dir: active.clone(),
         written: claimed,
         claimed,
-        size: meta.len(),
+        size: meta.st_size.max(0) as u64,
     }))
 }
 
+/// ENOENT, and what a network file system says of a file that another
+/// host removed (ESTALE): the file is gone.
+fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESTALE)
+}
+
 impl Claim {
-    /// Moves the locked pending file into `active_dir` and stamps its mtime
+    /// The folder it is in now.
+    pub fn dir(&self) -> &Arc<Dir> {
+        &self.dir
+    }
+
+    /// Whether its folder still holds the locked file under its name.
+    pub fn is_in_place(&self) -> bool {
+        let Ok(meta) = nix::sys::stat::fstat(self.file.as_raw_fd()) else {
+            return false;
+        };
+        self.dir
+            .stat(&self.name)
+            .is_ok_and(|e| e.ino == meta.st_ino)
+    }
+
+    /// The file moved, with its lock, to `dir` (someone else renamed it):
+    /// `finish` removes it there, if it is there.
+    pub fn moved_to(&mut self, dir: Arc<Dir>) {
+        let previous = std::mem::replace(&mut self.dir, dir);
+        if !self.is_in_place() {
+            self.dir = previous;
+        }
+    }
+
+    /// The path of the entry now, for messages and `HW_TASK_FILE`.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// Moves the locked pending file into `active` and stamps its mtime
     /// with the claim time, so that anyone can tell a result of this run
     /// from an older one.
-    pub fn activate(mut self, active_dir: &Path) -> Result<Activated> {
-        let active = active_dir.join(&self.name);
-        match rename_noreplace(&self.path, &active) {
+    pub fn activate(mut self, active: &Arc<Dir>) -> Result<Activated> {
+        match self.dir.rename_noreplace(&self.name, active, &self.name) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Activated::Lost),
+            Err(e) if gone(&e) => return Ok(Activated::Lost),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Activated::Busy),
-            Err(e) => return Err(Error::io2("cannot rename", &self.path, &active, e)),
+            Err(e) => {
+                let to = active.join(&self.name);
+                return Err(Error::io2("cannot rename", &self.path(), &to, e));
+            }
         }
         self.claimed = SystemTime::now();
-        let since_epoch = self
-            .claimed
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let ts = TimeSpec::from(since_epoch);
-        // Best effort: without it a crash is recovered as an interrupted run.
-        let _ = futimens(self.file.as_raw_fd(), &ts, &ts);
-        self.path = active;
+        self.stamp(self.claimed);
+        self.dir = active.clone();
         Ok(Activated::Active(self))
     }
 
-    /// The file's content, read from the start.
-    pub fn read(&mut self) -> Result<Vec<u8>> {
-        let mut bytes = Vec::with_capacity(self.size.min(1 << 24) as usize);
-        let read = (&*self.file)
+    /// Best effort: without it a crash is recovered as an interrupted run.
+    fn stamp(&self, t: SystemTime) {
+        let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let ts = TimeSpec::from(since_epoch);
+        let _ = futimens(self.file.as_raw_fd(), &ts, &ts);
+    }
+
+    /// The file's content from its start, at most `max` bytes by the
+    /// bytes actually read.
+    pub fn read(&mut self, max: u64) -> std::result::Result<Vec<u8>, Unread> {
+        let path = self.path();
+        let mut file: &File = &self.file;
+        let read = file
             .seek(SeekFrom::Start(0))
-            .and_then(|_| (&*self.file).read_to_end(&mut bytes));
-        read.map_err(|e| Error::io("cannot read", &self.path, e))?;
-        Ok(bytes)
+            .and_then(|_| read_at_most(file, max));
+        match read {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(Unread::TooLarge),
+            Err(e) => Err(Unread::Failed(Error::io("cannot read", &path, e))),
+        }
     }
 
     /// The task has left `.active/` for good: remove the entry, then let
     /// the lock go (in that order, so a probe never sees a free lock on a
     /// live entry).
     pub fn finish(self) -> Result<()> {
-        match fs::remove_file(&self.path) {
+        match self.dir.unlink(&self.name) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("cannot remove", &self.path, e)),
+            Err(e) if gone(&e) => Ok(()),
+            Err(e) => Err(Error::io("cannot remove", &self.path(), e)),
         }
     }
 
-    /// Moves the entry to `to`, replacing nothing, and lets the lock go.
-    /// On failure the claim comes back with the error.
-    pub fn move_to(self, to: &Path) -> std::result::Result<(), Box<(Claim, Error)>> {
-        match rename_noreplace(&self.path, to) {
+    /// Moves the entry to `to_name` in `to`, replacing nothing, and lets
+    /// the lock go. On failure the claim comes back with the error.
+    pub fn move_to(
+        self,
+        to: &Dir,
+        to_name: &OsStr,
+    ) -> std::result::Result<(), Box<(Claim, Error)>> {
+        match self.dir.rename_noreplace(&self.name, to, to_name) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let err = Error::io2("cannot rename", &self.path, to, e);
+                let err = Error::io2("cannot rename", &self.path(), &to.join(to_name), e);
                 Err(Box::new((self, err)))
             }
         }
@@ -181,40 +255,6 @@ impl Claim {
     /// Puts the original write time back (a task returned to pending keeps
     /// its place in the queue).
     pub fn restore_mtime(&self) {
-        let since_epoch = self
-            .written
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let ts = TimeSpec::from(since_epoch);
-        let _ = futimens(self.file.as_raw_fd(), &ts, &ts);
-    }
-}
-
-fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
-fn try_lock(file: File) -> Option<Flock<File>> {
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()
-}
-
-fn same_inode(path: &Path, meta: &fs::Metadata) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev())
-}
-
-/// What a non-regular entry is, for the dead letter.
-pub fn irregular(meta: &fs::Metadata) -> Option<&'static str> {
-    let t = meta.file_type();
-    match () {
-        _ if t.is_file() => None,
-        _ if t.is_symlink() => Some("symlink"),
-        _ if t.is_dir() => Some("folder"),
-        _ if t.is_fifo() => Some("fifo"),
-        _ if t.is_socket() => Some("socket"),
-        _ if t.is_char_device() || t.is_block_device() => Some("device"),
-        _ => Some("unknown file type"),
+        self.stamp(self.written);
     }
 }

@@ -9,9 +9,8 @@
 //! Files go out in the order they came, so a task's receipt is always in
 //! place before its result.
 
-use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,8 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::clock::Backoff;
 use crate::error::Result;
 use crate::latch::Latch;
-use crate::spool::publish::{self, Durability};
+use crate::spool::dir::Dir;
+use crate::spool::publish::Durability;
 
 /// Files in flight beyond this make pool threads wait: back-pressure when
 /// the disk is slow or full.
@@ -38,15 +38,9 @@ enum Item {
 }
 
 struct File {
-    dir: PathBuf,
-    name: String,
+    dir: Arc<Dir>,
+    name: OsString,
     bytes: Vec<u8>,
-}
-
-impl File {
-    fn target(&self) -> PathBuf {
-        self.dir.join(&self.name)
-    }
 }
 
 /// The sending side, one per pool thread (cheap to clone).
@@ -92,12 +86,12 @@ impl Committer {
 
 impl Commits {
     /// A receipt: one that cannot be written is logged, not retried.
-    pub fn receipt(&self, dir: PathBuf, name: String, bytes: Vec<u8>) {
+    pub fn receipt(&self, dir: Arc<Dir>, name: OsString, bytes: Vec<u8>) {
         let _ = self.tx.send(Item::Receipt(File { dir, name, bytes }));
     }
 
     /// A result: `then(true)` runs once it is durable and in place.
-    pub fn result(&self, dir: PathBuf, name: String, bytes: Vec<u8>, then: Then) {
+    pub fn result(&self, dir: Arc<Dir>, name: OsString, bytes: Vec<u8>, then: Then) {
         let item = Item::Result(File { dir, name, bytes }, then);
         if self.permits.send(()).is_err() {
             return then_not_durable(item);
@@ -168,8 +162,8 @@ impl Batch {
             }
         }
         for ((f, then), ok) in self.results.into_iter().zip(&placed[receipts..]) {
-            let slow = || publish::publish(&f.dir, &f.name, &f.bytes, d);
-            then(*ok || persist(abort, slow).is_some());
+            let slow = || f.dir.publish(&f.name, &f.bytes, d);
+            then(*ok || matches!(persist(abort, slow), Persisted::Done(())));
         }
         for answer in self.answers {
             let _ = answer.send(());
@@ -177,90 +171,99 @@ impl Batch {
     }
 }
 
-/// Publishes `files` in order with one flush per file system: whether each is now
-/// durable and in place.
+/// Publishes `files` in order with one flush per file system: whether
+/// each is now durable and in place.
 fn place(files: &[&File], d: Durability) -> Vec<bool> {
     let alone = files.len() == 1;
-    let staged: Vec<Option<PathBuf>> = files
+    let staged: Vec<Option<OsString>> = files
         .iter()
-        .map(|f| publish::stage(&f.dir, f.name.as_ref(), &f.bytes, alone && d.flushes()).ok())
+        .map(|f| f.dir.stage(&f.bytes, alone && d.flushes()).ok())
         .collect();
     let flushed = alone || sync_all_staged(files, &staged, d);
     let mut placed: Vec<bool> = files
         .iter()
         .zip(staged)
         .map(|(f, tmp)| match tmp {
-            Some(tmp) if flushed => publish::install(&tmp, &f.target()).is_ok(),
+            Some(tmp) if flushed => f.dir.install(&tmp, &f.name).is_ok(),
             Some(tmp) => {
-                let _ = std::fs::remove_file(tmp);
+                let _ = f.dir.unlink(&tmp);
                 false
             }
             None => false,
         })
         .collect();
-    let folders: BTreeSet<&Path> = files
-        .iter()
-        .zip(&placed)
-        .filter(|(_, ok)| **ok)
-        .map(|(f, _)| f.dir.as_path())
-        .collect();
-    let unsynced: Vec<&Path> = folders
-        .into_iter()
-        .filter(|dir| publish::sync_dir(dir, d).is_err())
-        .collect();
+    // Each folder that received a file is synced once.
+    let mut synced: Vec<(&Arc<Dir>, bool)> = Vec::new();
     for (f, ok) in files.iter().zip(placed.iter_mut()) {
-        *ok = *ok && !unsynced.contains(&f.dir.as_path());
+        if !*ok {
+            continue;
+        }
+        let done = match synced.iter().find(|(dir, _)| Arc::ptr_eq(dir, &f.dir)) {
+            Some((_, done)) => *done,
+            None => {
+                let done = f.dir.sync(d).is_ok();
+                synced.push((&f.dir, done));
+                done
+            }
+        };
+        *ok = done;
     }
     placed
 }
 
 /// One flush per file system that holds a staged file: TRIGGER_DIR and
 /// RESULT_DIR may each be moved to another one.
-fn sync_all_staged(files: &[&File], staged: &[Option<PathBuf>], d: Durability) -> bool {
-    let mut looked: Vec<&Path> = Vec::new();
+fn sync_all_staged(files: &[&File], staged: &[Option<OsString>], d: Durability) -> bool {
     let mut flushed: Vec<u64> = Vec::new();
     for (f, tmp) in files.iter().zip(staged) {
-        let Some(tmp) = tmp else { continue };
-        if looked.contains(&f.dir.as_path()) {
+        if tmp.is_none() || flushed.contains(&f.dir.device()) {
             continue;
         }
-        looked.push(&f.dir);
-        let dev = std::fs::metadata(tmp).map(|m| m.dev());
-        if dev.as_ref().is_ok_and(|d| flushed.contains(d)) {
-            continue;
-        }
-        if let Err(e) = publish::sync_filesystem(tmp, d) {
+        if let Err(e) = f.dir.sync_filesystem(d) {
             log::warn!("{e}; publishing one by one");
             return false;
         }
-        flushed.extend(dev.ok());
+        flushed.push(f.dir.device());
     }
     true
 }
 
 /// A receipt is a courtesy: failing to write one does not stop the task.
 fn publish_receipt(f: &File, d: Durability) {
-    if let Err(e) = publish::publish(&f.dir, &f.name, &f.bytes, d) {
+    if let Err(e) = f.dir.publish(&f.name, &f.bytes, d) {
         log::warn!("{e}");
     }
 }
 
+/// What became of `persist`.
+#[derive(Debug)]
+pub enum Persisted<T> {
+    Done(T),
+    /// The worker was told to stop now.
+    Aborted,
+    /// An error that will not go away by waiting (a name the file system
+    /// refuses, say): the caller must do something else.
+    Never(crate::error::Error),
+}
+
 /// Runs a publish until it works. An I/O error (a full disk, say) is not
 /// the task's fault: log it, wait, try again, with back-off up to 5 s.
-/// Gives up (`None`) only when the worker is told to stop now.
-pub fn persist<T>(abort: &Latch, mut publish: impl FnMut() -> Result<T>) -> Option<T> {
+/// Gives up when the worker is told to stop now, or at once on an error
+/// that waiting will not mend.
+pub fn persist<T>(abort: &Latch, mut publish: impl FnMut() -> Result<T>) -> Persisted<T> {
     let mut delay = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut logged_at: Option<Instant> = None;
     loop {
         match publish() {
-            Ok(v) => return Some(v),
+            Ok(v) => return Persisted::Done(v),
+            Err(e) if e.is_permanent() => return Persisted::Never(e),
             Err(e) => {
                 if logged_at.map_or(true, |t| t.elapsed() >= Duration::from_secs(30)) {
                     log::error!("{e}; will try again");
                     logged_at = Some(Instant::now());
                 }
                 if abort.wait_timeout(delay.take()) {
-                    return None;
+                    return Persisted::Aborted;
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 pub(crate) mod claim;
 pub(crate) mod commit;
+pub(crate) mod dir;
 pub mod names;
 pub(crate) mod publish;
 
@@ -13,8 +14,10 @@ use std::env;
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Kind, Result};
+use dir::Dir;
 use names::{
     heartbeat_file, task_file, valid_worker_name, ACTIVE, DEFERRED, ORCHESTRATOR, REJECTED,
 };
@@ -129,9 +132,14 @@ impl Spool {
             self.result_dir(worker),
             self.heartbeats.clone(),
             self.dlq_dir(worker),
-            self.rejected_dir(worker),
         ] {
             create_dir(&dir)?;
+        }
+        // Not through a symbolic link: the worker refuses one there, and
+        // must not have made a folder wherever it points first.
+        let dlq_is_real = std::fs::symlink_metadata(self.dlq_dir(worker)).is_ok_and(|m| m.is_dir());
+        if dlq_is_real {
+            create_dir(&self.rejected_dir(worker))?;
         }
         Ok(())
     }
@@ -204,6 +212,81 @@ impl Spool {
     /// `.rejected/NAME` (see `names::rejected_entry`).
     pub fn rejected_entry(&self, worker: &str, rejected_path: &str) -> Option<PathBuf> {
         names::rejected_entry(rejected_path).map(|name| self.rejected_dir(worker).join(name))
+    }
+}
+
+/// A worker's folders, held open (see `dir`): what the worker reads,
+/// moves and writes is reached through these, never through a path that
+/// someone may have swapped for a symbolic link since.
+#[derive(Debug)]
+pub struct WorkerDirs {
+    /// `tasks/<worker>/`, as the tasks folder's path names it.
+    pub pending: Arc<Dir>,
+    pub active: Arc<Dir>,
+    pub deferred: Arc<Dir>,
+    pub triggers: Arc<Dir>,
+    pub results: Arc<Dir>,
+    pub dlq: Arc<Dir>,
+    pub rejected: Arc<Dir>,
+    pub heartbeats: Arc<Dir>,
+}
+
+impl Spool {
+    /// Holds a worker's folders, creating those missing. `.active/`,
+    /// `.deferred/`, `results/<worker>/`, `triggers/<worker>/`,
+    /// `dlq/<worker>/` and `.rejected/` must be folders of their own, not
+    /// symbolic links (a configuration error); the top folders and the
+    /// tasks folder may be links, as whoever set the spool up chose.
+    pub fn hold(&self, worker: &str) -> Result<WorkerDirs> {
+        self.create_worker_dirs(worker)?;
+        let pending = Dir::open_following(&self.pending_dir(worker))?;
+        let active = pending.sub(ACTIVE)?;
+        let deferred = pending.sub(DEFERRED)?;
+        let dlq = Dir::open(&self.dlq_dir(worker))?;
+        let rejected = dlq.sub(REJECTED)?;
+        Ok(WorkerDirs {
+            active: Arc::new(active),
+            deferred: Arc::new(deferred),
+            pending: Arc::new(pending),
+            triggers: Arc::new(Dir::open(&self.trigger_dir(worker))?),
+            results: Arc::new(Dir::open(&self.result_dir(worker))?),
+            rejected: Arc::new(rejected),
+            dlq: Arc::new(dlq),
+            heartbeats: Arc::new(Dir::open_following(&self.heartbeats)?),
+        })
+    }
+}
+
+impl WorkerDirs {
+    /// The first of them whose path no longer names the folder held (a
+    /// folder moved away, replaced, or swapped for a symbolic link).
+    pub fn moved(&self) -> Option<&Path> {
+        [
+            &self.pending,
+            &self.active,
+            &self.deferred,
+            &self.triggers,
+            &self.results,
+            &self.dlq,
+            &self.rejected,
+        ]
+        .into_iter()
+        .find(|d| !d.is_at_path())
+        .map(|d| d.path())
+    }
+
+    /// Every folder the worker writes into.
+    pub fn all(&self) -> [&Arc<Dir>; 8] {
+        [
+            &self.pending,
+            &self.active,
+            &self.deferred,
+            &self.triggers,
+            &self.results,
+            &self.dlq,
+            &self.rejected,
+            &self.heartbeats,
+        ]
     }
 }
 

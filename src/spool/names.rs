@@ -6,8 +6,8 @@
 //! dot-files that stage a write (`.<name>.<pid>.<n>.tmp`, hw-enqueue's
 //! `.<id>.<pid>.enqueue.tmp`), which every reader ignores.
 
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 /// The listener's folder under the triggers folder; no worker may be
 /// named so.
@@ -164,12 +164,32 @@ pub fn rejected_entry(rejected_path: &str) -> Option<&str> {
     fine.then_some(name)
 }
 
-/// The dot-file that stages a write of `target`: `.<target>.<pid>.<n>.tmp`.
-pub fn staged(target: &OsStr, pid: u32, n: u64) -> OsString {
-    let mut name = b".".to_vec();
-    name.extend_from_slice(target.as_bytes());
-    name.extend_from_slice(format!(".{pid}.{n}.tmp").as_bytes());
-    OsString::from_vec(name)
+/// The dot-file that stages a write: `.hw-<host>.<pid>.<n>.tmp`. It does
+/// not depend on the target's name, so it is never too long, and it says
+/// which process of which host wrote it, so a crash's leftovers can be
+/// told from another host's write in progress.
+pub fn staged(host: &str, pid: u32, n: u64) -> String {
+    format!(".hw-{host}.{pid}.{n}.tmp")
+}
+
+/// A host name as it goes into a staged name: `[A-Za-z0-9-]`, at most 32.
+pub fn host_tag(hostname: &str) -> String {
+    let tag: String = hostname
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    if tag.is_empty() {
+        "host".into()
+    } else {
+        tag
+    }
 }
 
 /// hw-enqueue's staging file for task `id`: `.<id>.<pid>.enqueue.tmp`.
@@ -177,17 +197,24 @@ pub fn enqueue_staged(id: &str, pid: u32) -> String {
     format!(".{id}.{pid}.enqueue.tmp")
 }
 
-/// A staging file of ours (`staged` or `enqueue_staged`), not a
-/// producer's own dot-file.
+/// Who wrote a staging file of ours: the host tag when the name says it,
+/// and the pid. `None` for any other name (a producer's own dot-file).
+pub fn temp_owner(name: &str) -> Option<(Option<&str>, u32)> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = rest.rsplitn(3, '.');
+    let (last, pid, first) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !(digits(last) || last == "enqueue") || !digits(pid) || first.is_empty() {
+        return None;
+    }
+    let host = first.strip_prefix("hw-").filter(|_| digits(last));
+    Some((host, pid.parse().ok()?))
+}
+
+/// A staging file of ours (`staged`, `enqueue_staged`, or the older
+/// `.<target>.<pid>.<n>.tmp`), not a producer's own dot-file.
 pub fn is_our_temp(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
-        return false;
-    };
-    let mut parts = rest.rsplit('.');
-    let (last, pid) = (parts.next(), parts.next());
-    let digits =
-        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()));
-    (digits(last) || last == Some("enqueue")) && digits(pid) && parts.next().is_some()
+    temp_owner(name).is_some()
 }
 
 /// The task file beside which the Python watcher held its lock
@@ -327,20 +354,16 @@ mod tests {
     }
 
     #[test]
-    fn our_staging_files_are_recognised_and_no_others() {
-        let staged = staged(OsStr::new("a.json"), 123, 4);
-        assert_eq!(staged, ".a.json.123.4.tmp");
-        assert!(is_our_temp(staged.to_str().unwrap()));
-        assert!(is_our_temp(&enqueue_staged("t-1", 123)));
+    fn our_staging_files_say_who_wrote_them_and_no_others_are_ours() {
+        let staged = staged(&host_tag("node1.example"), 123, 4);
+        assert_eq!(staged, ".hw-node1_example.123.4.tmp");
+        assert_eq!(temp_owner(&staged), Some((Some("node1_example"), 123)));
+        assert_eq!(temp_owner(&enqueue_staged("t-1", 123)), Some((None, 123)));
+        assert_eq!(temp_owner(".a.json.123.4.tmp"), Some((None, 123)));
         assert!(!is_our_temp(".x.tmp"));
         assert!(!is_our_temp("a.json.1.2.tmp"));
         assert!(!is_our_temp(".a.json.x.4.tmp"));
-    }
-
-    #[test]
-    fn a_staged_name_keeps_bytes_that_are_not_utf8() {
-        let name = staged(OsStr::from_bytes(b"\xff.json"), 1, 2);
-        assert_eq!(name.as_bytes(), b".\xff.json.1.2.tmp");
+        assert!(staged.len() < 60, "never too long whatever the target");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::model::failure::PauseReason;
-use crate::model::heartbeat::{BreakerState, Heartbeat, HeartbeatStatus};
+use crate::model::heartbeat::{BreakerState, Heartbeat, HeartbeatStatus, Unclaimable};
 use crate::model::result::ResultStatus;
 use crate::spool::names::{heartbeat_worker, is_task_file, result_id};
 use crate::spool::{read_regular, Spool, RECORD_MAX};
@@ -102,13 +102,20 @@ pub struct WorkerStatus {
     pub paused_until: Option<String>,
     /// The agent's spend today (UTC), by the heartbeat; 0 when unknown.
     pub cost_usd_today: f64,
+    /// Pending files the worker cannot claim for now, by its heartbeat.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unclaimable: Vec<Unclaimable>,
 }
 
 impl WorkerStatus {
     fn verdict(&self) -> Overall {
         match self.status {
             Seen::Missing => Overall::Critical,
-            Seen::Reported(HeartbeatStatus::Healthy) if self.dlq == 0 => Overall::Ok,
+            Seen::Reported(HeartbeatStatus::Healthy)
+                if self.dlq == 0 && self.unclaimable.is_empty() =>
+            {
+                Overall::Ok
+            }
             _ => Overall::Warning,
         }
     }
@@ -184,6 +191,15 @@ fn reasons(name: &str, s: &WorkerStatus) -> Vec<String> {
         1 => out.push(format!("{name}: 1 dead letter")),
         n => out.push(format!("{name}: {n} dead letters")),
     }
+    for u in &s.unclaimable {
+        let owner = u
+            .owner_uid
+            .map_or_else(String::new, |uid| format!(", owner uid {uid}"));
+        out.push(format!(
+            "{name}: cannot claim {} ({}{owner})",
+            u.file, u.error
+        ));
+    }
     out
 }
 
@@ -219,6 +235,7 @@ fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
         paused_reason: beat.as_ref().and_then(|b| b.paused_reason),
         paused_until: beat.as_ref().and_then(|b| b.paused_until.clone()),
         cost_usd_today: beat.as_ref().map_or(0.0, |b| b.cost_usd_today),
+        unclaimable: beat.map(|b| b.unclaimable).unwrap_or_default(),
     })
 }
 

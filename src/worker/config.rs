@@ -199,7 +199,7 @@ impl WorkerConfig {
             max_output: bytes(Raw::pick(&f.max_output, "--max-output", None), 1 << 20)? as usize,
             max_task_bytes: bytes(
                 Raw::pick(&f.max_task_bytes, "--max-task-bytes", None),
-                1 << 20,
+                crate::model::task::TASK_BYTES_DEFAULT,
             )?,
             metrics: metrics_endpoint(f)?,
             max_memory: match Raw::pick(&f.max_memory, "--max-memory", None) {

@@ -5,44 +5,61 @@
 //! kernel when there is nothing to do, and wakes for a notice, a report, a
 //! signal, or its next timer (the heartbeat when idle).
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::fs;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::clock::{self, Backoff};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::latch::Latch;
-use crate::model::heartbeat::{self, Heartbeat, HeartbeatStatus};
+use crate::model::failure::FailureClass;
+use crate::model::heartbeat::{self, Heartbeat, HeartbeatStatus, Unclaimable};
 use crate::model::task::{peek_priority, Invalid, Priority, Task};
-use crate::spool::claim::{self, Activated, Attempt, Claim};
-use crate::spool::names::{heartbeat_file, is_task_file};
-use crate::spool::publish::{self, json_line, rename_noreplace};
+use crate::spool::claim::{self, Activated, Attempt, Claim, Unread};
+use crate::spool::dir::Dir;
+use crate::spool::names::{heartbeat_file, is_task_file, json_stem, task_file};
+use crate::spool::publish::json_line;
+use crate::spool::WorkerDirs;
 use crate::worker::breaker::Breaker;
 use crate::worker::config::WorkerConfig;
-use crate::worker::deps::{self, DepState};
+use crate::worker::deps::{self, DepIndex, DepState, Waits};
 use crate::worker::metrics::{DaySpend, Metrics};
 use crate::worker::notify::Notifier;
 use crate::worker::pause::{Admit, Change, Pauses};
 use crate::worker::pool::{End, Job, Report};
 use crate::worker::queue::{Deferred, DeferredSchedule, PendingQueue};
-use crate::worker::startup::{self, linked_folder};
+use crate::worker::skip::{Skipped, Trouble};
+use crate::worker::startup;
 use crate::worker::watch::{Notice, Watcher};
+use crate::worker::{current, SharedDirs};
 
 /// A file found by a scan whose JSON does not parse may still be being
 /// written in place; it gets this long since its last write.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Our temporary files live milliseconds; one this old is a crash's.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
-/// How often a task waiting for its dependencies looks again.
+/// How often a task waiting for its dependencies looks again (when the
+/// index of terminal records changed).
 const DEPENDENCY_RECHECK: f64 = 1.0;
+/// The most waiting tasks a search for a dependency cycle visits.
+const CYCLE_SEARCH: usize = 10_000;
+/// The most bytes read of a pending file to learn its priority.
+const PEEK_MAX: u64 = 64 * 1024;
+
 pub(super) struct Dispatcher {
     cfg: WorkerConfig,
+    /// The worker's folders, held open; shared with the pool.
+    dirs: SharedDirs,
+    /// Terminal records by task id, for dependencies.
+    deps: DepIndex,
+    /// What each task waiting for dependencies waits for, by its id.
+    waits: HashMap<String, Vec<String>>,
+    /// Pending files that cannot be claimed for now, each with its back-off.
+    skipped: Skipped,
     metrics: Arc<Metrics>,
     metrics_addr: Option<String>,
     jobs: Option<Sender<Job>>,
@@ -63,6 +80,8 @@ pub(super) struct Dispatcher {
     /// Dead claimers' entries waiting for a free slot.
     recovered: Vec<Claim>,
     running: usize,
+    /// The names of the jobs the pool has not reported on yet.
+    in_flight: HashSet<OsString>,
     breaker: Breaker,
     /// A usage limit, a failed login or a spent budget: no claims.
     pauses: Pauses,
@@ -80,8 +99,10 @@ pub(super) struct Dispatcher {
 }
 
 impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cfg: WorkerConfig,
+        dirs: SharedDirs,
         metrics: Arc<Metrics>,
         jobs: Sender<Job>,
         watcher: Option<Watcher>,
@@ -94,6 +115,10 @@ impl Dispatcher {
         Dispatcher {
             breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_timeout),
             pauses: Pauses::new(cfg.daily_budget_usd, cfg.pause_backoff),
+            deps: DepIndex::new(&cfg.spool),
+            waits: HashMap::new(),
+            skipped: Skipped::default(),
+            dirs,
             next_heartbeat: now + cfg.heartbeat_interval,
             next_poll: poll.map(|p| now + p),
             cfg,
@@ -110,6 +135,7 @@ impl Dispatcher {
             busy: Vec::new(),
             recovered: Vec::new(),
             running: 0,
+            in_flight: HashSet::new(),
             started: now,
             poll,
             claim_pause: None,
@@ -196,6 +222,7 @@ impl Dispatcher {
         consider(self.next_poll);
         consider(self.next_watchdog);
         consider(self.settling.iter().map(|(t, _)| *t).min());
+        consider(self.skipped.next_due());
         consider(self.claim_pause);
         consider(self.stopping.filter(|_| !self.aborted));
         if !self.queue.is_empty() {
@@ -234,6 +261,9 @@ impl Dispatcher {
         for (_, name) in due {
             self.push_peeked(name);
         }
+        for name in self.skipped.due(now) {
+            self.push_peeked(name);
+        }
         self.release_due_deferred();
     }
 
@@ -243,9 +273,7 @@ impl Dispatcher {
         if self.watcher.as_ref().is_some_and(Watcher::replaced) {
             self.rewatch();
         }
-        if let Some(bad) = linked_folder(&self.cfg.spool, &self.cfg.name) {
-            log::error!(folder = bad.display().to_string(); "Not a folder of its own (a symlink?): claims paused until it is one again");
-            self.claim_pause = Some(Instant::now() + self.cfg.heartbeat_interval);
+        if !self.hold_folders() {
             return;
         }
         if self.stopping.is_none() {
@@ -365,6 +393,19 @@ impl Dispatcher {
                     }
                 }
             }
+            Notice::Created(names) => {
+                // A link(2) brings a whole file, and no close-after-write:
+                // take it now. A file being written gets its close, else
+                // a look once it has settled.
+                let pending = self.held().pending.clone();
+                for name in names {
+                    match pending.stat(&name) {
+                        Ok(e) if e.nlink > 1 => self.push_arrival(name),
+                        Ok(_) => self.settling.push((Instant::now() + SETTLE, name)),
+                        Err(_) => {}
+                    }
+                }
+            }
             Notice::Rescan => {
                 log::warn!("inotify queue overflowed: rescanning");
                 self.rescan();
@@ -381,7 +422,36 @@ impl Dispatcher {
         if let Some(Err(e)) = self.watcher.as_mut().map(Watcher::rewatch) {
             log::error!("{e}");
         }
-        self.rescan();
+        if self.hold_folders() {
+            self.rescan();
+        }
+    }
+
+    /// Checks that each folder held is still the one its path names; when
+    /// one was replaced by another folder, holds them all anew; when one
+    /// is no folder of its own (a symbolic link), claims nothing until it
+    /// is one again. True when claims may go on.
+    fn hold_folders(&mut self) -> bool {
+        let Some(moved) = self.held().moved().map(|p| p.display().to_string()) else {
+            return true;
+        };
+        match self.cfg.spool.hold(&self.cfg.name) {
+            Ok(dirs) => {
+                log::warn!(folder = moved.as_str(); "A folder was replaced: holding the new one");
+                *self.dirs.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dirs);
+                true
+            }
+            Err(e) => {
+                log::error!(folder = moved.as_str(); "{e}: claims paused until it is a folder of its own again");
+                self.claim_pause = Some(Instant::now() + self.cfg.heartbeat_interval);
+                false
+            }
+        }
+    }
+
+    /// The folders held now.
+    fn held(&self) -> Arc<WorkerDirs> {
+        current(&self.dirs)
     }
 
     fn watcher_dir(&self) -> String {
@@ -418,6 +488,7 @@ impl Dispatcher {
             return;
         }
         self.running -= 1;
+        self.in_flight.remove(&report.name);
         self.pause_after(&report);
         match report.attempt {
             Some(ok) => self.breaker.record(ok, report.probe, Instant::now()),
@@ -435,6 +506,7 @@ impl Dispatcher {
                 not_before: *not_before,
                 priority: task.priority,
                 dependencies: Vec::new(),
+                checked: None,
             };
             self.deferred.insert(report.name.clone(), entry);
         }
@@ -489,11 +561,14 @@ impl Dispatcher {
             }
             match claimed {
                 Ok(Some(job)) => {
+                    self.skipped.clear(&name);
                     self.send(job);
                     self.claim_backoff.reset();
                 }
                 Ok(None) => {}
-                Err(e) => {
+                Err(Refused::Held(trouble)) => self.set_aside(trouble, false),
+                Err(Refused::Unreadable(trouble)) => self.set_aside(trouble, true),
+                Err(Refused::Spool(e)) => {
                     self.pause_claims(&e, name);
                     break;
                 }
@@ -504,9 +579,10 @@ impl Dispatcher {
 
     fn send(&mut self, job: Job) {
         if let Some(jobs) = &self.jobs {
-            self.running += 1;
-            if jobs.send(job).is_err() {
-                self.running -= 1;
+            let name = job.name().clone();
+            if jobs.send(job).is_ok() {
+                self.running += 1;
+                self.in_flight.insert(name);
             }
         }
     }
@@ -520,20 +596,73 @@ impl Dispatcher {
         self.push_peeked(name);
     }
 
+    /// A pending file that cannot be claimed for now: it gets a back-off
+    /// of its own while the others are claimed. One the worker may not
+    /// read is reported once (log, metric, heartbeat) and moved aside
+    /// when the folder lets the worker move it.
+    fn set_aside(&mut self, trouble: Trouble, unreadable: bool) {
+        let (name, file) = (
+            trouble.name.clone(),
+            trouble.name.to_string_lossy().into_owned(),
+        );
+        let owner = trouble.uid.map_or_else(|| "?".into(), |u| u.to_string());
+        let detail = format!("{}; owner uid {owner}", trouble.error);
+        let first = self.skipped.skip(trouble, Instant::now());
+        if !unreadable {
+            if first {
+                log::info!(file = file.as_str(); "{detail}: looked at again later");
+            }
+            return;
+        }
+        if first {
+            log::warn!(file = file.as_str(), owner_uid = owner.as_str(); "Cannot claim {file}: {detail}; set aside, the other tasks go on");
+            self.metrics.attempt_failed(FailureClass::Unreadable);
+        }
+        self.send(Job::Unreadable { name, detail });
+    }
+
+    /// Why a pending file was not claimed: its own trouble, or the spool's.
+    fn refusal(&self, name: OsString, e: Error) -> Refused {
+        let denied = e
+            .io_error()
+            .is_some_and(|io| io.kind() == io::ErrorKind::PermissionDenied);
+        if !denied {
+            return Refused::Spool(e);
+        }
+        let uid = self.held().pending.stat(&name).ok().map(|s| s.uid);
+        let error = e
+            .io_error()
+            .map_or_else(|| e.to_string(), |io| io.to_string());
+        Refused::Unreadable(Trouble { name, error, uid })
+    }
+
     /// Locks one pending file and decides what it is: a job for the pool,
     /// or nothing (lost to another claimer, still being written, waiting).
-    fn claim(&mut self, name: OsString, probe: bool) -> Result<Option<Job>> {
-        let pending = self.cfg.spool.pending_dir(&self.cfg.name);
+    fn claim(&mut self, name: OsString, probe: bool) -> std::result::Result<Option<Job>, Refused> {
+        let dirs = self.held();
         let announced = self.announced.remove(&name);
-        let mut locked = match claim::lock(&pending, &name)? {
-            Attempt::Lost => return Ok(None),
-            Attempt::NotRegular(kind) => return Ok(Some(Job::Irregular { name, kind })),
-            Attempt::Locked(c) => c,
+        let mut locked = match claim::lock(&dirs.pending, &name) {
+            Ok(Attempt::Lost) => return Ok(None),
+            Ok(Attempt::Held) => {
+                let error = "another process holds its lock".into();
+                return Err(Refused::Held(Trouble {
+                    name,
+                    error,
+                    uid: None,
+                }));
+            }
+            Ok(Attempt::NotRegular(kind)) => return Ok(Some(Job::Irregular { name, kind })),
+            Ok(Attempt::Locked(c)) => c,
+            Err(e) => return Err(self.refusal(name, e)),
         };
         if locked.size > self.cfg.max_task_bytes {
             return Ok(Some(Job::TooLarge { claim: locked }));
         }
-        let bytes = locked.read()?;
+        let bytes = match locked.read(self.cfg.max_task_bytes) {
+            Ok(b) => b,
+            Err(Unread::TooLarge) => return Ok(Some(Job::TooLarge { claim: locked })),
+            Err(Unread::Failed(e)) => return Err(self.refusal(name, e)),
+        };
         let task = match Task::parse(&bytes, &self.cfg.name) {
             Err(Invalid::Json(_)) if !announced && young(locked.written) => {
                 // Perhaps written in place and not finished: look again later.
@@ -561,21 +690,44 @@ impl Dispatcher {
                 invalid,
             });
         }
+        if let Some(detail) = duplicate(&dirs, &name, &task) {
+            return self.activate(locked, |claim| Job::Duplicate {
+                claim,
+                task,
+                detail,
+            });
+        }
         if task.not_before.is_some_and(|t| t > clock::unix_now()) {
             return self.defer(locked, &task, Vec::new());
         }
-        match deps::check(&self.cfg.spool, &task.dependencies) {
+        self.deps.refresh_if(!task.dependencies.is_empty());
+        match self.deps.check(&task.dependencies) {
             DepState::Ready => self.activate(locked, |claim| Job::Run { claim, task, probe }),
-            DepState::Waiting => {
-                let deps = task.dependencies.clone();
-                self.defer(locked, &task, deps)
+            DepState::Waiting(missing) => match self.cycle_of(&task, &missing) {
+                Some(why) => {
+                    self.activate(locked, |claim| Job::DependencyFailed { claim, task, why })
+                }
+                None => self.defer(locked, &task, missing),
+            },
+            DepState::Failed(dependency) => {
+                let why = format!("dependency {dependency} failed");
+                self.activate(locked, |claim| Job::DependencyFailed { claim, task, why })
             }
-            DepState::Failed(dependency) => self.activate(locked, |claim| Job::DependencyFailed {
-                claim,
-                task,
-                dependency,
-            }),
         }
+    }
+
+    /// "depends on itself", or the cycle of waiting tasks it would close.
+    fn cycle_of(&self, task: &Task, missing: &[String]) -> Option<String> {
+        let waits = Waiting {
+            own: &self.waits,
+            spool: &self.cfg.spool,
+            max_bytes: self.cfg.max_task_bytes,
+        };
+        let path = deps::cycle(&task.id, missing, &waits, CYCLE_SEARCH)?;
+        Some(match path.len() {
+            2 => "depends on itself".to_string(),
+            _ => format!("dependency cycle {}", path.join(" -> ")),
+        })
     }
 
     /// Why this worker cannot run a task that is valid on its own: its
@@ -596,9 +748,17 @@ impl Dispatcher {
             .map(|why| format!("workdir {:?} {why}", sub.display().to_string()))
     }
 
-    fn activate(&mut self, claim: Claim, job: impl FnOnce(Claim) -> Job) -> Result<Option<Job>> {
+    fn activate(
+        &mut self,
+        claim: Claim,
+        job: impl FnOnce(Claim) -> Job,
+    ) -> std::result::Result<Option<Job>, Refused> {
         let name = claim.name.clone();
-        match claim.activate(&self.cfg.spool.active_dir(&self.cfg.name))? {
+        let active = self.held().active.clone();
+        let activated = claim
+            .activate(&active)
+            .map_err(|e| self.refusal(name.clone(), e))?;
+        match activated {
             Activated::Active(claim) => {
                 let latency = claim
                     .claimed
@@ -623,14 +783,13 @@ impl Dispatcher {
         claim: Claim,
         task: &Task,
         dependencies: Vec<String>,
-    ) -> Result<Option<Job>> {
-        let to = self
-            .cfg
-            .spool
-            .deferred_dir(&self.cfg.name)
-            .join(&claim.name);
-        fs::rename(&claim.path, &to)
-            .map_err(|e| Error::io2("cannot rename", &claim.path, &to, e))?;
+    ) -> std::result::Result<Option<Job>, Refused> {
+        let deferred = self.held().deferred.clone();
+        let name = claim.name.clone();
+        if let Err(failed) = claim.move_to(&deferred, &name) {
+            let (_claim, e) = *failed;
+            return Err(Refused::Spool(e));
+        }
         let recheck = clock::unix_now() + DEPENDENCY_RECHECK;
         let not_before = match task.not_before {
             Some(t) if dependencies.is_empty() => t,
@@ -638,36 +797,61 @@ impl Dispatcher {
             None => recheck,
         };
         if !dependencies.is_empty() {
-            log::info!(task_id = task.id; "Task waits for its dependencies");
+            log::info!(task_id = task.id, waiting_for = dependencies.len(); "Task waits for its dependencies");
+            self.waits.insert(task.id.clone(), dependencies.clone());
         }
         let entry = Deferred {
             not_before,
             priority: task.priority,
             dependencies,
+            checked: Some(self.deps.generation()),
         };
-        self.deferred.insert(claim.name.clone(), entry);
+        self.deferred.insert(name, entry);
         Ok(None)
     }
 
     /// Deferred tasks whose time has come go back to pending (and into the
-    /// queue); those still waiting for dependencies are rescheduled.
+    /// queue); those still waiting for dependencies are rescheduled. The
+    /// dependencies are looked up again only when the index changed, and
+    /// only those still missing.
     fn release_due_deferred(&mut self) {
         let now = clock::unix_now();
+        let dirs = self.held();
         let mut later = Vec::new();
+        let mut refreshed = false;
         while let Some((name, mut entry)) = self.deferred.pop_due(now) {
-            if deps::check(&self.cfg.spool, &entry.dependencies) == DepState::Waiting {
-                entry.not_before = now + DEPENDENCY_RECHECK;
-                later.push((name, entry));
-                continue;
+            if !entry.dependencies.is_empty() {
+                if !refreshed {
+                    self.deps.refresh();
+                    refreshed = true;
+                }
+                let generation = self.deps.generation();
+                let unchanged = entry.checked == Some(generation);
+                entry.checked = Some(generation);
+                let waiting = match unchanged {
+                    true => None,
+                    false => match self.deps.check(&entry.dependencies) {
+                        DepState::Waiting(missing) => Some(missing),
+                        _ => None,
+                    },
+                };
+                if unchanged || waiting.is_some() {
+                    entry.dependencies = waiting.unwrap_or(entry.dependencies);
+                    entry.not_before = now + DEPENDENCY_RECHECK;
+                    later.push((name, entry));
+                    continue;
+                }
             }
-            let from = self.cfg.spool.deferred_dir(&self.cfg.name).join(&name);
-            let pending = self.cfg.spool.pending_dir(&self.cfg.name).join(&name);
-            match rename_noreplace(&from, &pending) {
-                Ok(()) => self.queue.push(name, entry.priority, SystemTime::now()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            match dirs.deferred.rename_noreplace(&name, &dirs.pending, &name) {
+                Ok(()) => {
+                    self.forget_waits(&name);
+                    self.queue.push(name, entry.priority, SystemTime::now());
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.forget_waits(&name),
                 Err(e) => {
                     if e.kind() != io::ErrorKind::AlreadyExists {
-                        log::error!("{}", Error::io2("cannot rename", &from, &pending, e));
+                        let (from, to) = (dirs.deferred.join(&name), dirs.pending.join(&name));
+                        log::error!("{}", Error::io2("cannot rename", &from, &to, e));
                     }
                     entry.not_before = now + 1.0;
                     later.push((name, entry));
@@ -676,6 +860,13 @@ impl Dispatcher {
         }
         for (name, entry) in later {
             self.deferred.insert(name, entry);
+        }
+    }
+
+    /// A deferred file left `.deferred/`: its task waits for nothing here.
+    fn forget_waits(&mut self, name: &OsStr) {
+        if let Some(id) = name.to_str().and_then(json_stem) {
+            self.waits.remove(id);
         }
     }
 
@@ -689,8 +880,7 @@ impl Dispatcher {
             self.queue.leave_out();
             return;
         }
-        let path = self.cfg.spool.pending_dir(&self.cfg.name).join(&name);
-        let (priority, written) = peek(&path, self.cfg.max_task_bytes);
+        let (priority, written) = peek(&self.held().pending, &name, self.cfg.max_task_bytes);
         self.queue.push(name, priority, written);
     }
 
@@ -700,26 +890,27 @@ impl Dispatcher {
         if self.queue.contains(&name) {
             return;
         }
-        let path = self.cfg.spool.pending_dir(&self.cfg.name).join(&name);
-        let (priority, written) = peek(&path, self.cfg.max_task_bytes);
+        let (priority, written) = peek(&self.held().pending, &name, self.cfg.max_task_bytes);
         self.queue.push_urgent(name, priority, written);
     }
 
     /// Lists the tasks folder and queues what the queue misses, up to its
     /// capacity; the rest is counted and waits for the queue to run low.
+    /// A file set aside waits for its own back-off.
     fn rescan(&mut self) {
         self.queue.forget_left_out();
-        let dir = self.cfg.spool.pending_dir(&self.cfg.name);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
+        let pending = self.held().pending.clone();
+        let names = match pending.names() {
+            Ok(n) => n,
             Err(e) => {
-                log::error!("{}", Error::io("cannot list", &dir, e));
+                log::error!("{}", Error::io("cannot list", pending.path(), e));
                 return;
             }
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if is_task_file(&name) && !self.settling.iter().any(|(_, n)| *n == name) {
+        self.skipped.keep_only(&names);
+        for name in names {
+            let settling = self.settling.iter().any(|(_, n)| *n == name);
+            if is_task_file(&name) && !settling && !self.skipped.contains(&name) {
                 self.push_peeked(name);
             }
         }
@@ -727,65 +918,74 @@ impl Dispatcher {
     }
 
     /// Loads deferred tasks the schedule does not know (after a restart, or
-    /// written by another process for the same worker).
+    /// written by another process for the same worker). Each read is
+    /// bounded; a copy this worker is still handling is left to its report.
     fn load_deferred(&mut self) {
-        let dir = self.cfg.spool.deferred_dir(&self.cfg.name);
-        let Ok(entries) = fs::read_dir(&dir) else {
+        let deferred = self.held().deferred.clone();
+        let Ok(names) = deferred.names() else {
             return;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !is_task_file(&name) || self.deferred.contains(&name) {
+        for name in names {
+            if !is_task_file(&name)
+                || self.deferred.contains(&name)
+                || self.in_flight.contains(&name)
+            {
                 continue;
             }
-            let task =
-                crate::spool::read_regular(&entry.path(), self.cfg.max_task_bytes.max(1 << 20))
-                    .ok()
-                    .and_then(|b| Task::parse(&b, &self.cfg.name).ok());
+            let task = deferred
+                .read_bounded(&name, self.cfg.max_task_bytes)
+                .ok()
+                .and_then(|b| Task::parse(&b, &self.cfg.name).ok());
             let entry = match task {
-                Some(t) => Deferred {
-                    not_before: t.not_before.unwrap_or(0.0),
-                    priority: t.priority,
-                    dependencies: t.dependencies,
-                },
-                // Unreadable: back to pending, where the claim judges it.
+                Some(t) => {
+                    if !t.dependencies.is_empty() {
+                        self.waits.insert(t.id.clone(), t.dependencies.clone());
+                    }
+                    Deferred {
+                        not_before: t.not_before.unwrap_or(0.0),
+                        priority: t.priority,
+                        dependencies: t.dependencies,
+                        checked: None,
+                    }
+                }
+                // Unreadable or too large: back to pending, where the
+                // claim judges it.
                 None => Deferred {
                     not_before: 0.0,
                     priority: Priority::Normal,
                     dependencies: Vec::new(),
+                    checked: None,
                 },
             };
             self.deferred.insert(name, entry);
         }
     }
 
-    /// Temporary files a crash left in the folders this worker writes.
+    /// Temporary files a crash left in the folders this worker writes:
+    /// those of a process of this host that is gone, and any an hour old.
     fn remove_stale_temps(&self) {
-        let (s, w) = (&self.cfg.spool, &self.cfg.name);
-        for dir in [
-            s.pending_dir(w),
-            s.deferred_dir(w),
-            s.result_dir(w),
-            s.trigger_dir(w),
-            s.dlq_dir(w),
-            s.heartbeats.clone(),
-        ] {
-            publish::remove_stale_temps(&dir, STALE_TEMP);
+        let dirs = self.held();
+        let removed: usize = dirs
+            .all()
+            .iter()
+            .map(|d| d.remove_stale_temps(STALE_TEMP))
+            .sum();
+        if removed > 0 {
+            log::info!(removed = removed; "Removed temporary files a crash left");
         }
     }
 
     /// Takes the lock of every `.active/` entry whose claimer is gone.
     fn probe_active(&mut self) {
-        let dir = self.cfg.spool.active_dir(&self.cfg.name);
-        let Ok(entries) = fs::read_dir(&dir) else {
+        let active = self.held().active.clone();
+        let Ok(names) = active.names() else {
             return;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
+        for name in names {
             if !is_task_file(&name) || self.recovered.iter().any(|c| c.name == name) {
                 continue;
             }
-            match claim::probe(&dir, &name) {
+            match claim::probe(&active, &name) {
                 Ok(Some(claim)) => self.recovered.push(claim),
                 Ok(None) => {}
                 Err(e) => log::error!("{e}"),
@@ -813,6 +1013,16 @@ impl Dispatcher {
                 .current()
                 .map(|p| clock::rfc3339(clock::from_unix(p.until))),
             cost_usd_today: (self.metrics.today().usd * 1e6).round() / 1e6,
+            unclaimable: self
+                .skipped
+                .shown()
+                .into_iter()
+                .map(|t| Unclaimable {
+                    file: t.name.to_string_lossy().into_owned(),
+                    owner_uid: t.uid,
+                    error: t.error,
+                })
+                .collect(),
             stats: self.metrics.heartbeat_stats(),
             status,
             pid: std::process::id(),
@@ -821,11 +1031,71 @@ impl Dispatcher {
             heartbeat_interval: self.cfg.heartbeat_interval.as_secs_f64(),
             metrics_addr: self.metrics_addr.clone(),
         };
-        let dir = &self.cfg.spool.heartbeats;
-        let name = heartbeat_file(&self.cfg.name);
-        if let Err(e) = publish::publish(dir, &name, &json_line(&beat), self.cfg.durability) {
+        let name = OsString::from(heartbeat_file(&self.cfg.name));
+        let heartbeats = self.held().heartbeats.clone();
+        if let Err(e) = heartbeats.publish(&name, &json_line(&beat), self.cfg.durability) {
             log::error!("{e}");
         }
+    }
+}
+
+/// Why a pending file was not claimed.
+enum Refused {
+    /// Someone else holds its lock: look again later.
+    Held(Trouble),
+    /// The worker may not open or read it.
+    Unreadable(Trouble),
+    /// The spool itself (a folder, the disk): every claim pauses.
+    Spool(Error),
+}
+
+/// Another record already uses the task's id: a result (unless a replay
+/// from the dead-letter queue brings it back), or a queued file of
+/// another name. A retry (`retry_count` above 0) was checked at its first
+/// claim: an older result of the same id does not stop it.
+fn duplicate(dirs: &WorkerDirs, name: &OsStr, task: &Task) -> Option<String> {
+    if task.retry_count > 0 {
+        return None;
+    }
+    let file = OsString::from(task_file(&task.id));
+    let replayed = task.fields.contains_key("replayed_at");
+    if !replayed && dirs.results.stat(&file).is_ok() {
+        return Some(format!("task id {} already has a result", task.id));
+    }
+    let queued = [&dirs.pending, &dirs.active, &dirs.deferred];
+    let elsewhere = queued
+        .iter()
+        .any(|d| (d.path() != dirs.pending.path() || file != name) && d.stat(&file).is_ok());
+    let other_name = file != name && elsewhere;
+    other_name.then(|| {
+        format!(
+            "task id {} is queued as {}",
+            task.id,
+            file.to_string_lossy()
+        )
+    })
+}
+
+/// The tasks waiting for dependencies, for the cycle search: this
+/// worker's from memory, the others' from their `.deferred/` folders.
+struct Waiting<'a> {
+    own: &'a HashMap<String, Vec<String>>,
+    spool: &'a crate::spool::Spool,
+    max_bytes: u64,
+}
+
+impl Waits for Waiting<'_> {
+    fn waits_for(&self, id: &str) -> Option<Vec<String>> {
+        if let Some(deps) = self.own.get(id) {
+            return Some(deps.clone());
+        }
+        let file = task_file(id);
+        self.spool.worker_names().ok()?.iter().find_map(|w| {
+            let path = self.spool.deferred_dir(w).join(&file);
+            let bytes = crate::spool::read_regular(&path, self.max_bytes).ok()?;
+            let task = Task::parse(&bytes, w).ok()?;
+            Some(task.dependencies).filter(|d| !d.is_empty())
+        })
     }
 }
 
@@ -842,28 +1112,16 @@ fn young(written: SystemTime) -> bool {
 }
 
 /// A pending file's priority and write time, without claiming it.
-fn peek(path: &Path, max_bytes: u64) -> (Priority, SystemTime) {
-    let Ok(meta) = fs::symlink_metadata(path) else {
+fn peek(pending: &Dir, name: &OsStr, max_bytes: u64) -> (Priority, SystemTime) {
+    let Ok(entry) = pending.stat(name) else {
         return (Priority::Normal, SystemTime::now());
     };
-    let written = meta.modified().unwrap_or_else(|_| SystemTime::now());
-    if !meta.is_file() || meta.len() > max_bytes.min(64 * 1024) {
+    let written = entry.modified();
+    if !entry.is_file() || entry.size > max_bytes.min(PEEK_MAX) {
         return (Priority::Normal, written);
     }
-    let priority = read_nofollow(path, meta.len()).map_or(Priority::Normal, |b| peek_priority(&b));
+    let priority = pending
+        .read_bounded(name, PEEK_MAX)
+        .map_or(Priority::Normal, |b| peek_priority(&b));
     (priority, written)
-}
-
-fn read_nofollow(path: &Path, size: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    // Sized to the file, so that a small task takes one read, not four.
-    let mut bytes = Vec::with_capacity(size.min(64 * 1024) as usize + 1);
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)?
-        .take(64 * 1024)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
 }

@@ -17,10 +17,11 @@ mod pause;
 mod pool;
 mod queue;
 mod retry;
+mod skip;
 mod startup;
 mod watch;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread;
 
 use crossbeam_channel::unbounded;
@@ -30,6 +31,7 @@ use signal_hook::iterator::Signals;
 use crate::error::{Error, Result};
 use crate::latch::Latch;
 use crate::spool::commit::Committer;
+use crate::spool::WorkerDirs;
 use config::WorkerConfig;
 use dispatch::Dispatcher;
 use http::MetricsServer;
@@ -37,8 +39,18 @@ use metrics::Metrics;
 use pool::{Context, Pool};
 use watch::Watcher;
 
+/// The worker's folders, held open; replaced as a whole when one of them
+/// was (a tasks folder removed and made again, say).
+pub(crate) type SharedDirs = Arc<RwLock<Arc<WorkerDirs>>>;
+
+/// The folders held now.
+pub(crate) fn current(dirs: &SharedDirs) -> Arc<WorkerDirs> {
+    dirs.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Runs the worker until SIGTERM or SIGINT. Errors are start-up failures.
 pub fn run(config: WorkerConfig) -> Result<()> {
+    crate::sys::close_inherited_on_exec();
     // Registered before any thread starts, so every thread inherits the mask.
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::os("cannot install signal handlers", e))?;
@@ -50,7 +62,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
         None => None,
     };
     let pending = config.spool.pending_dir(&config.name);
-    startup::prepare_spool(&config)?;
+    let dirs: SharedDirs = Arc::new(RwLock::new(Arc::new(startup::prepare_spool(&config)?)));
     let (notice_tx, notices) = unbounded();
     let (report_tx, reports) = unbounded();
     let (job_tx, jobs) = unbounded();
@@ -84,11 +96,12 @@ pub fn run(config: WorkerConfig) -> Result<()> {
         abort: abort.clone(),
         commits: committer.commits(),
         reports: report_tx,
+        dirs: dirs.clone(),
     });
     let pool = Pool::start(context, jobs)
         .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;
     let metrics_addr = server.as_ref().map(|s| s.addr.to_string());
-    let mut d = Dispatcher::new(config, metrics, job_tx, watcher, poll, metrics_addr);
+    let mut d = Dispatcher::new(config, dirs, metrics, job_tx, watcher, poll, metrics_addr);
     d.start();
     d.serve(&notices, &reports, &signal_rx, &abort);
     d.close_jobs();

@@ -5,8 +5,8 @@
 //! the task's fault: a publish that fails keeps the task where it is and
 //! is tried again with back-off.
 
+use std::ffi::OsStr;
 use std::ffi::OsString;
-use std::path::Path;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -24,12 +24,15 @@ use crate::model::dead_letter::{self, DlqReason};
 use crate::model::failure::{FailureClass, PauseReason};
 use crate::model::result::{ResultStatus, TaskResult, Trigger, TriggerStatus};
 use crate::model::task::{Invalid, Priority, Task};
-use crate::spool::claim::Claim;
-use crate::spool::commit::{self, Commits};
+use crate::spool::claim::{Claim, Unread};
+use crate::spool::commit::{self, Commits, Persisted};
+use crate::spool::dir::Dir;
 use crate::spool::names::{task_file, trigger_file, valid_name};
-use crate::spool::publish::{self, json_line};
+use crate::spool::publish::json_line;
+use crate::spool::WorkerDirs;
 use crate::worker::config::WorkerConfig;
 use crate::worker::metrics::Metrics;
+use crate::worker::{current, SharedDirs};
 
 /// Work handed to a pool thread; every variant but `Irregular` holds the
 /// task's lock.
@@ -51,14 +54,40 @@ pub enum Job {
     TooLarge { claim: Claim },
     /// A pending entry that is not a regular file.
     Irregular { name: OsString, kind: &'static str },
+    /// A pending file the worker may not open or lock: moved aside if
+    /// the folder lets it, else left (the dispatcher looks again later).
+    Unreadable { name: OsString, detail: String },
+    /// A task in `.active/` whose id already has a result, or is queued
+    /// under another file name.
+    Duplicate {
+        claim: Claim,
+        task: Task,
+        detail: String,
+    },
     /// A task in `.active/` one of whose dependencies failed.
     DependencyFailed {
         claim: Claim,
         task: Task,
-        dependency: String,
+        /// "dependency X failed", or the cycle it is part of.
+        why: String,
     },
     /// An entry of `.active/` whose claimer died.
     Recovered { claim: Claim },
+}
+
+impl Job {
+    /// The file name it is about.
+    pub fn name(&self) -> &OsString {
+        match self {
+            Job::Run { claim, .. }
+            | Job::Invalid { claim, .. }
+            | Job::TooLarge { claim }
+            | Job::DependencyFailed { claim, .. }
+            | Job::Duplicate { claim, .. }
+            | Job::Recovered { claim } => &claim.name,
+            Job::Irregular { name, .. } | Job::Unreadable { name, .. } => name,
+        }
+    }
 }
 
 /// What a thread reports when it is done with a job.
@@ -130,6 +159,15 @@ pub struct Context {
     pub commits: Commits,
     /// To the dispatcher: a slot is free, or a result is durable.
     pub reports: Sender<Report>,
+    /// The worker's folders, held open (the dispatcher holds them anew
+    /// when one was replaced).
+    pub dirs: SharedDirs,
+}
+
+impl Context {
+    fn dirs(&self) -> Arc<WorkerDirs> {
+        current(&self.dirs)
+    }
 }
 
 pub struct Pool {
@@ -167,14 +205,8 @@ impl Pool {
 /// A panic in one job must not take the daemon down: the job's lock is
 /// released and its entry left in `.active/` for recovery.
 fn execute_guarded(ctx: &Context, job: Job) -> Report {
-    let (name, probe) = match &job {
-        Job::Run { claim, probe, .. } => (claim.name.clone(), *probe),
-        Job::Invalid { claim, .. }
-        | Job::TooLarge { claim }
-        | Job::DependencyFailed { claim, .. }
-        | Job::Recovered { claim } => (claim.name.clone(), false),
-        Job::Irregular { name, .. } => (name.clone(), false),
-    };
+    let probe = matches!(job, Job::Run { probe: true, .. });
+    let name = job.name().clone();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ctx, job)));
     caught.unwrap_or_else(|_| {
         log::error!(file = name.to_string_lossy(); "Internal error while handling a task; left for recovery");
@@ -192,30 +224,34 @@ fn execute(ctx: &Context, job: Job) -> Report {
         } => reject_invalid(ctx, claim, &bytes, &invalid),
         Job::TooLarge { claim } => reject_too_large(ctx, claim),
         Job::Irregular { name, kind } => reject_irregular(ctx, name, kind),
-        Job::DependencyFailed {
+        Job::DependencyFailed { claim, task, why } => {
+            refuse_task(ctx, claim, &task, DlqReason::DependencyFailed, &why)
+        }
+        Job::Duplicate {
             claim,
             task,
-            dependency,
-        } => {
-            let why = format!("dependency {dependency} failed");
-            let name = claim.name.clone();
-            let reason = DlqReason::DependencyFailed;
-            let record = dead_letter::task_record(&task, reason, Some(&why));
-            let cfg = &ctx.config;
-            let end = match persist(ctx, || {
-                dlq::publish(&cfg.spool, &cfg.name, &task.id, &record, cfg.durability)
-            }) {
-                Some(_) => {
-                    ctx.metrics.dead_lettered(reason);
-                    log::warn!(task_id = task.id, dependency = dependency; "Task dead-lettered: dependency failed");
-                    finish(claim, End::DeadLettered)
-                }
-                None => End::Left,
-            };
-            report(name, false, None, end)
-        }
+            detail,
+        } => refuse_task(ctx, claim, &task, DlqReason::DuplicateTaskId, &detail),
+        Job::Unreadable { name, detail } => reject_unreadable(ctx, name, &detail),
         Job::Recovered { claim } => recover(ctx, claim),
     }
+}
+
+/// A valid task that must not run (a dependency failed, its id is
+/// taken): a dead letter saying why, and it leaves `.active/`.
+fn refuse_task(ctx: &Context, claim: Claim, task: &Task, reason: DlqReason, why: &str) -> Report {
+    let name = claim.name.clone();
+    let record = dead_letter::task_record(task, reason, Some(why));
+    let (dlq, d) = (ctx.dirs().dlq.clone(), ctx.config.durability);
+    let end = match persist(ctx, || dlq::publish(&dlq, &task.id, &record, d)) {
+        Some(_) => {
+            ctx.metrics.dead_lettered(reason);
+            log::warn!(task_id = task.id, reason = reason.as_str(); "Task dead-lettered: {why}");
+            finish(claim, End::DeadLettered)
+        }
+        None => End::Left,
+    };
+    report(name, false, None, end)
 }
 
 fn report(name: OsString, probe: bool, attempt: Option<bool>, end: End) -> Report {
@@ -244,7 +280,7 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     let env = [
         ("HW_TASK_ID", task.id.clone()),
         ("HW_WORKER", cfg.name.clone()),
-        ("HW_TASK_FILE", claim.path.display().to_string()),
+        ("HW_TASK_FILE", claim.path().display().to_string()),
         ("HW_ATTEMPT", attempt.to_string()),
         ("HW_ROOT", cfg.spool.root.display().to_string()),
     ];
@@ -339,8 +375,8 @@ fn postpone(ctx: &Context, claim: Claim, probe: bool) -> Report {
 /// the task counts as completed only once the result is durable.
 fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End {
     let result = result_of(ctx, task, ResultStatus::Completed, Some(outcome), None);
-    let dir = ctx.config.spool.result_dir(&ctx.config.name);
-    let file = task_file(&result.task_id);
+    let dir = ctx.dirs().results.clone();
+    let file = OsString::from(task_file(&result.task_id));
     let (metrics, reports) = (ctx.metrics.clone(), ctx.reports.clone());
     let (task_id, secs) = (task.id.clone(), outcome.duration.as_secs_f64());
     let then = move |durable: bool| {
@@ -366,8 +402,10 @@ fn pause(ctx: &Context, claim: Claim, mut task: Task, failure: &Failure) -> End 
     };
     let not_before = failure.reset_at.unwrap_or_else(clock::unix_now);
     task.defer(task.retry_count, not_before, &failure.detail);
-    if !defer_copy(ctx, &claim, &task) {
-        return End::Left;
+    match defer_copy(ctx, &claim, &task) {
+        Persisted::Done(()) => {}
+        Persisted::Aborted => return End::Left,
+        Persisted::Never(e) => return cannot_defer(ctx, claim, &task, failure, None, e),
     }
     log::warn!(task_id = task.id, error = failure.class.as_str(); "Task not run: {}; it waits, no attempt charged", failure.detail);
     finish(
@@ -387,11 +425,9 @@ fn pause(ctx: &Context, claim: Claim, mut task: Task, failure: &Failure) -> End 
 }
 
 /// Writes the task's deferred copy, retried while the disk refuses.
-fn defer_copy(ctx: &Context, claim: &Claim, task: &Task) -> bool {
-    let cfg = &ctx.config;
-    let dir = cfg.spool.deferred_dir(&cfg.name);
-    let (name, d) = (&claim.name, cfg.durability);
-    persist(ctx, || publish::publish(&dir, name, &task.to_json(), d)).is_some()
+fn defer_copy(ctx: &Context, claim: &Claim, task: &Task) -> Persisted<()> {
+    let (dir, d) = (ctx.dirs().deferred.clone(), ctx.config.durability);
+    commit::persist(&ctx.abort, || dir.publish(&claim.name, &task.to_json(), d))
 }
 
 /// A failed attempt (`outcome` is `None` for an interrupted one): retry
@@ -419,8 +455,10 @@ fn fail(
         not_before,
         &failure.detail,
     );
-    if !defer_copy(ctx, &claim, &task) {
-        return End::Left;
+    match defer_copy(ctx, &claim, &task) {
+        Persisted::Done(()) => {}
+        Persisted::Aborted => return End::Left,
+        Persisted::Never(e) => return cannot_defer(ctx, claim, &task, failure, outcome, e),
     }
     ctx.metrics.retried();
     log::warn!(task_id = task.id, retry_in = format!("{:.3}s", delay.as_secs_f64()), error = failure.class.as_str(); "Task failed, will retry: {}", failure.detail);
@@ -437,6 +475,31 @@ fn fail(
     )
 }
 
+/// The deferred copy can never be written: the task ends here, as if it
+/// had no attempt left, saying why.
+fn cannot_defer(
+    ctx: &Context,
+    claim: Claim,
+    task: &Task,
+    failure: &Failure,
+    outcome: Option<&Outcome>,
+    e: crate::error::Error,
+) -> End {
+    log::error!(task_id = task.id; "{e}: this will not change; the task is dead-lettered");
+    let failure = Failure {
+        detail: format!("{}; and its retry cannot be written: {e}", failure.detail),
+        ..failure.clone()
+    };
+    give_up(
+        ctx,
+        claim,
+        task,
+        DlqReason::MaxRetriesExceeded,
+        &failure,
+        outcome,
+    )
+}
+
 /// No more attempts: a dead letter, then a failed result that names it.
 fn give_up(
     ctx: &Context,
@@ -446,12 +509,10 @@ fn give_up(
     failure: &Failure,
     outcome: Option<&Outcome>,
 ) -> End {
-    let cfg = &ctx.config;
     let mut record = dead_letter::task_record(task, reason, Some(&failure.detail));
     record.insert("error".into(), failure.class.as_str().into());
-    let Some(dlq_file) = persist(ctx, || {
-        dlq::publish(&cfg.spool, &cfg.name, &task.id, &record, cfg.durability)
-    }) else {
+    let (dlq, d) = (ctx.dirs().dlq.clone(), ctx.config.durability);
+    let Some(dlq_file) = persist(ctx, || dlq::publish(&dlq, &task.id, &record, d)) else {
         return End::Left;
     };
     ctx.metrics.dead_lettered(reason);
@@ -516,9 +577,9 @@ fn stdout_of(o: &Outcome, max: usize) -> (String, bool) {
 }
 
 fn publish_result(ctx: &Context, result: &TaskResult) -> bool {
-    let dir = ctx.config.spool.result_dir(&ctx.config.name);
-    let (name, d) = (task_file(&result.task_id), ctx.config.durability);
-    persist(ctx, || publish::publish(&dir, &name, &json_line(result), d)).is_some()
+    let (dir, d) = (ctx.dirs().results.clone(), ctx.config.durability);
+    let name = OsString::from(task_file(&result.task_id));
+    persist(ctx, || dir.publish(&name, &json_line(result), d)).is_some()
 }
 
 /// The receipt: its fsyncs happen in the committer, while the agent runs.
@@ -529,8 +590,8 @@ fn send_receipt(ctx: &Context, task: &Task) {
         status: TriggerStatus::Received,
         timestamp: clock::now_rfc3339(),
     };
-    let dir = ctx.config.spool.trigger_dir(&ctx.config.name);
-    let name = trigger_file(&task.id);
+    let dir = ctx.dirs().triggers.clone();
+    let name = OsString::from(trigger_file(&task.id));
     ctx.commits.receipt(dir, name, json_line(&trigger));
 }
 
@@ -544,13 +605,11 @@ fn finish(claim: Claim, end: End) -> End {
 }
 
 fn return_to_pending(ctx: &Context, claim: Claim) -> End {
-    let to = ctx
-        .config
-        .spool
-        .pending_dir(&ctx.config.name)
-        .join(&claim.name);
+    let pending = ctx.dirs().pending.clone();
+    let to = pending.join(&claim.name);
+    let name = claim.name.clone();
     claim.restore_mtime();
-    match claim.move_to(&to) {
+    match claim.move_to(&pending, &name) {
         Ok(()) => {
             log::info!(file = to.display().to_string(); "Task returned to pending");
             End::Returned
@@ -567,10 +626,8 @@ fn reject_invalid(ctx: &Context, claim: Claim, bytes: &[u8], invalid: &Invalid) 
     let name = claim.name.clone();
     let stem = stem_of(bytes).unwrap_or_else(|| dlq::entry_stem(&name));
     let record = dead_letter::entry_record(&name, invalid.reason(), invalid.detail(), Some(bytes));
-    let d = cfg.durability;
-    let end = match persist(ctx, || {
-        dlq::publish(&cfg.spool, &cfg.name, &stem, &record, d)
-    }) {
+    let (dlq, d) = (ctx.dirs().dlq.clone(), cfg.durability);
+    let end = match persist(ctx, || dlq::publish(&dlq, &stem, &record, d)) {
         Some(file) => {
             ctx.metrics.dead_lettered(invalid.reason());
             log::warn!(file = name.to_string_lossy(), reason = invalid.reason().as_str(), dlq_file = file; "Invalid task dead-lettered: {}", invalid.detail());
@@ -591,15 +648,14 @@ fn stem_of(bytes: &[u8]) -> Option<String> {
 fn reject_too_large(ctx: &Context, claim: Claim) -> Report {
     let name = claim.name.clone();
     let detail = format!(
-        "{} bytes, over the limit of {}",
-        claim.size, ctx.config.max_task_bytes
+        "{} bytes or more, over the limit of {}",
+        claim.size.max(ctx.config.max_task_bytes + 1),
+        ctx.config.max_task_bytes
     );
-    let from = claim.path.clone();
     // The lock is held while the file moves; it goes with the claim after.
-    let cfg = &ctx.config;
-    let moved = persist(ctx, || {
-        dlq::move_aside(&cfg.spool, &cfg.name, &from, &name, cfg.durability)
-    });
+    let (from, rejected) = (claim.dir().clone(), ctx.dirs().rejected.clone());
+    let d = ctx.config.durability;
+    let moved = persist(ctx, || dlq::move_aside(&from, &name, &rejected, d));
     drop(claim);
     let end = match moved {
         Some(rejected) => record_rejected(ctx, &name, DlqReason::TaskTooLarge, &detail, rejected),
@@ -609,9 +665,9 @@ fn reject_too_large(ctx: &Context, claim: Claim) -> Report {
 }
 
 fn reject_irregular(ctx: &Context, name: OsString, kind: &str) -> Report {
-    let cfg = &ctx.config;
-    let from = cfg.spool.pending_dir(&cfg.name).join(&name);
-    let end = match dlq::move_aside(&cfg.spool, &cfg.name, &from, &name, cfg.durability) {
+    let dirs = ctx.dirs();
+    let d = ctx.config.durability;
+    let end = match dlq::move_aside(&dirs.pending, &name, &dirs.rejected, d) {
         Ok(rejected) => record_rejected(
             ctx,
             &name,
@@ -622,6 +678,21 @@ fn reject_irregular(ctx: &Context, name: OsString, kind: &str) -> Report {
         Err(e) if e.kind == crate::error::Kind::NotFound => End::Left,
         Err(e) => {
             log::error!("{e}");
+            End::Left
+        }
+    };
+    report(name, false, None, end)
+}
+
+/// A file the worker may not read: moved aside unread where the folder
+/// lets it (a sticky folder keeps another user's file where it is).
+fn reject_unreadable(ctx: &Context, name: OsString, detail: &str) -> Report {
+    let dirs = ctx.dirs();
+    let d = ctx.config.durability;
+    let end = match dlq::move_aside(&dirs.pending, &name, &dirs.rejected, d) {
+        Ok(rejected) => record_rejected(ctx, &name, DlqReason::Unreadable, detail, rejected),
+        Err(e) => {
+            log::debug!("{e}");
             End::Left
         }
     };
@@ -639,10 +710,8 @@ fn record_rejected(
     let mut record = dead_letter::entry_record(name, reason, detail, None);
     record.insert("rejected_path".into(), rejected.into());
     let stem = dlq::entry_stem(name);
-    let d = cfg.durability;
-    match persist(ctx, || {
-        dlq::publish(&cfg.spool, &cfg.name, &stem, &record, d)
-    }) {
+    let (dlq, d) = (ctx.dirs().dlq.clone(), cfg.durability);
+    match persist(ctx, || dlq::publish(&dlq, &stem, &record, d)) {
         Some(file) => {
             ctx.metrics.dead_lettered(reason);
             log::warn!(file = name.to_string_lossy(), reason = reason.as_str(), dlq_file = file; "Bad entry moved aside: {detail}");
@@ -658,9 +727,10 @@ fn record_rejected(
 fn recover(ctx: &Context, mut claim: Claim) -> Report {
     let cfg = &ctx.config;
     let name = claim.name.clone();
-    let bytes = match claim.read() {
+    let bytes = match claim.read(cfg.max_task_bytes) {
         Ok(b) => b,
-        Err(e) => {
+        Err(Unread::TooLarge) => return reject_too_large(ctx, claim),
+        Err(Unread::Failed(e)) => {
             log::error!("{e}");
             return report(name, false, None, End::Left);
         }
@@ -669,10 +739,10 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
         Ok(t) => t,
         Err(invalid) => return reject_invalid(ctx, claim, &bytes, &invalid),
     };
-    let result = cfg.spool.result_path(&cfg.name, &task.id);
-    let deferred = cfg.spool.deferred_dir(&cfg.name).join(&name);
-    if newer_than(&result, claim.claimed) || retry_scheduled(&deferred, &cfg.name, task.retry_count)
-    {
+    let dirs = ctx.dirs();
+    let result = OsString::from(task_file(&task.id));
+    let finished = newer_than(&dirs.results, &result, claim.claimed);
+    if finished || retry_scheduled(ctx, &dirs, &name, task.retry_count) {
         log::info!(task_id = task.id; "Recovered a finished run; entry removed");
         return report(name, false, None, finish(claim, End::Removed));
     }
@@ -683,20 +753,27 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
     report(name, false, None, end)
 }
 
-fn newer_than(path: &Path, t: std::time::SystemTime) -> bool {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|m| m >= t)
+fn newer_than(dir: &Dir, name: &OsStr, t: std::time::SystemTime) -> bool {
+    dir.stat(name).is_ok_and(|e| e.modified() >= t)
 }
 
-fn retry_scheduled(deferred: &Path, worker: &str, retry_count: u32) -> bool {
-    crate::spool::read_regular(deferred, 1 << 20)
+fn retry_scheduled(ctx: &Context, dirs: &WorkerDirs, name: &OsStr, retry_count: u32) -> bool {
+    dirs.deferred
+        .read_bounded(name, ctx.config.max_task_bytes)
         .ok()
-        .and_then(|b| Task::parse(&b, worker).ok())
+        .and_then(|b| Task::parse(&b, &ctx.config.name).ok())
         .is_some_and(|t| t.retry_count > retry_count)
 }
 
-/// Runs a publish until it works, or until told to stop now (`None`).
+/// Runs a publish until it works; `None` when told to stop now, or on an
+/// error no wait will mend (logged).
 fn persist<T>(ctx: &Context, publish: impl FnMut() -> Result<T>) -> Option<T> {
-    commit::persist(&ctx.abort, publish)
+    match commit::persist(&ctx.abort, publish) {
+        Persisted::Done(v) => Some(v),
+        Persisted::Aborted => None,
+        Persisted::Never(e) => {
+            log::error!("{e}; this will not change by waiting");
+            None
+        }
+    }
 }

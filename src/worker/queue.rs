@@ -144,6 +144,9 @@ pub struct Deferred {
     pub not_before: f64,
     pub priority: Priority,
     pub dependencies: Vec<String>,
+    /// The generation of the dependency index when they were last looked
+    /// at: nothing new, no look.
+    pub checked: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -249,6 +252,7 @@ mod tests {
             not_before: t,
             priority: Priority::Normal,
             dependencies: vec![],
+            checked: None,
         };
         d.insert("a".into(), e(10.0));
         d.insert("b".into(), e(5.0));

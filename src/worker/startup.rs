@@ -5,30 +5,27 @@
 //! because inotify cannot see other hosts.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::spool::names::python_lock_task;
-use crate::spool::Spool;
+use crate::spool::WorkerDirs;
 use crate::worker::config::WorkerConfig;
 
 /// File systems on which inotify misses other hosts' writes.
 const NETWORK_FS_POLL: Duration = Duration::from_secs(2);
 
-/// Creates the worker's folders and refuses a spool it must not use.
-pub(super) fn prepare_spool(config: &WorkerConfig) -> Result<()> {
+/// Creates the worker's folders, refuses a spool it must not use, and
+/// holds the folders (refusing one that is a symbolic link where the
+/// worker writes: `.active/`, `.deferred/`, `results/<w>/`, `dlq/<w>/`…).
+pub(super) fn prepare_spool(config: &WorkerConfig) -> Result<WorkerDirs> {
     let spool = &config.spool;
     spool.create_worker_dirs(&config.name)?;
     check_access(&spool.pending_dir(&config.name), config.allow_shared_spool)?;
-    if let Some(bad) = linked_folder(spool, &config.name) {
-        return Err(Error::config(format!(
-            "refusing {}: not a folder of its own (a symlink?); the worker would follow it out of the spool",
-            bad.display()
-        )));
-    }
+    let dirs = spool.hold(&config.name)?;
     remove_stale_python_locks(&spool.pending_dir(&config.name));
-    Ok(())
+    Ok(dirs)
 }
 
 /// Removes the `<name>.json.lock` files that the Python watcher left in
@@ -134,6 +131,9 @@ fn check_access(dir: &Path, allowed: bool) -> Result<()> {
         ));
     }
     if found.is_empty() {
+        if meta.mode() & 0o020 != 0 && meta.mode() & 0o1000 == 0 {
+            log::warn!(folder = dir.display().to_string(); "The tasks folder is group-writable (mode {:o}): every member of group {} can hand this worker tasks", meta.mode() & 0o7777, meta.gid());
+        }
         return Ok(());
     }
     let found = found.join(", and ");
@@ -145,15 +145,6 @@ fn check_access(dir: &Path, allowed: bool) -> Result<()> {
         "refusing the tasks folder {}: {found} (--allow-shared-spool starts anyway)",
         dir.display()
     )))
-}
-
-/// `.active/` or `.deferred/` when it is not a real folder: whoever can
-/// write the tasks folder could point them anywhere, and the worker moves
-/// files in and out of them.
-pub(super) fn linked_folder(spool: &Spool, worker: &str) -> Option<PathBuf> {
-    [spool.active_dir(worker), spool.deferred_dir(worker)]
-        .into_iter()
-        .find(|d| !fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
 }
 
 /// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by

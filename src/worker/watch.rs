@@ -1,9 +1,12 @@
 //! Watching a worker's tasks folder with raw inotify. inotify only says
 //! when to look; the folder says what is there. A close-after-write or a
-//! rename into the folder names a candidate; an overflowed queue, or the
+//! rename into the folder names a candidate, and so does a file created
+//! but not closed in the same batch (link(2) brings a whole file with
+//! nothing after its creation); an overflowed queue, or the
 //! folder removed or replaced, means "rescan everything" (and, for the
 //! latter, a fresh watch). One thread owns the inotify descriptor.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsFd;
@@ -25,6 +28,10 @@ use crate::spool::names::is_task_file;
 pub enum Notice {
     /// These task files were written or moved in.
     Names(Vec<OsString>),
+    /// These regular task files were created and not (yet) closed after
+    /// writing: being written, or linked in whole by link(2), which
+    /// raises no other event.
+    Created(Vec<OsString>),
     /// Events were lost: list the folder.
     Rescan,
     /// The folder was removed or replaced: recreate it, watch it again,
@@ -116,6 +123,7 @@ fn read_loop(dir: &Path, inotify: &mut Inotify, notices: &Sender<Notice>, stop: 
             match inotify.read_events(&mut buffer) {
                 Ok(events) => {
                     let mut names = Vec::new();
+                    let mut created = Vec::new();
                     let mut notice = None;
                     for event in events {
                         if event.mask.contains(EventMask::Q_OVERFLOW) {
@@ -125,16 +133,21 @@ fn read_loop(dir: &Path, inotify: &mut Inotify, notices: &Sender<Notice>, stop: 
                         ) {
                             notice = Some(Notice::Rewatch);
                         } else if let Some(name) = event.name.filter(|n| is_task_file(n)) {
-                            // A regular file being created is still being
-                            // written: its close-after-write will come. Any
-                            // other kind of entry never gets one.
-                            let created = event.mask.contains(EventMask::CREATE);
-                            if !created || !is_regular(&dir.join(name)) {
+                            // A regular file created is being written (its
+                            // close-after-write will come) or was linked in.
+                            // Any other kind of entry never gets a close.
+                            let create = event.mask.contains(EventMask::CREATE);
+                            if create && is_regular(&dir.join(name)) {
+                                created.push(name.to_os_string());
+                            } else {
                                 names.push(name.to_os_string());
                             }
                         }
                     }
+                    let closed: HashSet<&OsString> = names.iter().collect();
+                    created.retain(|n| !closed.contains(n));
                     let sent = (names.is_empty() || notices.send(Notice::Names(names)).is_ok())
+                        && (created.is_empty() || notices.send(Notice::Created(created)).is_ok())
                         && notice.map_or(true, |n| notices.send(n).is_ok());
                     if !sent {
                         return;

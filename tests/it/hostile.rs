@@ -1877,6 +1877,44 @@ fn mutant(rng: &mut Rng, id: &str, very_long: bool) -> Vec<u8> {
     bytes
 }
 
+/// Swaps `.active` and `.deferred` of the tasks folder `tasks` with
+/// symbolic links to `outside` (atomically, `RENAME_EXCHANGE`) and back,
+/// again and again until `stop`: SPEC section 2's folder swap, raced
+/// against the claims. Returns how many swaps it made.
+fn swap_folders(
+    tasks: PathBuf,
+    outside: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    std::thread::spawn(move || {
+        let pairs: Vec<(PathBuf, PathBuf)> = [".active", ".deferred"]
+            .iter()
+            .map(|f| (tasks.join(f), tasks.join(format!("{f}-link"))))
+            .collect();
+        for (_, link) in &pairs {
+            std::os::unix::fs::symlink(&outside, link).unwrap();
+        }
+        let exchange =
+            |a: &Path, b: &Path| renameat2(None, a, None, b, RenameFlags::RENAME_EXCHANGE);
+        let mut swaps = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (folder, link) in &pairs {
+                if exchange(folder, link).is_ok() {
+                    std::thread::sleep(Duration::from_millis(2));
+                    exchange(folder, link).expect("swap back");
+                    swaps += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (_, link) in &pairs {
+            let _ = fs::remove_file(link);
+        }
+        swaps
+    })
+}
+
 /// What the worker must make of a file: run it, dead-letter it, or let
 /// it wait.
 #[derive(Debug, Clone, PartialEq)]
@@ -1987,6 +2025,10 @@ fn mutants_end_as_the_spec_says(seed: u64, inputs: usize, very_long: bool) -> Dr
             ("TASK_TIMEOUT", "30"),
         ],
     );
+    let outside = spool.scratch("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = swap_folders(spool.tasks(W), outside.clone(), stop.clone());
     let now = unix_now();
     let mut rng = Rng::new(seed);
     let mut dropped: Vec<(String, Vec<u8>, Fate)> = Vec::with_capacity(inputs);
@@ -2034,7 +2076,16 @@ fn mutants_end_as_the_spec_says(seed: u64, inputs: usize, very_long: bool) -> Dr
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    eprintln!("claim path property test: .active and .deferred swapped for symlinks {swaps} times");
     let mut bad = Vec::new();
+    if swaps == 0 || !all_names(&outside).is_empty() {
+        bad.push(format!(
+            "{swaps} folder swaps; written outside the spool: {:?}",
+            all_names(&outside)
+        ));
+    }
     if !(inputs / 100..=inputs * 99 / 100).contains(&runs) {
         bad.push(format!(
             "{runs} of {inputs} mutants were valid: the generator tests too little"

@@ -16,6 +16,7 @@ mod claude_standin;
 mod deploy;
 mod dlq;
 mod enqueue;
+mod hardening;
 mod hostile;
 mod listen;
 mod metrics;
