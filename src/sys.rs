@@ -108,3 +108,19 @@ pub fn limits_before_exec(command: &mut Command, limits: Vec<ChildLimit>) {
         });
     }
 }
+
+/// Makes this process the child subreaper of its descendants
+/// (prctl(2) PR_SET_CHILD_SUBREAPER): a process orphaned below it (an
+/// agent's background child whose parent exited) becomes its child, to
+/// be reaped by `crate::reaper`, instead of going to PID 1 (where, in a
+/// container, there may be nothing that reaps it).
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers only and
+    // changes one flag of this process; it touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

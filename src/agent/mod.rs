@@ -10,6 +10,7 @@
 //! `claude` reads what the CLI answers; `run` runs one attempt.
 
 pub mod claude;
+pub mod reaper;
 pub mod run;
 
 use std::ffi::CString;

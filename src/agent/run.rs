@@ -189,8 +189,13 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
         command.env_remove(var);
     }
     command.envs(inv.env.iter().map(|(k, v)| (k, v)));
-    let mut outcome = match command.spawn() {
-        Ok(child) => Supervisor::new(child, limits, abort, inv.agent).run(),
+    let mut outcome = match super::reaper::spawn(&mut command) {
+        Ok(child) => {
+            let pid = child.id();
+            let outcome = Supervisor::new(child, limits, abort, inv.agent).run();
+            super::reaper::waited(pid);
+            outcome
+        }
         Err(e) => spawn_failed(&e),
     };
     outcome.duration = started.elapsed();

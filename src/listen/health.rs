@@ -23,6 +23,18 @@ pub enum Health {
     Disconnected,
 }
 
+impl Health {
+    /// Better first: which of several instances speaks for the name.
+    pub fn rank(self) -> u8 {
+        match self {
+            Health::Healthy => 0,
+            Health::Unhealthy => 1,
+            Health::Disconnected => 2,
+            Health::Unknown => 3,
+        }
+    }
+}
+
 /// The last heartbeat seen of a worker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Beat {

@@ -25,13 +25,14 @@ use crate::error::{Error, Result};
 use crate::latch::Latch;
 use crate::model::dead_letter::DlqReason;
 use crate::model::event::{Event, EventKind};
-use crate::model::heartbeat::Heartbeat;
+use crate::model::heartbeat::HeartbeatStatus;
 use crate::model::result::ResultStatus;
 use crate::model::Word;
 use crate::spool::names::{
     dead_letter_id, heartbeat_worker, is_task_file, json_stem, result_id, task_file, valid_name,
     valid_worker_name,
 };
+use crate::model::instances as heartbeats;
 use crate::spool::{create_dir, read_regular, RECORD_MAX};
 use config::ListenConfig;
 use emit::{Emitter, Hooks};
@@ -59,7 +60,10 @@ struct Listener {
     inotify: Inotify,
     watches: HashMap<WatchDescriptor, Watched>,
     followed: BTreeSet<String>,
+    /// The heartbeat that speaks for each worker name.
     beats: HashMap<String, Beat>,
+    /// Each worker name's instances, by their own heartbeats.
+    instances: HashMap<String, Vec<Instance>>,
     /// Completion deadlines (Unix ms) of tasks not yet terminal.
     deadlines: BinaryHeap<Reverse<(u64, String)>>,
     /// Batches with a task that ended in this burst: judged at its end,
@@ -70,12 +74,25 @@ struct Listener {
     next_poll: Option<f64>,
 }
 
+/// One process of a worker name, as its heartbeat says.
+#[derive(Debug, Clone)]
+struct Instance {
+    label: String,
+    hostname: String,
+    pid: u32,
+    beat: Beat,
+}
+
 /// Runs the listener until SIGTERM or SIGINT (or, with `--once`, until
 /// it has caught up).
 pub fn run(cfg: ListenConfig) -> Result<()> {
     crate::sys::close_inherited_on_exec();
     let stop = Latch::new().map_err(|e| Error::io("cannot create a pipe", "".as_ref(), e))?;
     let signals = watch_signals(stop.clone())?;
+    if cfg.exec.is_some() {
+        // PID 1 in a container: what an --exec command leaves is reaped.
+        crate::agent::reaper::start();
+    }
     let mut l = Listener::new(cfg)?;
     l.catch_up()?;
     l.poll_due();
@@ -135,6 +152,7 @@ impl Listener {
             watches: HashMap::new(),
             followed: BTreeSet::new(),
             beats: HashMap::new(),
+            instances: HashMap::new(),
             deadlines: BinaryHeap::new(),
             touched: BTreeSet::new(),
             emitted: 0,
@@ -295,6 +313,16 @@ impl Listener {
                 .unwrap_or_default();
             if let Some(at) = self.thresholds().next_change(health, beat) {
                 wake = Some(wake.map_or(at, |x| x.min(at)));
+            }
+        }
+        for (w, all) in &self.instances {
+            let lost = self.state.snap.workers.get(w).map(|s| &s.lost_instances);
+            for i in all {
+                let known = lost.is_some_and(|l| l.contains(&i.label));
+                if i.beat.status != HeartbeatStatus::Stopped && !known {
+                    let at = i.beat.at + self.thresholds().stale_after(&i.beat);
+                    wake = Some(wake.map_or(at, |x| x.min(at)));
+                }
             }
         }
         wake.map_or(PollTimeout::NONE, clock::poll_timeout_unix)
@@ -608,22 +636,36 @@ impl Listener {
     }
 
     fn on_heartbeat(&mut self, worker: &str) {
-        let path = self.cfg.spool.heartbeat_path(worker);
-        let beat = read_regular(&path, 1 << 20)
-            .ok()
-            .filter(|b| b.len() < 1 << 20)
-            .and_then(|b| serde_json::from_slice::<Heartbeat>(&b).ok())
-            .and_then(|h| {
-                let at = clock::parse_rfc3339(&h.timestamp)?;
-                Some(Beat {
-                    at,
+        let all: Vec<Instance> = heartbeats::of_worker(&self.cfg.spool, worker)
+            .into_iter()
+            .filter_map(|i| {
+                let h = &i.beat;
+                let beat = Beat {
+                    at: h.written()?,
                     interval: h.interval().as_secs_f64(),
                     status: h.status,
                     paused_reason: h.paused_reason,
-                    paused_until: h.paused_until,
+                    paused_until: h.paused_until.clone(),
+                };
+                Some(Instance {
+                    label: i.label(worker),
+                    hostname: h.hostname.clone(),
+                    pid: h.pid,
+                    beat,
                 })
-            });
-        match beat {
+            })
+            .collect();
+        let now = clock::unix_now();
+        let t = self.thresholds();
+        // The name is as healthy as its healthiest instance.
+        let best = all
+            .iter()
+            .min_by(|a, b| {
+                let rank = |i: &Instance| t.judge(Some(&i.beat), now).0.rank();
+                rank(a).cmp(&rank(b)).then(b.beat.at.total_cmp(&a.beat.at))
+            })
+            .map(|i| i.beat.clone());
+        match best {
             Some(b) => {
                 self.beats.insert(worker.to_string(), b);
             }
@@ -631,8 +673,48 @@ impl Listener {
                 self.beats.remove(worker);
             }
         }
-        self.judge(worker, clock::unix_now());
+        self.instances.insert(worker.to_string(), all);
+        self.judge(worker, now);
         self.judge_pause(worker);
+        self.judge_instances(worker, now);
+    }
+
+    /// `worker_instance_lost`, once, for each instance whose heartbeat
+    /// went stale (a stopped one is not lost); forgotten once it is fresh
+    /// again or its heartbeat is gone.
+    fn judge_instances(&mut self, worker: &str, now: f64) {
+        let Some(all) = self.instances.get(worker).cloned() else {
+            return;
+        };
+        let t = self.thresholds();
+        let mut state = self
+            .state
+            .snap
+            .workers
+            .get(worker)
+            .cloned()
+            .unwrap_or_default();
+        let before = state.lost_instances.clone();
+        state
+            .lost_instances
+            .retain(|l| all.iter().any(|i| &i.label == l));
+        for i in &all {
+            let stale = i.beat.status != HeartbeatStatus::Stopped
+                && now - i.beat.at > t.stale_after(&i.beat);
+            if !stale {
+                state.lost_instances.remove(&i.label);
+            } else if state.lost_instances.insert(i.label.clone()) {
+                let age = ((now - i.beat.at) * 10.0).round() / 10.0;
+                self.emit(Event::new(
+                    EventKind::WorkerInstanceLost,
+                    json!({"worker": worker, "instance": i.label, "hostname": i.hostname,
+                           "pid": i.pid, "heartbeat_age_seconds": age}),
+                ));
+            }
+        }
+        if state.lost_instances != before {
+            self.save_worker(worker, state);
+        }
     }
 
     /// `worker_paused` when a heartbeat says paused, `worker_resumed` when
@@ -750,6 +832,7 @@ impl Listener {
         let workers: Vec<String> = self.followed.iter().cloned().collect();
         for w in workers {
             self.judge(&w, now);
+            self.judge_instances(&w, now);
         }
         Ok(())
     }

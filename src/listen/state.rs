@@ -71,6 +71,10 @@ impl TaskState {
 #[serde(default)]
 pub struct WorkerState {
     pub health: Health,
+    /// The instances whose `worker_instance_lost` went out, until their
+    /// heartbeat is fresh again or gone.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub lost_instances: BTreeSet<String>,
     /// The pause whose `worker_paused` went out, until `worker_resumed`.
     pub paused: Option<PauseReason>,
     pub completed: u64,

@@ -23,6 +23,10 @@ words! {
         WorkerRecovered = "worker_recovered",
         /// No heartbeat, a stopped one, or one far too old.
         WorkerDisconnected = "worker_disconnected",
+        /// One process of a worker name (an instance: a host, a slot on
+        /// it) has a stale heartbeat: it or its host is gone, whatever
+        /// the name's other instances do.
+        WorkerInstanceLost = "worker_instance_lost",
         /// Every known task of a batch has ended.
         BatchCompleted = "batch_completed",
         /// A worker claims nothing for a while (a usage limit, a login to

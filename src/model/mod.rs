@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod event;
 pub mod failure;
 pub mod heartbeat;
+pub mod instances;
 pub mod result;
 pub mod task;
 

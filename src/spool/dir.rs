@@ -204,6 +204,21 @@ impl Dir {
         sys::openat(Some(self.raw()), name, flags, Mode::empty()).map(File::from)
     }
 
+    /// Opens an entry to hold a lock on, created (0640 less umask) when
+    /// missing: read and write where allowed (a network file system's
+    /// flock may need it), else read only. Never follows a symbolic link.
+    pub fn open_lock(&self, name: &OsStr) -> io::Result<File> {
+        let flags = OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+        let mode = Mode::from_bits_truncate(0o640);
+        match sys::openat(Some(self.raw()), name, flags | OFlag::O_RDWR, mode) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                sys::openat(Some(self.raw()), name, flags | OFlag::O_RDONLY, mode)
+            }
+            other => other,
+        }
+        .map(File::from)
+    }
+
     /// Reads a regular file of at most `max` bytes: by the bytes actually
     /// read, so a file that grows while it is read is still refused.
     pub fn read_bounded(&self, name: &OsStr, max: u64) -> io::Result<Vec<u8>> {

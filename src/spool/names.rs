@@ -1,7 +1,7 @@
 //! Every name the spool uses, formatted and parsed here and nowhere else
 //! (hookwatch(5), FILES): which words may become part of a path, a task
 //! file `<name>.json`, a result `<task_id>.json`, a heartbeat
-//! `<worker>.json`, a receipt `<task_id>.trigger`, a dead letter or a
+//! `<worker>.json` or `<worker>@<instance>.json`, a receipt `<task_id>.trigger`, a dead letter or a
 //! listener event `<stem>_<time>[-N].json`, a `.rejected/` entry, and the
 //! dot-files that stage a write (`.<name>.<pid>.<n>.tmp`, hw-enqueue's
 //! `.<id>.<pid>.enqueue.tmp`), which every reader ignores.
@@ -61,14 +61,48 @@ pub fn result_id(file_name: &str) -> Option<&str> {
     json_stem(file_name).filter(|id| valid_name(id))
 }
 
-/// `<worker>.json` in the heartbeats folder.
+/// `<worker>.json` in the heartbeats folder: the worker name's heartbeat
+/// as the Python system named it, rewritten by whichever instance beat
+/// last (kept for the readers of that name).
 pub fn heartbeat_file(worker: &str) -> String {
     format!("{worker}{JSON}")
 }
 
-/// The worker a heartbeat's file name belongs to.
+/// `<worker>@<instance>.json`: the heartbeat of one worker process.
+pub fn instance_heartbeat_file(worker: &str, instance: &str) -> String {
+    format!("{worker}@{instance}{JSON}")
+}
+
+/// `.<worker>@<instance>.lock`: held (flock) by the live process of that
+/// instance, for as long as it runs.
+pub fn instance_lock(worker: &str, instance: &str) -> String {
+    format!(".{worker}@{instance}.lock")
+}
+
+/// The instance name of the `slot`-th worker process of one name on
+/// host `hostname`: its host tag (`host_tag`, no dots), then `.<slot>`
+/// from the second on.
+pub fn instance_name(hostname: &str, slot: u32) -> String {
+    match slot {
+        0 | 1 => host_tag(hostname),
+        n => format!("{}.{n}", host_tag(hostname)),
+    }
+}
+
+/// The worker a heartbeat's file name belongs to, `<worker>.json` or
+/// `<worker>@<instance>.json`.
 pub fn heartbeat_worker(file_name: &str) -> Option<&str> {
-    json_stem(file_name).filter(|w| valid_worker_name(w))
+    match heartbeat_instance(file_name) {
+        Some((worker, _)) => Some(worker),
+        None => json_stem(file_name).filter(|w| valid_worker_name(w)),
+    }
+}
+
+/// The worker and instance of `<worker>@<instance>.json`; `None` for
+/// any other name, the worker name's own `<worker>.json` included.
+pub fn heartbeat_instance(file_name: &str) -> Option<(&str, &str)> {
+    let (worker, instance) = json_stem(file_name)?.split_once('@')?;
+    (valid_worker_name(worker) && valid_name(instance)).then_some((worker, instance))
 }
 
 /// `<id>.trigger`: the receipt written at claim.
@@ -275,6 +309,14 @@ mod tests {
         assert_eq!(result_id(".t.json"), None);
         assert_eq!(heartbeat_worker(&heartbeat_file("marie")), Some("marie"));
         assert_eq!(heartbeat_worker("orchestrator.json"), None);
+        let file = instance_heartbeat_file("marie", &instance_name("node1.example", 2));
+        assert_eq!(file, "marie@node1_example.2.json");
+        assert_eq!(heartbeat_worker(&file), Some("marie"));
+        assert_eq!(heartbeat_instance(&file), Some(("marie", "node1_example.2")));
+        assert_eq!(heartbeat_instance(&heartbeat_file("marie")), None);
+        assert_eq!(heartbeat_instance("marie@.json"), None);
+        assert_eq!(heartbeat_instance("marie@a/b.json"), None);
+        assert_eq!(instance_lock("marie", "h"), ".marie@h.lock");
         assert_eq!(trigger_file("t-1"), "t-1.trigger");
     }
 

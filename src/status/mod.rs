@@ -18,14 +18,15 @@ use serde::Serialize;
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::model::failure::PauseReason;
-use crate::model::heartbeat::{BreakerState, Heartbeat, HeartbeatStatus, Unclaimable};
+use crate::model::heartbeat::{
+    self, BreakerState, Heartbeat, HeartbeatStatus, Standing, Unclaimable,
+};
 use crate::model::result::ResultStatus;
 use crate::spool::names::{heartbeat_worker, is_task_file, result_id};
+use crate::model::instances as heartbeats;
 use crate::spool::{read_regular, Spool, RECORD_MAX};
 
-/// A worker is stale when its heartbeat is older than this many of the
-/// intervals the heartbeat itself names.
-pub const STALE_INTERVALS: f64 = 3.0;
+pub use crate::model::heartbeat::STALE_INTERVALS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +106,28 @@ pub struct WorkerStatus {
     /// Pending files the worker cannot claim for now, by its heartbeat.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unclaimable: Vec<Unclaimable>,
+    /// Each process of the name (hookwatch(5), Heartbeat); the fields
+    /// above are those of the best of them (healthy if any is).
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One process of a worker name, by its own heartbeat.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InstanceStatus {
+    /// `<worker>@<instance>`, or the file of a heartbeat that names no
+    /// instance (an older writer's `<worker>.json`).
+    pub instance: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub status: Seen,
+    pub heartbeat_age_seconds: Option<f64>,
+}
+
+impl WorkerStatus {
+    /// The instances whose heartbeat is stale: dead processes or hosts.
+    pub fn dead_instances(&self) -> impl Iterator<Item = &InstanceStatus> {
+        self.instances.iter().filter(|i| i.status == Seen::Stale)
+    }
 }
 
 impl WorkerStatus {
@@ -112,7 +135,9 @@ impl WorkerStatus {
         match self.status {
             Seen::Missing => Overall::Critical,
             Seen::Reported(HeartbeatStatus::Healthy)
-                if self.dlq == 0 && self.unclaimable.is_empty() =>
+                if self.dlq == 0
+                    && self.unclaimable.is_empty()
+                    && self.dead_instances().next().is_none() =>
             {
                 Overall::Ok
             }
@@ -186,6 +211,18 @@ fn reasons(name: &str, s: &WorkerStatus) -> Vec<String> {
         )),
         other => out.push(format!("{name}: {}", other.as_str())),
     }
+    if s.status != Seen::Stale {
+        for i in s.dead_instances() {
+            out.push(format!(
+                "{name}: instance {} (host {}, pid {}) stale{}",
+                i.instance,
+                i.hostname,
+                i.pid,
+                i.heartbeat_age_seconds
+                    .map_or_else(String::new, |a| format!(", {a:.1}s"))
+            ));
+        }
+    }
     match s.dlq {
         0 => {}
         1 => out.push(format!("{name}: 1 dead letter")),
@@ -203,22 +240,42 @@ fn reasons(name: &str, s: &WorkerStatus) -> Vec<String> {
     out
 }
 
-fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
-    let beat = read_heartbeat(&spool.heartbeat_path(name));
+/// What hw-status says of one heartbeat, and its age.
+fn seen(beat: Option<&Heartbeat>, now: f64) -> (Seen, Option<f64>) {
     let age = beat
-        .as_ref()
-        .and_then(|b| clock::parse_rfc3339(&b.timestamp))
-        .map(|t| ((now - t).max(0.0) * 10.0).round() / 10.0);
-    let status = match (&beat, age) {
-        (Some(b), Some(age))
-            if b.status != HeartbeatStatus::Stopped
-                && age > STALE_INTERVALS * b.interval().as_secs_f64() =>
-        {
-            Seen::Stale
-        }
-        (Some(b), Some(_)) => Seen::Reported(b.status),
+        .and_then(|b| b.age(now))
+        .map(|a| (a * 10.0).round() / 10.0);
+    let status = match (beat, age) {
+        (Some(b), Some(_)) => match heartbeat::standing(b, now, stale_after(b)) {
+            Standing::Stale => Seen::Stale,
+            _ => Seen::Reported(b.status),
+        },
         _ => Seen::Missing,
     };
+    (status, age)
+}
+
+fn stale_after(b: &Heartbeat) -> f64 {
+    STALE_INTERVALS * b.interval().as_secs_f64()
+}
+
+fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
+    let all = heartbeats::of_worker(spool, name);
+    let beat = heartbeat::speaker(all.iter().map(|i| &i.beat), now, stale_after).cloned();
+    let (status, age) = seen(beat.as_ref(), now);
+    let instances = all
+        .iter()
+        .map(|i| {
+            let (status, heartbeat_age_seconds) = seen(Some(&i.beat), now);
+            InstanceStatus {
+                instance: i.label(name),
+                hostname: i.beat.hostname.clone(),
+                pid: i.beat.pid,
+                status,
+                heartbeat_age_seconds,
+            }
+        })
+        .collect();
     let (completed, failed) = count_results(&spool.result_dir(name))?;
     Ok(WorkerStatus {
         status,
@@ -236,16 +293,8 @@ fn worker_status(spool: &Spool, name: &str, now: f64) -> Result<WorkerStatus> {
         paused_until: beat.as_ref().and_then(|b| b.paused_until.clone()),
         cost_usd_today: beat.as_ref().map_or(0.0, |b| b.cost_usd_today),
         unclaimable: beat.map(|b| b.unclaimable).unwrap_or_default(),
+        instances,
     })
-}
-
-/// A heartbeat that cannot be read or parsed counts as none.
-fn read_heartbeat(path: &Path) -> Option<Heartbeat> {
-    let bytes = read_regular(path, 1 << 20).ok()?;
-    if bytes.len() > 1 << 20 {
-        return None;
-    }
-    serde_json::from_slice(&bytes).ok()
 }
 
 fn heartbeat_names(spool: &Spool) -> Result<Vec<String>> {
@@ -318,6 +367,7 @@ pub fn render_table(report: &StatusReport) -> String {
         "COST",
         "UPTIME",
         "METRICS",
+        "INSTANCES",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for (name, w) in &report.workers {
@@ -338,6 +388,7 @@ pub fn render_table(report: &StatusReport) -> String {
             format!("${:.2}", w.cost_usd_today),
             w.uptime_seconds.map_or_else(dash, human_duration),
             w.metrics_addr.clone().unwrap_or_else(dash),
+            instances_cell(w),
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -358,6 +409,23 @@ pub fn render_table(report: &StatusReport) -> String {
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out
+}
+
+/// `live/all` instances, with the dead ones named: `1/2 (dead: marie@h2)`.
+fn instances_cell(w: &WorkerStatus) -> String {
+    if w.instances.is_empty() {
+        return "-".into();
+    }
+    let live = w
+        .instances
+        .iter()
+        .filter(|i| !matches!(i.status, Seen::Stale | Seen::Reported(HeartbeatStatus::Stopped)))
+        .count();
+    let dead: Vec<&str> = w.dead_instances().map(|i| i.instance.as_str()).collect();
+    match dead.is_empty() {
+        true => format!("{live}/{}", w.instances.len()),
+        false => format!("{live}/{} (dead: {})", w.instances.len(), dead.join(",")),
+    }
 }
 
 /// A heartbeat's text as a terminal may show it: control characters (an

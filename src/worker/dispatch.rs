@@ -17,15 +17,19 @@ use crate::clock::{self, Backoff};
 use crate::error::Error;
 use crate::latch::Latch;
 use crate::model::failure::FailureClass;
-use crate::model::heartbeat::{self, Heartbeat, HeartbeatStatus, Unclaimable};
+use crate::model::heartbeat::{
+    self, Heartbeat, HeartbeatStatus, Standing, Unclaimable, STALE_INTERVALS,
+};
 use crate::model::task::{peek_priority, Invalid, Priority, Task};
 use crate::spool::claim::{self, Activated, Attempt, Claim, Unread};
 use crate::spool::dir::Dir;
+use crate::model::instances as heartbeats;
 use crate::spool::names::{heartbeat_file, is_task_file, json_stem, task_file};
 use crate::spool::publish::json_line;
 use crate::spool::WorkerDirs;
 use crate::worker::breaker::Breaker;
 use crate::worker::config::WorkerConfig;
+use crate::worker::instance::Instance;
 use crate::worker::deps::{self, DepIndex, DepState, Waits};
 use crate::worker::metrics::{DaySpend, Metrics};
 use crate::worker::notify::Notifier;
@@ -96,6 +100,8 @@ pub(super) struct Dispatcher {
     /// Set at the first signal: the time by which running tasks must end.
     stopping: Option<Instant>,
     aborted: bool,
+    /// Which process of the worker name this is: its own heartbeat.
+    instance: Instance,
 }
 
 impl Dispatcher {
@@ -112,7 +118,9 @@ impl Dispatcher {
         let now = Instant::now();
         let poll = poll.filter(|p| !p.is_zero());
         let queue = PendingQueue::with_cap(cfg.queue_cap);
+        let instance = Instance::take(&current(&dirs).heartbeats, &cfg.name);
         Dispatcher {
+            instance,
             breaker: Breaker::new(cfg.breaker_threshold, cfg.breaker_timeout),
             pauses: Pauses::new(cfg.daily_budget_usd, cfg.pause_backoff),
             deps: DepIndex::new(&cfg.spool),
@@ -335,11 +343,9 @@ impl Dispatcher {
     /// Takes up what the last heartbeat of this worker (a previous run)
     /// said: a pause not over yet, and today's spend.
     fn resume_from_heartbeat(&mut self) {
-        let path = self.cfg.spool.heartbeat_path(&self.cfg.name);
-        let Some(beat) = crate::spool::read_regular(&path, 1 << 20)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Heartbeat>(&b).ok())
-        else {
+        let own = self.cfg.spool.heartbeats.join(&self.instance.file);
+        let name = self.cfg.spool.heartbeat_path(&self.cfg.name);
+        let Some(beat) = heartbeats::read(&own).or_else(|| heartbeats::read(&name)) else {
             return;
         };
         let now = clock::unix_now();
@@ -1027,15 +1033,39 @@ impl Dispatcher {
             status,
             pid: std::process::id(),
             hostname: heartbeat::hostname(),
+            instance: Some(self.instance.name.clone()),
             version: env!("CARGO_PKG_VERSION").into(),
             heartbeat_interval: self.cfg.heartbeat_interval.as_secs_f64(),
             metrics_addr: self.metrics_addr.clone(),
         };
-        let name = OsString::from(heartbeat_file(&self.cfg.name));
-        let heartbeats = self.held().heartbeats.clone();
-        if let Err(e) = heartbeats.publish(&name, &json_line(&beat), self.cfg.durability) {
+        let bytes = json_line(&beat);
+        let folder = self.held().heartbeats.clone();
+        if let Err(e) = folder.publish(&self.instance.file, &bytes, self.cfg.durability) {
             log::error!("{e}");
         }
+        // The name's own file, for its readers, says what the name does:
+        // a stopping instance leaves it to a live one.
+        let leaving = matches!(status, HeartbeatStatus::Stopping | HeartbeatStatus::Stopped);
+        if leaving && self.other_instance_lives() {
+            return;
+        }
+        let name = OsString::from(heartbeat_file(&self.cfg.name));
+        if let Err(e) = folder.publish(&name, &bytes, self.cfg.durability) {
+            log::error!("{e}");
+        }
+    }
+
+    /// Whether another instance of the name has a live heartbeat.
+    fn other_instance_lives(&self) -> bool {
+        let now = clock::unix_now();
+        heartbeats::of_worker(&self.cfg.spool, &self.cfg.name)
+            .iter()
+            .filter(|i| i.instance.as_deref() != Some(self.instance.name.as_str()))
+            .filter(|i| i.instance.is_some())
+            .any(|i| {
+                let stale_after = STALE_INTERVALS * i.beat.interval().as_secs_f64();
+                heartbeat::standing(&i.beat, now, stale_after) == Standing::Live
+            })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 mod deps;
 mod dispatch;
 mod http;
+mod instance;
 mod metrics;
 mod notify;
 mod pause;
@@ -55,6 +56,8 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::os("cannot install signal handlers", e))?;
     crate::agent::run::raise_open_files_limit();
+    // PID 1 in a container, or any parent of agents: orphans are reaped.
+    crate::agent::reaper::start();
     // Bound before anything is created, so a busy port changes nothing.
     let metrics = Arc::new(Metrics::new(&config.name, config.daily_budget_usd));
     let server = match config.metrics {

@@ -1,0 +1,109 @@
+//! Reaping orphans (hw-worker(8), PID 1): an agent may leave a process
+//! behind whose parent exits (a background job, a daemon it started).
+//! Such an orphan goes to the nearest child subreaper, else to PID 1; in
+//! a container hookwatch itself is often PID 1, and an orphan that nobody
+//! waits for stays a zombie for ever. So hw-worker and hw-listen make
+//! themselves child subreapers and reap, once a second, every zombie
+//! child that is not one of the commands they started themselves (those
+//! their own supervisor waits for: a registry, locked across each spawn,
+//! tells the two apart).
+
+use std::collections::HashSet;
+use std::io;
+use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+
+/// The pids of the commands started and not yet waited for.
+fn started() -> MutexGuard<'static, HashSet<u32>> {
+    static STARTED: OnceLock<Mutex<HashSet<u32>>> = OnceLock::new();
+    STARTED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Spawns `command`, registered as one of ours until `waited`.
+pub fn spawn(command: &mut Command) -> io::Result<Child> {
+    let mut started = started();
+    let child = command.spawn()?;
+    started.insert(child.id());
+    Ok(child)
+}
+
+/// A command of ours was waited for: its pid may be reused.
+pub fn waited(pid: u32) {
+    started().remove(&pid);
+}
+
+/// Registers as a child subreaper and starts the thread that reaps
+/// orphans, once per process. A failure is logged; tasks still run.
+pub fn start() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if let Err(e) = crate::sys::set_child_subreaper() {
+            log::warn!("cannot become a child subreaper ({e}); orphans of agents go to PID 1");
+        }
+        let spawned = thread::Builder::new().name("reaper".into()).spawn(|| loop {
+            reap_orphans();
+            thread::sleep(Duration::from_secs(1));
+        });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the reaper thread ({e})");
+        }
+    });
+}
+
+/// Waits for every zombie child that is not a command of ours.
+pub fn reap_orphans() -> usize {
+    let me = std::process::id();
+    let started = started();
+    let mut reaped = 0;
+    for (pid, ppid, state) in processes() {
+        if ppid == me && state == 'Z' && !started.contains(&pid) {
+            let flags = Some(WaitPidFlag::WNOHANG);
+            if waitpid(Pid::from_raw(pid as i32), flags).is_ok() {
+                reaped += 1;
+            }
+        }
+    }
+    reaped
+}
+
+/// This process's children (pid, parent, state), from
+/// /proc/self/task/*/children; where the kernel has no such file, every
+/// process of /proc.
+fn processes() -> Vec<(u32, u32, char)> {
+    let mut pids: Vec<u32> = Vec::new();
+    let mut listed = false;
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            listed = true;
+            pids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    if !listed {
+        pids = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .collect();
+    }
+    pids.into_iter().filter_map(stat).collect()
+}
+
+/// A process's pid, parent and state.
+fn stat(pid: u32) -> Option<(u32, u32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) S ppid ...`: comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((pid, ppid, state))
+}
