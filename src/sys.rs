@@ -112,7 +112,7 @@ pub fn limits_before_exec(command: &mut Command, limits: Vec<ChildLimit>) {
 /// Makes this process the child subreaper of its descendants
 /// (prctl(2) PR_SET_CHILD_SUBREAPER): a process orphaned below it (an
 /// agent's background child whose parent exited) becomes its child, to
-/// be reaped by `crate::reaper`, instead of going to PID 1 (where, in a
+/// be reaped (the agent module's reaper), instead of going to PID 1 (where, in a
 /// container, there may be nothing that reaps it).
 pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers only and
