@@ -42,7 +42,7 @@ impl Error {
     /// An I/O failure of `op` on `path`.
     pub fn io(op: &str, path: &Path, source: io::Error) -> Error {
         let kind = match source.kind() {
-            io::ErrorKind::NotFound => Kind::NotFound,
+            _ if vanished(&source) => Kind::NotFound,
             io::ErrorKind::AlreadyExists => Kind::CannotCreate,
             _ => Kind::Io,
         };
@@ -133,6 +133,14 @@ impl fmt::Display for Error {
         }
         Ok(())
     }
+}
+
+/// The file is gone: ENOENT, or ESTALE, what a network file system
+/// (NFS, GlusterFS, CephFS) says of a file another host removed or
+/// replaced while this one still held its name or handle. Either way the
+/// entry is not there to act on: skip it, or look again.
+pub fn vanished(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ESTALE)
 }
 
 /// `No such file or directory (os error 2)` reads better without the number.

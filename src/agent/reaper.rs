@@ -80,10 +80,17 @@ pub fn reap_orphans() -> usize {
 fn processes() -> Vec<(u32, u32, char)> {
     let mut pids: Vec<u32> = Vec::new();
     let mut listed = false;
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
             listed = true;
-            pids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
     }
     if !listed {

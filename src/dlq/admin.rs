@@ -276,7 +276,7 @@ fn read_worker(spool: &Spool, worker: &str, out: &mut Vec<Record>) -> Result<()>
     }
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if crate::error::vanished(&e) => return Ok(()),
         Err(e) => return Err(Error::io("cannot list", &dir, e)),
     };
     for entry in entries {
@@ -289,12 +289,12 @@ fn read_worker(spool: &Spool, worker: &str, out: &mut Vec<Record>) -> Result<()>
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => m,
             Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if crate::error::vanished(&e) => continue,
             Err(e) => return Err(Error::io("cannot stat", &path, e)),
         };
         let bytes = match read_limited(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if crate::error::vanished(&e) => continue,
             Err(e) => return Err(Error::io("cannot read", &path, e)),
         };
         let mtime = meta.modified().map_or(0.0, clock::to_unix);
@@ -876,13 +876,13 @@ pub const CANCELLED_BY: &str = "cancelled by hw-dlq";
 /// anything else (file, symlink, FIFO, socket) without following it.
 fn remove_entry(path: &Path) -> Result<()> {
     let removed = match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if crate::error::vanished(&e) => return Ok(()),
         Err(e) => return Err(Error::io("cannot stat", path, e)),
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
     };
     match removed {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io("cannot remove", path, e)),
+        Err(e) if !crate::error::vanished(&e) => Err(Error::io("cannot remove", path, e)),
         _ => Ok(()),
     }
 }

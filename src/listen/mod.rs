@@ -26,13 +26,13 @@ use crate::latch::Latch;
 use crate::model::dead_letter::DlqReason;
 use crate::model::event::{Event, EventKind};
 use crate::model::heartbeat::HeartbeatStatus;
+use crate::model::instances as heartbeats;
 use crate::model::result::ResultStatus;
 use crate::model::Word;
 use crate::spool::names::{
     dead_letter_id, heartbeat_worker, is_task_file, json_stem, result_id, task_file, valid_name,
     valid_worker_name,
 };
-use crate::model::instances as heartbeats;
 use crate::spool::{create_dir, read_regular, RECORD_MAX};
 use config::ListenConfig;
 use emit::{Emitter, Hooks};

@@ -212,7 +212,10 @@ pub fn speaker<'a>(
             let live = standing(h, now, stale_after(h)) == Standing::Live;
             (!live, if live { rank(h.status) } else { 0 })
         };
-        let newer = b.written().unwrap_or(f64::MIN).total_cmp(&a.written().unwrap_or(f64::MIN));
+        let newer = b
+            .written()
+            .unwrap_or(f64::MIN)
+            .total_cmp(&a.written().unwrap_or(f64::MIN));
         key(a).cmp(&key(b)).then(newer)
     })
 }

@@ -64,6 +64,32 @@ pub struct TaskResult {
     /// The CLI's own words on a failure (`result` or `errors`), first KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_error: Option<String>,
+    /// Which claim ran it: recovery tells this run's result from an older
+    /// one by this, never by comparing two hosts' clocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimIdentity>,
+}
+
+/// The claim a result came from (hookwatch(5), Result): the host and
+/// process that claimed the task, and the modification time, in Unix
+/// nanoseconds, that the claim stamped on its entry in `.active/` (a
+/// value the claimer chose, kept as is by the file system, so equal
+/// values mean the same claim whatever the clocks of the hosts).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClaimIdentity {
+    pub hostname: String,
+    pub pid: u32,
+    pub mtime_ns: u64,
+}
+
+impl ClaimIdentity {
+    /// Whether an entry of `.active/` whose mtime is `entry_ns` is the
+    /// claim this names: the same stamp, or, on a file system that keeps
+    /// whole seconds only, the same second.
+    pub fn stamped(&self, entry_ns: u64) -> bool {
+        const S: u64 = 1_000_000_000;
+        entry_ns == self.mtime_ns || (entry_ns % S == 0 && entry_ns / S == self.mtime_ns / S)
+    }
 }
 
 fn is_false(b: &bool) -> bool {

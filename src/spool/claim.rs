@@ -148,10 +148,17 @@ pub fn probe(active: &Arc<Dir>, name: &OsStr) -> Result<Option<Claim>> {
     }))
 }
 
+/// A time cut to whole microseconds, so that a file system that keeps
+/// microseconds (not nanoseconds) keeps the stamp exactly.
+fn whole_micros(t: SystemTime) -> SystemTime {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(d.as_micros() as u64)
+}
+
 /// ENOENT, and what a network file system says of a file that another
 /// host removed (ESTALE): the file is gone.
 fn gone(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESTALE)
+    crate::error::vanished(e)
 }
 
 impl Claim {
@@ -197,7 +204,7 @@ impl Claim {
                 return Err(Error::io2("cannot rename", &self.path(), &to, e));
             }
         }
-        self.claimed = SystemTime::now();
+        self.claimed = whole_micros(SystemTime::now());
         self.stamp(self.claimed);
         self.dir = active.clone();
         Ok(Activated::Active(self))

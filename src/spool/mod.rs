@@ -185,7 +185,7 @@ impl Spool {
             return Ok(());
         }
         match std::fs::metadata(&self.root) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
+            Err(e) if crate::error::vanished(&e) => Err(Error::new(
                 Kind::NotFound,
                 format!(
                     "the spool root {root} does not exist: check -r and HW_ROOT, \
@@ -322,12 +322,12 @@ pub fn task_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "not a folder (a symlink?)");
             return Err(Error::io("refusing", dir, why));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if crate::error::vanished(&e) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("cannot stat", dir, e)),
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if crate::error::vanished(&e) => return Ok(Vec::new()),
         Err(e) => return Err(Error::io("cannot list", dir, e)),
     };
     let mut names: Vec<std::ffi::OsString> = entries
@@ -344,7 +344,7 @@ fn worker_folders(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) if crate::error::vanished(&e) => return Ok(names),
         Err(e) => return Err(Error::io("cannot list", dir, e)),
     };
     for entry in entries.flatten() {

@@ -312,7 +312,10 @@ mod tests {
         let file = instance_heartbeat_file("marie", &instance_name("node1.example", 2));
         assert_eq!(file, "marie@node1_example.2.json");
         assert_eq!(heartbeat_worker(&file), Some("marie"));
-        assert_eq!(heartbeat_instance(&file), Some(("marie", "node1_example.2")));
+        assert_eq!(
+            heartbeat_instance(&file),
+            Some(("marie", "node1_example.2"))
+        );
         assert_eq!(heartbeat_instance(&heartbeat_file("marie")), None);
         assert_eq!(heartbeat_instance("marie@.json"), None);
         assert_eq!(heartbeat_instance("marie@a/b.json"), None);

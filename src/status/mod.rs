@@ -21,9 +21,9 @@ use crate::model::failure::PauseReason;
 use crate::model::heartbeat::{
     self, BreakerState, Heartbeat, HeartbeatStatus, Standing, Unclaimable,
 };
+use crate::model::instances as heartbeats;
 use crate::model::result::ResultStatus;
 use crate::spool::names::{heartbeat_worker, is_task_file, result_id};
-use crate::model::instances as heartbeats;
 use crate::spool::{read_regular, Spool, RECORD_MAX};
 
 pub use crate::model::heartbeat::STALE_INTERVALS;
@@ -311,7 +311,7 @@ fn list(dir: &Path) -> Result<Vec<String>> {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) if crate::error::vanished(&e) => Ok(Vec::new()),
         Err(e) => Err(Error::io("cannot list", dir, e)),
     }
 }
@@ -322,7 +322,7 @@ fn count_tasks(dir: &Path) -> Result<u64> {
             .flatten()
             .filter(|e| is_task_file(&e.file_name()))
             .count() as u64),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) if crate::error::vanished(&e) => Ok(0),
         Err(e) => Err(Error::io("cannot list", dir, e)),
     }
 }
@@ -419,7 +419,12 @@ fn instances_cell(w: &WorkerStatus) -> String {
     let live = w
         .instances
         .iter()
-        .filter(|i| !matches!(i.status, Seen::Stale | Seen::Reported(HeartbeatStatus::Stopped)))
+        .filter(|i| {
+            !matches!(
+                i.status,
+                Seen::Stale | Seen::Reported(HeartbeatStatus::Stopped)
+            )
+        })
         .count();
     let dead: Vec<&str> = w.dead_instances().map(|i| i.instance.as_str()).collect();
     match dead.is_empty() {

@@ -1,7 +1,9 @@
 //! `hw-status --prune-older-than AGE`: retention, from cron. Removes the
 //! results (`results/<worker>/<id>.json`), the receipts
 //! (`triggers/<worker>/<id>.trigger`) and the listener's trigger files
-//! (`triggers/orchestrator/*.json`) last modified more than AGE ago, but
+//! (`triggers/orchestrator/*.json`) and the heartbeats of dead instances
+//! (`heartbeats/<worker>@<instance>.json`, whose lock no process holds)
+//! last modified more than AGE ago, but
 //! never a result that a pending or deferred task depends on (the worker
 //! would wait for it for ever), nor, when the listener's state file
 //! exists, a result whose event the listener has not emitted yet.
@@ -29,7 +31,7 @@ use serde_json::Value;
 
 use crate::clock;
 use crate::error::{Error, Kind, Result};
-use crate::spool::names::{json_stem, result_id, state_journal};
+use crate::spool::names::{heartbeat_instance, instance_lock, json_stem, result_id, state_journal};
 use crate::spool::{read_regular, task_names, Queued, Spool, RECORD_MAX};
 
 /// hw-listen's default `--retain`: a result its state does not remember
@@ -100,6 +102,20 @@ pub fn prune(spool: &Spool, age: Duration, removed: &mut dyn FnMut(&Path)) -> Re
             removed,
         );
     }
+    // Heartbeats of instances gone for longer than AGE (another host's
+    // dead process, which no successor on its host removes); never one
+    // whose lock a live process holds.
+    sweep(
+        &spool.heartbeats,
+        cutoff,
+        |n| heartbeat_instance(n).is_some(),
+        |n, _, _| {
+            heartbeat_instance(n)
+                .is_some_and(|(w, i)| lock_held(&spool.heartbeats.join(instance_lock(w, i))))
+        },
+        &mut summary,
+        removed,
+    );
     sweep(
         &spool.orchestrator_dir(),
         cutoff,
@@ -109,6 +125,23 @@ pub fn prune(spool: &Spool, age: Duration, removed: &mut dyn FnMut(&Path)) -> Re
         removed,
     );
     Ok(summary)
+}
+
+/// Whether a live process holds the lock at `path` (a missing lock is
+/// held by none).
+fn lock_held(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    matches!(
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
 }
 
 /// The task ids that pending and deferred tasks depend on, of every
@@ -180,7 +213,7 @@ fn sweep(
             AtFlags::AT_SYMLINK_NOFOLLOW,
         ) {
             Ok(s) => s,
-            Err(nix::errno::Errno::ENOENT) => continue,
+            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ESTALE) => continue,
             Err(e) => {
                 summary
                     .errors
@@ -208,7 +241,7 @@ fn sweep(
             UnlinkatFlags::NoRemoveDir,
         ) {
             Ok(()) => removed(&path),
-            Err(nix::errno::Errno::ENOENT) => {}
+            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ESTALE) => {}
             Err(e) => summary
                 .errors
                 .push(Error::io("cannot remove", &path, e.into())),
@@ -225,7 +258,7 @@ fn open_folder(dir: &Path) -> Result<Option<OwnedFd>> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
     let top = match crate::sys::openat(None, parent, flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if crate::error::vanished(&e) => return Ok(None),
         Err(e) => return Err(Error::io("cannot open", parent, e)),
     };
     match crate::sys::openat(
@@ -235,7 +268,7 @@ fn open_folder(dir: &Path) -> Result<Option<OwnedFd>> {
         Mode::empty(),
     ) {
         Ok(fd) => Ok(Some(fd)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) if crate::error::vanished(&e) => Ok(None),
         Err(e)
             if e.raw_os_error() == Some(nix::libc::ELOOP)
                 || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
@@ -272,7 +305,7 @@ impl ListenerState {
         };
         let bytes = match read_regular(path, STATE_MAX) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if crate::error::vanished(&e) => return Ok(None),
             Err(e) => return Err(unreadable(e.to_string())),
         };
         let mut state = ListenerState::default();
@@ -295,7 +328,7 @@ impl ListenerState {
         let journal: PathBuf = path.with_file_name(state_journal(&name));
         let lines = match read_regular(&journal, STATE_MAX) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if crate::error::vanished(&e) => Vec::new(),
             Err(e) => return Err(unreadable(format!("{}: {e}", journal.display()))),
         };
         // One change per line; a torn last line (a crash mid-write) is

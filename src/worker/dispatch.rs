@@ -20,17 +20,17 @@ use crate::model::failure::FailureClass;
 use crate::model::heartbeat::{
     self, Heartbeat, HeartbeatStatus, Standing, Unclaimable, STALE_INTERVALS,
 };
+use crate::model::instances as heartbeats;
 use crate::model::task::{peek_priority, Invalid, Priority, Task};
 use crate::spool::claim::{self, Activated, Attempt, Claim, Unread};
 use crate::spool::dir::Dir;
-use crate::model::instances as heartbeats;
 use crate::spool::names::{heartbeat_file, is_task_file, json_stem, task_file};
 use crate::spool::publish::json_line;
 use crate::spool::WorkerDirs;
 use crate::worker::breaker::Breaker;
 use crate::worker::config::WorkerConfig;
-use crate::worker::instance::Instance;
 use crate::worker::deps::{self, DepIndex, DepState, Waits};
+use crate::worker::instance::Instance;
 use crate::worker::metrics::{DaySpend, Metrics};
 use crate::worker::notify::Notifier;
 use crate::worker::pause::{Admit, Change, Pauses};
@@ -853,7 +853,7 @@ impl Dispatcher {
                     self.forget_waits(&name);
                     self.queue.push(name, entry.priority, SystemTime::now());
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self.forget_waits(&name),
+                Err(e) if crate::error::vanished(&e) => self.forget_waits(&name),
                 Err(e) => {
                     if e.kind() != io::ErrorKind::AlreadyExists {
                         let (from, to) = (dirs.deferred.join(&name), dirs.pending.join(&name));

@@ -52,7 +52,10 @@ impl Instance {
                 }
                 Ok(None) => continue,
                 Err(e) => {
-                    log::warn!("cannot lock {} ({e}): this instance is named by its pid", heartbeats.join(instance_lock(worker, &name)).display());
+                    log::warn!(
+                        "cannot lock {} ({e}): this instance is named by its pid",
+                        heartbeats.join(instance_lock(worker, &name)).display()
+                    );
                     break;
                 }
             }

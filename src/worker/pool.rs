@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::latch::Latch;
 use crate::model::dead_letter::{self, DlqReason};
 use crate::model::failure::{FailureClass, PauseReason};
-use crate::model::result::{ResultStatus, TaskResult, Trigger, TriggerStatus};
+use crate::model::result::{ClaimIdentity, ResultStatus, TaskResult, Trigger, TriggerStatus};
 use crate::model::task::{Invalid, Priority, Task};
 use crate::spool::claim::{Claim, Unread};
 use crate::spool::commit::{self, Commits, Persisted};
@@ -374,7 +374,8 @@ fn postpone(ctx: &Context, claim: Claim, probe: bool) -> Report {
 /// Hands the result to the committer; the entry leaves `.active/` and
 /// the task counts as completed only once the result is durable.
 fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End {
-    let result = result_of(ctx, task, ResultStatus::Completed, Some(outcome), None);
+    let mut result = result_of(ctx, task, ResultStatus::Completed, Some(outcome), None);
+    result.claim = Some(identity(&claim));
     let dir = ctx.dirs().results.clone();
     let file = OsString::from(task_file(&result.task_id));
     let (metrics, reports) = (ctx.metrics.clone(), ctx.reports.clone());
@@ -517,6 +518,7 @@ fn give_up(
     };
     ctx.metrics.dead_lettered(reason);
     let mut result = result_of(ctx, task, ResultStatus::Failed, outcome, Some(dlq_file));
+    result.claim = Some(identity(&claim));
     result.error = Some(failure.class);
     result.agent_error = failure.agent_error.clone();
     if !publish_result(ctx, &result) {
@@ -559,7 +561,22 @@ fn result_of(
         resource_limit: o.resource_limit.map(String::from),
         agent: o.agent.as_ref().map(AgentReport::fields),
         agent_error: o.failure.as_ref().and_then(|f| f.agent_error.clone()),
+        claim: None,
     }
+}
+
+/// The identity of this process's claim, for its result.
+fn identity(claim: &Claim) -> ClaimIdentity {
+    ClaimIdentity {
+        hostname: crate::model::heartbeat::hostname(),
+        pid: std::process::id(),
+        mtime_ns: unix_ns(claim.claimed),
+    }
+}
+
+fn unix_ns(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// What the result's `stdout` holds: the CLI's answer when its output was
@@ -741,7 +758,7 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
     };
     let dirs = ctx.dirs();
     let result = OsString::from(task_file(&task.id));
-    let finished = newer_than(&dirs.results, &result, claim.claimed);
+    let finished = finished_by(ctx, &dirs.results, &result, &claim);
     if finished || retry_scheduled(ctx, &dirs, &name, task.retry_count) {
         log::info!(task_id = task.id; "Recovered a finished run; entry removed");
         return report(name, false, None, finish(claim, End::Removed));
@@ -753,8 +770,34 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
     report(name, false, None, end)
 }
 
-fn newer_than(dir: &Dir, name: &OsStr, t: std::time::SystemTime) -> bool {
-    dir.stat(name).is_ok_and(|e| e.modified() >= t)
+/// Whether the result `name` is that of the dead claim's run. A result
+/// that names its claim (hookwatch(5), Result) is compared by identity:
+/// the stamp the claimer put on its entry, whatever the clocks of the
+/// hosts. One that names none (an older writer's) is compared by time,
+/// newer than the claim. A result that cannot be read now (another host
+/// replacing it, a stale handle) is not taken for finished: at worst the
+/// task runs again, it is never lost.
+fn finished_by(ctx: &Context, dir: &Dir, name: &OsStr, claim: &Claim) -> bool {
+    let Ok(entry) = dir.stat(name) else {
+        return false;
+    };
+    let Ok(bytes) = dir.read_bounded(name, crate::spool::RECORD_MAX) else {
+        return false;
+    };
+    let named = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("claim").cloned())
+        .and_then(|c| serde_json::from_value::<ClaimIdentity>(c).ok());
+    match named {
+        Some(id) => {
+            let same = id.stamped(unix_ns(claim.claimed));
+            if !same {
+                log::debug!(worker = ctx.config.name.as_str(); "A result of another claim ({}, pid {})", id.hostname, id.pid);
+            }
+            same
+        }
+        None => entry.modified() >= claim.claimed,
+    }
 }
 
 fn retry_scheduled(ctx: &Context, dirs: &WorkerDirs, name: &OsStr, retry_count: u32) -> bool {

@@ -46,7 +46,7 @@ pub(super) fn remove_stale_python_locks(dir: &Path) -> usize {
         };
         let lock = dir.join(&name);
         match fs::symlink_metadata(dir.join(task)) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if crate::error::vanished(&e) => {}
             // There, or unknowable: the lock may still mean something.
             _ => continue,
         }
@@ -66,7 +66,7 @@ pub(super) fn remove_stale_python_locks(dir: &Path) -> usize {
                 log::info!(file = lock.display().to_string();
                     "Removed a stale lock of the Python watcher (its task file is gone)");
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if crate::error::vanished(&e) => {}
             Err(e) => log::warn!("{}", Error::io("cannot remove", &lock, e)),
         }
     }
