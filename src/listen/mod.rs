@@ -680,8 +680,9 @@ impl Listener {
     }
 
     /// `worker_instance_lost`, once, for each instance whose heartbeat
-    /// went stale (a stopped one is not lost); forgotten once it is fresh
-    /// again or its heartbeat is gone.
+    /// went stale (a stopped one is not lost) while another instance of
+    /// the name lives (when none does, `worker_unhealthy` says it of the
+    /// name); forgotten once it is fresh again or its heartbeat is gone.
     fn judge_instances(&mut self, worker: &str, now: f64) {
         let Some(all) = self.instances.get(worker).cloned() else {
             return;
@@ -698,12 +699,16 @@ impl Listener {
         state
             .lost_instances
             .retain(|l| all.iter().any(|i| &i.label == l));
+        let stale = |i: &Instance| {
+            i.beat.status != HeartbeatStatus::Stopped && now - i.beat.at > t.stale_after(&i.beat)
+        };
+        let live = |i: &Instance| i.beat.status != HeartbeatStatus::Stopped && !stale(i);
         for i in &all {
-            let stale = i.beat.status != HeartbeatStatus::Stopped
-                && now - i.beat.at > t.stale_after(&i.beat);
-            if !stale {
+            if !stale(i) {
                 state.lost_instances.remove(&i.label);
-            } else if state.lost_instances.insert(i.label.clone()) {
+            } else if state.lost_instances.insert(i.label.clone())
+                && all.iter().any(|o| o.label != i.label && live(o))
+            {
                 let age = ((now - i.beat.at) * 10.0).round() / 10.0;
                 self.emit(Event::new(
                     EventKind::WorkerInstanceLost,

@@ -24,8 +24,8 @@ words! {
         /// No heartbeat, a stopped one, or one far too old.
         WorkerDisconnected = "worker_disconnected",
         /// One process of a worker name (an instance: a host, a slot on
-        /// it) has a stale heartbeat: it or its host is gone, whatever
-        /// the name's other instances do.
+        /// it) has a stale heartbeat while another instance lives: it or
+        /// its host is gone, hidden behind the healthy name.
         WorkerInstanceLost = "worker_instance_lost",
         /// Every known task of a batch has ended.
         BatchCompleted = "batch_completed",

@@ -1489,3 +1489,47 @@ fn an_unknown_flag_is_a_usage_error() {
     let run = once(&spool, &["--frobnicate"], &[]);
     assert_eq!(run.status.code(), Some(64), "{}", run.stderr);
 }
+
+#[test]
+fn a_dead_instance_behind_a_live_one_is_reported_lost_once_and_the_name_stays_healthy() {
+    let spool = Spool::new();
+    let env = [("HEARTBEAT_INTERVAL", "0.2")];
+    let mut a = Daemon::worker(&spool, W, &agent(&spool), &env);
+    assert!(wait_until(DEADLINE, || spool.heartbeat(W).is_some()));
+    let _b = Daemon::worker(&spool, W, &agent(&spool), &env);
+    let beats = spool.root.join("heartbeats");
+    assert!(wait_until(DEADLINE, || spool
+        .names(&beats)
+        .iter()
+        .filter(|n| n.starts_with(&format!("{W}@")))
+        .count()
+        == 2));
+    let l = Listener::ready(&spool, &[], &[]);
+    let seen = l.events().len();
+    a.crash();
+    let lost = l.wait_event_after(seen, "worker_instance_lost", |d| d["worker"] == W);
+    let d = &lost["data"];
+    assert_eq!(d["pid"], a.pid(), "{lost}");
+    assert!(
+        d["instance"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{W}@")),
+        "{lost}"
+    );
+    assert!(
+        d["heartbeat_age_seconds"].as_f64().unwrap() >= 0.6,
+        "{lost}"
+    );
+    // Once, and the name as a whole is never unhealthy.
+    assert!(
+        holds_for(Duration::from_secs(2), || {
+            let after = l.events().split_off(seen);
+            worker_events(&after, "worker_instance_lost", W).len() == 1
+                && worker_events(&after, "worker_unhealthy", W).is_empty()
+                && worker_events(&after, "worker_disconnected", W).is_empty()
+        }),
+        "{:#?}",
+        l.events()
+    );
+}

@@ -18,6 +18,7 @@ mod dlq;
 mod enqueue;
 mod hardening;
 mod hostile;
+mod instances;
 mod listen;
 mod metrics;
 mod migration;

@@ -199,9 +199,13 @@ fn counts_of_a_prepared_spool_match_in_json_and_in_the_table() {
             "paused_reason",
             "paused_until",
             "cost_usd_today",
+            "instances",
         ])
     );
     assert_eq!(m["status"], "healthy");
+    // The prepared heartbeat is the name's own file, written by a
+    // process no instance file names: it speaks as the one instance.
+    assert_eq!(m["instances"].as_array().map(Vec::len), Some(1), "{m}");
     let age = m["heartbeat_age_seconds"]
         .as_f64()
         .expect("age is a number");
