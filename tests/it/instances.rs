@@ -188,7 +188,7 @@ fn prune_removes_dead_instances_heartbeats_of_other_hosts_but_never_a_live_one()
     age_file(&other, 3600);
     // The live one's file, made to look old: its lock keeps it.
     let mine = dir.join(
-        &instance_files(&spool)
+        instance_files(&spool)
             .into_iter()
             .find(|f| !f.contains("otherhost"))
             .unwrap(),
