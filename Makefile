@@ -176,3 +176,14 @@ bench-deps:
 	python3 -m pip install watchdog
 
 .PHONY: bench bench-deps
+
+# Many hosts on a real GlusterFS volume (tests/gluster.rs, issue #16):
+# the release binaries, a volume mounted four times on this machine by
+# tests/gluster/setup.sh (which installs glusterfs-server and
+# glusterfs-client the first time) and taken down again by teardown.sh.
+# Needs root and /dev/fuse; says "skipped: why" without them.  About 3
+# minutes.  `make test` does not run it.
+test-gluster:
+	$(CARGO) test --release --test gluster -- --ignored --nocapture --test-threads 1
+
+.PHONY: test-gluster
