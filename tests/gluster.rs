@@ -489,7 +489,10 @@ fn replay_run(g: &Gluster, local: &Local, listener: &Daemon) {
     let marker = local.spool.scratch("replay-ok");
     let (agent, log) = local.agent(w, "0", Some(&marker));
     // Every first attempt fails: no breaker in the way.
-    let env = [("MAX_RETRIES", "0"), ("CIRCUIT_BREAKER_THRESHOLD", "100000")];
+    let env = [
+        ("MAX_RETRIES", "0"),
+        ("CIRCUIT_BREAKER_THRESHOLD", "100000"),
+    ];
     let mut ds = [
         local.worker(&g.root(0), w, &agent, true, &env),
         local.worker(&g.root(2), w, &agent, false, &env),
@@ -550,7 +553,7 @@ fn replay_run(g: &Gluster, local: &Local, listener: &Daemon) {
 /// Phase 4: one worker SIGKILLed, one host's mount client killed.
 fn fault_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
     let w = "fault";
-    let (agent, log) = local.agent(w, "0.02", None);
+    let (agent, log) = local.agent(w, "0.2", None);
     let mut a = local.worker(&g.root(0), w, &agent, true, &[]);
     let mut c = local.worker(&g.root(0), w, &agent, false, &[]);
     let mut b = local.worker(&g.root(1), w, &agent, true, &[]);
@@ -560,10 +563,36 @@ fn fault_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
     produce(&roots, w, &all);
     let results = g.root(0).join("results").join(w);
     assert!(
-        wait_until(LONG, || count_json(&results) >= n / 3),
+        wait_until(LONG, || count_json(&results) >= n / 4),
         "no progress"
     );
     let (killed, dead_host) = (c.pid(), b.pid());
+    // Kill when both the worker and the host are running tasks.
+    let in_flight = |pid: i32| {
+        runs(&log)
+            .values()
+            .filter(|(s, e)| s.last() == Some(&pid) && !e.contains(&pid))
+            .count()
+    };
+    assert!(
+        wait_until(LONG, || (in_flight(killed) > 0 && in_flight(dead_host) > 0)
+            || count_json(&results) >= n),
+        "the workers to be killed run nothing"
+    );
+    let mut per: BTreeMap<i32, usize> = BTreeMap::new();
+    for (s, _) in runs(&log).values() {
+        for p in s {
+            *per.entry(*p).or_default() += 1;
+        }
+    }
+    figure(format!(
+        "fault run: runs so far per worker {per:?}; a {} c {} b {} d {}",
+        a.pid(),
+        c.pid(),
+        b.pid(),
+        d.pid()
+    ));
+    assert!(count_json(&results) < n, "all done before the kills");
     c.signal(Signal::SIGKILL);
     let client = g.client_pid(1).expect("the client process of mount 2");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(client), Signal::SIGKILL).unwrap();
