@@ -5,19 +5,18 @@
 #
 #   docker build -t hookwatch .
 #   docker volume create spool
-#   docker run -d --init --stop-timeout 45 -v spool:/shared \
+#   docker run -d --stop-timeout 45 -v spool:/shared \
 #       -e HW_WORKER=marie hookwatch marie                      # a worker
-#   docker run -d --init -v spool:/shared --no-healthcheck \
+#   docker run -d -v spool:/shared --no-healthcheck \
 #       --entrypoint hw-listen hookwatch                        # the listener
 #   docker run --rm -v spool:/shared --entrypoint hw-status hookwatch
 #
 # docker-compose.yml runs three workers and the listener this way; k8s/
 # does the same on Kubernetes.
 #
-# --init: an agent's background children, once killed with its process
-# group, are re-parented to PID 1; hw-worker does not reap processes it
-# did not start, so as PID 1 it would collect one zombie per such task.
-# docker's init (tini) reaps them and passes SIGTERM on to hw-worker.
+# No --init needed: an agent's background children, orphaned, are
+# re-parented to hw-worker (a child subreaper, PID 1 here), which reaps
+# them (hw-worker(8), Orphans and PID 1); it handles SIGTERM itself.
 #
 # --stop-timeout 45: at SIGTERM the worker lets running tasks finish for
 # --shutdown-timeout (30 s by default), stops the rest (SIGKILL

@@ -17,9 +17,9 @@ and asserts what the deployment relies on, without Docker:
     --kill-grace in `command` with a stop_grace_period that covers them,
     METRICS_ADDR 0.0.0.0, ANTHROPIC_API_KEY passed through from the
     environment (no value of its own), a health check that requests /healthz on
-    127.0.0.1 at METRICS_PORT and wants 200, `init: true`, a restart
-    policy, and a host port of its own;
-  - the listener: entrypoint hw-listen, init, restart, and the image's
+    127.0.0.1 at METRICS_PORT and wants 200, no `init` (hookwatch reaps
+    orphans itself as PID 1), a restart policy, and a host port of its own;
+  - the listener: entrypoint hw-listen, no init, restart, and the image's
     worker health check turned off;
   - the Dockerfile: multi-stage with `cargo build --release --locked`,
     all five binaries copied, a numeric non-root USER, VOLUME /shared,
@@ -161,8 +161,9 @@ def check_worker(name, service, dockerfile_entrypoint):
 
 
 def check_common(name, service):
-    if service.get("init") is not True:
-        fail(f"{name}: no `init: true` (hookwatch as PID 1 reaps no orphans)")
+    if "init" in service:
+        fail(f"{name}: `init` is set: hw-worker and hw-listen reap orphans themselves "
+             "as PID 1 (hw-worker(8), Orphans and PID 1); an init is one process too many")
     if service.get("restart") not in ("always", "unless-stopped", "on-failure"):
         fail(f"{name}: restart is {service.get('restart')!r}")
     if service.get("build"):
