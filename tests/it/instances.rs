@@ -13,6 +13,7 @@ use crate::common::*;
 
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -406,5 +407,67 @@ fn the_orphans_an_agent_leaves_are_adopted_and_reaped_by_the_worker() {
             .is_none_or(|(pp, _)| pp != w.pid() as u32)),
         "the orphan stays a zombie of the worker: {:?}",
         ppid_of(orphan)
+    );
+}
+
+/// The pids whose parent is `pid`, by /proc.
+fn children_of(pid: u32) -> Vec<(u32, char, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((pp, state)) = ppid_of(p) {
+            if pp == pid {
+                let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                out.push((p, state, comm.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_worker_that_is_pid_1_reaps_the_orphans_of_its_agents() {
+    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let (true, Some(unshare)) = (nix::unistd::geteuid().is_root(), unshare) else {
+        eprintln!("skipped: needs root and unshare(1) for a PID namespace");
+        return;
+    };
+    let spool = Spool::new();
+    // Each task leaves a `sleep` behind, orphaned as soon as the agent exits.
+    let agent = spool.script("leaver.sh", "sleep 0.3 &\nexit 0");
+    let mut cmd = Command::new(unshare);
+    cmd.args(["--pid", "--fork", "--mount-proc"])
+        .arg(bin("hw-worker"))
+        .arg(W)
+        .envs(base_env(&spool))
+        .env("CLAUDE_COMMAND", &agent);
+    let worker = Daemon::spawn(&spool, "pid1-worker", cmd);
+    let mut pid1 = None;
+    assert!(wait_until(DEADLINE, || {
+        pid1 = children_of(worker.pid() as u32)
+            .into_iter()
+            .find(|(_, _, comm)| comm == "hw-worker")
+            .map(|(p, _, _)| p);
+        pid1.is_some()
+    }));
+    let pid1 = pid1.unwrap();
+    for i in 0..5 {
+        spool.drop_simple(W, &format!("t{i}"), "x");
+    }
+    for i in 0..5 {
+        spool.wait_result(W, &format!("t{i}"));
+    }
+    // The sleeps were PID 1's children, and none stays a zombie.
+    assert!(
+        wait_until(DEADLINE, || children_of(pid1)
+            .iter()
+            .all(|(_, state, comm)| *state != 'Z' && comm != "sleep")),
+        "left behind: {:?}\n{}",
+        children_of(pid1),
+        worker.log_text()
     );
 }
