@@ -25,7 +25,9 @@ Shows each worker's heartbeat status and age, its pending, active,
 deferred, completed and failed tasks and dead letters (counted in the
 spool), its breaker, the agent's spend today (UTC), uptime and metrics
 address. A paused worker (usage limit, login, budget) is a warning that
-says why and until when.
+says why and until when. Each process of a worker name has its own
+heartbeat: the name is healthy if any is, and a dead one (stale) is a
+warning naming it (column INSTANCES, instances in the JSON).
 
 Options:
   -r, --root DIR          spool root (HW_ROOT; /shared)
@@ -38,9 +40,10 @@ Options:
                           id, state, priority, age, attempts, not_before and
                           the dependencies it waits for
       --prune-older-than AGE
-                          remove results, receipts and listener trigger files
-                          older than AGE (e.g. 30d), but none a queued task or
-                          the listener still needs; print each path removed
+                          remove results, receipts, listener trigger files and
+                          dead instances' heartbeats older than AGE (e.g. 30d),
+                          but none a queued task, the listener or a live
+                          process still needs; print each path removed
       --init NAMES        create the spool layout for these workers and exit
   -h, --help              this text
   -V, --version           the version

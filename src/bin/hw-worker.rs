@@ -12,7 +12,10 @@ Usage: hw-worker [OPTIONS] NAME
 
 Runs the tasks dropped into tasks/NAME/ of the spool: claims each one, runs
 the agent command, retries failures with back-off, dead-letters what cannot
-succeed, and writes results and a heartbeat. Stops on SIGTERM or SIGINT.
+succeed, and writes results and a heartbeat (its own,
+heartbeats/NAME@INSTANCE.json, and the name's, heartbeats/NAME.json).
+Reaps the orphans its agents leave (a child subreaper; PID 1 in a
+container needs no init). Stops on SIGTERM or SIGINT.
 
 Options (each overrides its environment variable):
   -r, --root DIR                spool root (HW_ROOT; /shared)
