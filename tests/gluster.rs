@@ -297,6 +297,10 @@ fn events_by_task(l: &Daemon, kind: &str, worker: &str) -> BTreeMap<String, usiz
 fn stop_bounded(d: &mut Daemon, grace: Duration) {
     d.signal(Signal::SIGTERM);
     if d.wait_exit(grace).is_none() {
+        figure(format!(
+            "a worker (pid {}) did not stop within {grace:?} of SIGTERM: SIGKILL",
+            d.pid()
+        ));
         d.signal(Signal::SIGKILL);
         assert!(d.wait_exit(DEADLINE).is_some(), "a worker outlived SIGKILL");
     }
