@@ -31,7 +31,7 @@ use crate::model::Word;
 use crate::spool::claim::{self, Attempt, Claim, Unread};
 use crate::spool::dir::Dir;
 use crate::spool::names::{
-    is_task_file, json_stem, task_file, valid_name, valid_worker_name, Numbered,
+    cancel_request, is_task_file, json_stem, task_file, valid_name, valid_worker_name, Numbered,
 };
 use crate::spool::publish::{self, Durability};
 use crate::spool::{read_regular, task_names, Queued, Spool};
@@ -738,6 +738,7 @@ pub fn cancel(
     spool: &Spool,
     worker: &str,
     ids: &[String],
+    wait: Duration,
     report: &mut dyn FnMut(Outcome),
 ) -> Result<()> {
     check_worker(worker)?;
@@ -765,7 +766,7 @@ pub fn cancel(
         ));
     }
     for (id, place) in found {
-        cancel_one(spool, worker, id, place, report);
+        cancel_one(spool, worker, id, place, wait, report);
     }
     Ok(())
 }
@@ -779,15 +780,14 @@ fn cancel_one(
     worker: &str,
     id: &str,
     mut place: (Queued, OsString),
+    wait: Duration,
     report: &mut dyn FnMut(Outcome),
 ) {
     let refused = |why: String| Outcome::Refused(format!("{worker} {id}: not cancelled: {why}"));
     for _ in 0..CANCEL_TRIES {
         let (q, name) = &place;
         if *q == Queued::Active {
-            return report(Outcome::Refused(format!(
-                "task {id} is running; cancelling a running task is not supported yet"
-            )));
+            return cancel_running(spool, worker, id, wait, report);
         }
         let path = spool.queued_dir(worker, *q);
         let dir = match Dir::open(&path) {
@@ -867,6 +867,83 @@ fn cancel_locked(spool: &Spool, worker: &str, mut c: Claim, report: &mut dyn FnM
         dlq_file,
         rejected_path: None,
     }));
+}
+
+/// How long a cancel waits for the worker to stop a running task: its
+/// `--kill-grace` (10 s by default) and then some.
+pub const RUNNING_WAIT: Duration = Duration::from_secs(60);
+
+/// A running task: a request the worker watches (`.cancel.<id>` in the
+/// tasks folder), then a wait for the dead letter the worker writes once
+/// the agent stopped (SIGTERM, SIGKILL after its grace).
+fn cancel_running(
+    spool: &Spool,
+    worker: &str,
+    id: &str,
+    wait: Duration,
+    report: &mut dyn FnMut(Outcome),
+) {
+    let since = clock::unix_now() - 1.0;
+    let pending = spool.pending_dir(worker);
+    let request = cancel_request(id);
+    let asked = Dir::open_following(&pending).and_then(|d| d.publish(OsStr::new(&request), b"", D));
+    if let Err(e) = asked {
+        return report(Outcome::Failed(e));
+    }
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match cancelled_record(spool, worker, id, since) {
+            Ok(Some(dlq_file)) => {
+                return report(Outcome::Done(Done {
+                    act: Act::Cancelled,
+                    worker: worker.to_string(),
+                    task_id: id.to_string(),
+                    dlq_file,
+                    rejected_path: None,
+                }))
+            }
+            Ok(None) => {}
+            Err(e) => return report(Outcome::Failed(e)),
+        }
+        let running = matches!(find_task(spool, worker, id), Ok(Some((Queued::Active, _))));
+        if !running
+            && cancelled_record(spool, worker, id, since)
+                .ok()
+                .flatten()
+                .is_none()
+        {
+            let _ = fs::remove_file(pending.join(&request));
+            return report(Outcome::Refused(format!(
+                "{worker} {id}: not cancelled: it ended before the worker could stop it"
+            )));
+        }
+        if std::time::Instant::now() >= deadline {
+            return report(Outcome::Failed(Error::new(
+                Kind::TempFail,
+                format!(
+                    "{worker} {id}: the worker has not stopped the running task within {}s; the request stays in {}",
+                    wait.as_secs_f64(),
+                    pending.join(&request).display()
+                ),
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The dead letter of `id` that a cancel wrote since `since`, by name.
+fn cancelled_record(spool: &Spool, worker: &str, id: &str, since: f64) -> Result<Option<String>> {
+    Ok(records(spool, Some(worker))?
+        .into_iter()
+        .filter(|r| r.task_id == id && r.when >= since)
+        .find(|r| {
+            r.fields
+                .as_ref()
+                .and_then(|f| f.get("dlq_reason"))
+                .and_then(Value::as_str)
+                == Some(DlqReason::Cancelled.as_str())
+        })
+        .map(|r| r.file_name))
 }
 
 /// A cancelled task's `last_error`.

@@ -21,10 +21,13 @@ use crate::model::heartbeat::{self, Heartbeat, HeartbeatStatus, Unclaimable};
 use crate::model::task::{peek_priority, Invalid, Priority, Task};
 use crate::spool::claim::{self, Activated, Attempt, Claim, Unread};
 use crate::spool::dir::Dir;
-use crate::spool::names::{heartbeat_file, is_task_file, json_stem, task_file};
+use crate::spool::names::{
+    cancel_request, cancel_request_id, heartbeat_file, is_task_file, json_stem, task_file,
+};
 use crate::spool::publish::json_line;
 use crate::spool::WorkerDirs;
-use crate::worker::breaker::Breaker;
+use crate::worker::breaker::{self, Breaker};
+use crate::worker::cancel::Cancels;
 use crate::worker::config::WorkerConfig;
 use crate::worker::deps::{self, DepIndex, DepState, Waits};
 use crate::worker::metrics::{DaySpend, Metrics};
@@ -60,6 +63,8 @@ pub(super) struct Dispatcher {
     waits: HashMap<String, Vec<String>>,
     /// Pending files that cannot be claimed for now, each with its back-off.
     skipped: Skipped,
+    /// The running tasks an operator may cancel (shared with the pool).
+    cancels: Arc<Cancels>,
     metrics: Arc<Metrics>,
     metrics_addr: Option<String>,
     jobs: Option<Sender<Job>>,
@@ -103,6 +108,7 @@ impl Dispatcher {
     pub(super) fn new(
         cfg: WorkerConfig,
         dirs: SharedDirs,
+        cancels: Arc<Cancels>,
         metrics: Arc<Metrics>,
         jobs: Sender<Job>,
         watcher: Option<Watcher>,
@@ -119,6 +125,7 @@ impl Dispatcher {
             waits: HashMap::new(),
             skipped: Skipped::default(),
             dirs,
+            cancels,
             next_heartbeat: now + cfg.heartbeat_interval,
             next_poll: poll.map(|p| now + p),
             cfg,
@@ -225,8 +232,9 @@ impl Dispatcher {
         consider(self.skipped.next_due());
         consider(self.claim_pause);
         consider(self.stopping.filter(|_| !self.aborted));
+        // The breaker turns half-open by time, a task waiting or not.
+        consider(self.breaker.reopens_at());
         if !self.queue.is_empty() {
-            consider(self.breaker.reopens_at());
             consider(self.pauses.current().map(|p| instant_at(p.until)));
         }
         consider(self.deferred.next_due().map(instant_at));
@@ -235,6 +243,8 @@ impl Dispatcher {
 
     fn on_timers(&mut self, abort: &Latch) {
         let now = Instant::now();
+        let change = self.breaker.tick(now);
+        self.breaker_changed(change);
         if self.stopping.is_some_and(|t| now >= t) && !self.aborted {
             log::warn!(running = self.running; "Shutdown timeout: stopping running tasks now");
             self.abort(abort);
@@ -332,6 +342,25 @@ impl Dispatcher {
         self.write_heartbeat(self.status());
     }
 
+    /// Says a change of the breaker in the log, the gauge and at once in
+    /// the heartbeat.
+    fn breaker_changed(&mut self, change: Option<breaker::Change>) {
+        let Some(change) = change else { return };
+        match change {
+            breaker::Change::Opened { failures, until } => {
+                let wait = until.saturating_duration_since(Instant::now());
+                let at = clock::rfc3339(SystemTime::now() + wait);
+                log::warn!(failures = failures, until = at.as_str(); "Circuit breaker open after {failures} failed attempts in a row: claims nothing until {at}");
+            }
+            breaker::Change::HalfOpen => {
+                log::info!("Circuit breaker half-open: the next task probes the agent");
+            }
+            breaker::Change::Closed => log::info!("Circuit breaker closed: the probe succeeded"),
+        }
+        self.update_gauges();
+        self.write_heartbeat(self.status());
+    }
+
     /// Takes up what the last heartbeat of this worker (a previous run)
     /// said: a pause not over yet, and today's spend.
     fn resume_from_heartbeat(&mut self) {
@@ -406,11 +435,39 @@ impl Dispatcher {
                     }
                 }
             }
+            Notice::Cancel(ids) => {
+                for id in ids {
+                    self.cancel_requested(&id);
+                }
+            }
             Notice::Rescan => {
                 log::warn!("inotify queue overflowed: rescanning");
                 self.rescan();
             }
             Notice::Rewatch => self.rewatch(),
+        }
+    }
+
+    /// hw-dlq asks that the running task `id` be stopped and
+    /// dead-lettered: the request is taken, and its file removed.
+    fn cancel_requested(&mut self, id: &str) {
+        let running = self.cancels.request(id, Instant::now());
+        match running {
+            true => {
+                log::info!(task_id = id; "Cancel requested by hw-dlq: stopping the running task")
+            }
+            false => {
+                log::info!(task_id = id; "Cancel requested by hw-dlq for a task not running here: kept a minute")
+            }
+        }
+        let request = OsString::from(cancel_request(id));
+        if let Err(e) = self.held().pending.unlink(&request) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!(
+                    "{}",
+                    Error::io("cannot remove", &self.held().pending.join(&request), e)
+                );
+            }
         }
     }
 
@@ -468,7 +525,8 @@ impl Dispatcher {
             self.abort(abort);
             return;
         }
-        log::info!(signal = signal, running = self.running; "Shutting down: no new claims");
+        let grace = self.cfg.shutdown_timeout.as_secs_f64();
+        log::info!(signal = signal, running = self.running; "Shutting down: no new claims; the {} running task(s) get up to {grace} s (--shutdown-timeout), a second signal stops them now", self.running);
         self.stopping = Some(Instant::now() + self.cfg.shutdown_timeout);
         self.metrics.set_stopping();
         self.recovered.clear();
@@ -491,7 +549,10 @@ impl Dispatcher {
         self.in_flight.remove(&report.name);
         self.pause_after(&report);
         match report.attempt {
-            Some(ok) => self.breaker.record(ok, report.probe, Instant::now()),
+            Some(ok) => {
+                let change = self.breaker.record(ok, report.probe, Instant::now());
+                self.breaker_changed(change);
+            }
             None if report.probe => self.breaker.probe_void(),
             None => {}
         }
@@ -797,7 +858,19 @@ impl Dispatcher {
             None => recheck,
         };
         if !dependencies.is_empty() {
-            log::info!(task_id = task.id, waiting_for = dependencies.len(); "Task waits for its dependencies");
+            let named = dependencies
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = dependencies.len().saturating_sub(10);
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            log::info!(task_id = task.id, waiting_for = dependencies.len(); "Task waits for {} dependencies with no result yet: {named}{more}", dependencies.len());
             self.waits.insert(task.id.clone(), dependencies.clone());
         }
         let entry = Deferred {
@@ -908,6 +981,13 @@ impl Dispatcher {
             }
         };
         self.skipped.keep_only(&names);
+        let requests: Vec<String> = names
+            .iter()
+            .filter_map(|n| cancel_request_id(n.to_str()?).map(String::from))
+            .collect();
+        for id in requests {
+            self.cancel_requested(&id);
+        }
         for name in names {
             let settling = self.settling.iter().any(|(_, n)| *n == name);
             if is_task_file(&name) && !settling && !self.skipped.contains(&name) {
