@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use hookwatch::cli::exit;
 use hookwatch::cli::{self, Command};
 use hookwatch::dlq::admin::{self as dlq_admin, Filter, Outcome, Selection};
+use hookwatch::dlq::cancel as dlq_cancel;
 use hookwatch::error::{Error, Kind};
 use hookwatch::spool::Spool;
 
@@ -221,9 +222,9 @@ fn run(a: &Args) -> Result<u8, Error> {
                         Some(v) => cli::values::parse_duration(v).ok_or_else(|| {
                             cli::values::invalid(v, "--wait", "not a duration (30, 30s, 2m)")
                         })?,
-                        None => dlq_admin::RUNNING_WAIT,
+                        None => dlq_cancel::RUNNING_WAIT,
                     };
-                    dlq_admin::cancel(&spool, worker, ids, wait, &mut report)?
+                    dlq_cancel::cancel(&spool, worker, ids, wait, &mut report)?
                 }
                 _ => {
                     let filter = Filter::parse(a.reason.as_deref(), a.older_than.as_deref())?;

@@ -18,7 +18,7 @@ use crate::agent::claude::AgentReport;
 use crate::agent::run::{self, Failure, Invocation, Limits, Outcome};
 use crate::clock;
 use crate::dlq;
-use crate::dlq::admin::CANCELLED_BY;
+use crate::dlq::cancel::CANCELLED_BY;
 use crate::error::Result;
 use crate::latch::Latch;
 use crate::model::dead_letter::{self, DlqReason};
