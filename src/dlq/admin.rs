@@ -553,14 +553,22 @@ fn read_record(record: &mut Claim) -> std::result::Result<Vec<u8>, Error> {
     })
 }
 
-fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
-    let mut record = match lock(spool, r) {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
-        Err(e) => return report(Outcome::Failed(e)),
+/// The record locked and read; `None` when it went meanwhile.
+fn lock_and_read(
+    spool: &Spool,
+    r: &Record,
+) -> std::result::Result<Option<(Claim, Vec<u8>)>, Error> {
+    let Some(mut record) = lock(spool, r)? else {
+        return Ok(None);
     };
-    let bytes = match read_record(&mut record) {
-        Ok(b) => b,
+    let bytes = read_record(&mut record)?;
+    Ok(Some((record, bytes)))
+}
+
+fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
+    let (record, bytes) = match lock_and_read(spool, r) {
+        Ok(Some(locked)) => locked,
+        Ok(None) => return,
         Err(e) => return report(Outcome::Failed(e)),
     };
     let task = match task_of(&bytes, &r.worker) {
@@ -639,13 +647,9 @@ pub fn purge(spool: &Spool, sel: &Selection, report: &mut dyn FnMut(Outcome)) ->
 }
 
 fn purge_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
-    let mut record = match lock(spool, r) {
-        Ok(Some(c)) => c,
+    let (record, bytes) = match lock_and_read(spool, r) {
+        Ok(Some(locked)) => locked,
         Ok(None) => return,
-        Err(e) => return report(Outcome::Failed(e)),
-    };
-    let bytes = match read_record(&mut record) {
-        Ok(b) => b,
         Err(e) => return report(Outcome::Failed(e)),
     };
     let field = serde_json::from_slice::<Value>(&bytes)

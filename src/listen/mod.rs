@@ -500,20 +500,10 @@ impl Listener {
         t.status = Some(status.as_str().to_string());
         t.ended = Some(clock::unix_now());
         t.batch = t.batch.or_else(|| batch_of(&record));
-        let mut totals = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
-        match status {
+        self.save_end(worker, &key, t, |totals| match status {
             ResultStatus::Completed => totals.completed += 1,
             ResultStatus::Failed => totals.failed += 1,
-        }
-        self.save_worker(worker, totals);
-        self.touched.extend(t.batch.clone());
-        self.save_task(&key, t);
+        });
     }
 
     fn on_dead_letter(&mut self, worker: &str, name: &str) {
@@ -555,6 +545,18 @@ impl Listener {
             t.dead_lettered = true;
             t.ended = Some(clock::unix_now());
         }
+        self.save_end(worker, &key, t, |totals| totals.dead_lettered += 1);
+    }
+
+    /// Saves a task that a record ended, and counts it in its worker's
+    /// totals; its batch is looked at again.
+    fn save_end(
+        &mut self,
+        worker: &str,
+        key: &str,
+        t: TaskState,
+        count: impl FnOnce(&mut WorkerState),
+    ) {
         let mut totals = self
             .state
             .snap
@@ -562,10 +564,10 @@ impl Listener {
             .get(worker)
             .cloned()
             .unwrap_or_default();
-        totals.dead_lettered += 1;
+        count(&mut totals);
         self.save_worker(worker, totals);
         self.touched.extend(t.batch.clone());
-        self.save_task(&key, t);
+        self.save_task(key, t);
     }
 
     /// After the first catch-up, a record older than the retention that the
