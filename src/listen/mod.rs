@@ -557,13 +557,7 @@ impl Listener {
         t: TaskState,
         count: impl FnOnce(&mut WorkerState),
     ) {
-        let mut totals = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
+        let mut totals = self.worker_state(worker);
         count(&mut totals);
         self.save_worker(worker, totals);
         self.touched.extend(t.batch.clone());
@@ -643,13 +637,7 @@ impl Listener {
         let Some(beat) = self.beats.get(worker).cloned() else {
             return;
         };
-        let mut state = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
+        let mut state = self.worker_state(worker);
         let (event, paused) = health::pause_event(state.paused, &beat);
         let Some(kind) = event else { return };
         let reason = paused.or(state.paused).map(|r| r.as_str());
@@ -675,13 +663,7 @@ impl Listener {
     fn judge(&mut self, worker: &str, now: f64) {
         let beat = self.beats.get(worker).cloned();
         let (health, why) = self.thresholds().judge(beat.as_ref(), now);
-        let mut state = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
+        let mut state = self.worker_state(worker);
         let before = state.health;
         if before == health {
             return;
@@ -772,6 +754,16 @@ impl Listener {
         if let Err(e) = self.state.set_task(key, t) {
             log::error!("{e}");
         }
+    }
+
+    /// What the state remembers of a worker (nothing yet: the default).
+    fn worker_state(&self, worker: &str) -> WorkerState {
+        self.state
+            .snap
+            .workers
+            .get(worker)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn save_worker(&mut self, worker: &str, w: WorkerState) {
