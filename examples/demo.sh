@@ -147,16 +147,18 @@ jget() { jfield "$2" <"$1"; }   # jget FILE KEY
 # enqueue WORKER DESCRIPTION [OPTION...]: runs `hw-enqueue OPTION... WORKER
 # DESCRIPTION` (DESCRIPTION "-": none, the tasks come on stdin) and shows
 # it with the ids it printed, one per task written; each is a result to
-# wait for.  (Descriptions here hold no single quote.)
+# wait for.  (Descriptions here hold no single quote.)  -q: the tasks are
+# queued before the workers start, so no worker has a heartbeat yet, which
+# hw-enqueue would otherwise warn about.
 expected=()
 enqueue() {
 	local w=$1 d=$2 input='' ids id a shown=''
 	shift 2
 	if [[ $d == - ]]; then
 		input=$(cat)
-		ids=$("$hw_enqueue" "$@" "$w" <<<"$input") || die "hw-enqueue $* $w failed"
+		ids=$("$hw_enqueue" -q "$@" "$w" <<<"$input") || die "hw-enqueue $* $w failed"
 	else
-		ids=$("$hw_enqueue" "$@" "$w" "$d") || die "hw-enqueue $* $w $d failed"
+		ids=$("$hw_enqueue" -q "$@" "$w" "$d") || die "hw-enqueue $* $w $d failed"
 	fi
 	for id in $ids; do expected+=("$w/$id"); done
 	for a in "$@" "$w"; do shown+=" $a"; done

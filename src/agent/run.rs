@@ -56,6 +56,8 @@ pub struct Outcome {
     pub failure: Option<Failure>,
     /// Cut short by shutdown: not the task's fault, no attempt is charged.
     pub aborted: bool,
+    /// Stopped because an operator cancelled the task (`hw-dlq cancel`).
+    pub cancelled: bool,
     /// The worker, not the task, lacked what it takes to start the agent
     /// (open files, processes, memory): no attempt is charged.
     pub transient: bool,
@@ -91,7 +93,7 @@ impl Failure {
 
 impl Outcome {
     pub fn succeeded(&self) -> bool {
-        self.failure.is_none() && !self.aborted
+        self.failure.is_none() && !self.aborted && !self.cancelled
     }
 
     /// One line for `last_error`.
@@ -105,7 +107,7 @@ impl Outcome {
     /// in this order: it could not start, timed out, hit a limit, the
     /// agent reported one, it exited with another status than 0.
     fn judge(&mut self) {
-        if self.failure.is_some() || self.aborted {
+        if self.failure.is_some() || self.aborted || self.cancelled {
             return;
         }
         if let Some(limit) = self.resource_limit {
@@ -169,6 +171,9 @@ pub struct Invocation<'a> {
     /// Read stdout for the Claude CLI's result object (the agent), or
     /// not (a hook).
     pub agent: bool,
+    /// Fired when the run must stop as the task's timeout stops it
+    /// (SIGTERM to its group, SIGKILL after the grace): a cancel.
+    pub cancel: Option<&'a Latch>,
 }
 
 /// Runs a command once. `abort` fired means: kill it now, we stop.
@@ -192,7 +197,7 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
     let mut outcome = match super::reaper::spawn(&mut command) {
         Ok(child) => {
             let pid = child.id();
-            let outcome = Supervisor::new(child, limits, abort, inv.agent).run();
+            let outcome = Supervisor::new(child, limits, abort, inv.agent, inv.cancel).run();
             super::reaper::waited(pid);
             outcome
         }
@@ -282,6 +287,8 @@ struct Supervisor<'a> {
     out: Outcome,
     limits: Limits,
     abort: &'a Latch,
+    /// The task's cancel, if it can be cancelled.
+    cancel: Option<&'a Latch>,
     /// Follows all of stdout for the result object, past `max_output`.
     scanner: Option<Scanner>,
 }
@@ -298,7 +305,13 @@ enum Phase {
 }
 
 impl<'a> Supervisor<'a> {
-    fn new(mut child: Child, limits: Limits, abort: &'a Latch, agent: bool) -> Supervisor<'a> {
+    fn new(
+        mut child: Child,
+        limits: Limits,
+        abort: &'a Latch,
+        agent: bool,
+        cancel: Option<&'a Latch>,
+    ) -> Supervisor<'a> {
         let pid = child.id() as i32;
         Supervisor {
             pgid: Pid::from_raw(pid),
@@ -309,6 +322,7 @@ impl<'a> Supervisor<'a> {
             out: Outcome::default(),
             limits,
             abort,
+            cancel,
             scanner: agent.then(Scanner::new),
         }
     }
@@ -326,6 +340,13 @@ impl<'a> Supervisor<'a> {
                     self.out.aborted = true;
                     self.signal(Signal::SIGKILL);
                     Phase::Killed
+                }
+                Phase::Running if self.cancel.is_some_and(Latch::is_fired) => {
+                    self.out.cancelled = true;
+                    self.signal(Signal::SIGTERM);
+                    Phase::Terminating {
+                        until: now + self.limits.kill_grace,
+                    }
                 }
                 Phase::Running if now >= deadline => {
                     let class = FailureClass::Timeout;
@@ -441,6 +462,9 @@ impl<'a> Supervisor<'a> {
             }
             if !self.abort.is_fired() {
                 fds.push(PollFd::new(self.abort.fd(), PollFlags::POLLIN));
+            }
+            if let Some(cancel) = self.cancel.filter(|c| !c.is_fired()) {
+                fds.push(PollFd::new(cancel.fd(), PollFlags::POLLIN));
             }
             let _ = poll(&mut fds, timeout);
             let ready = |slot: Option<usize>| {

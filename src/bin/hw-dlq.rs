@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use hookwatch::cli::exit;
 use hookwatch::cli::{self, Command};
 use hookwatch::dlq::admin::{self as dlq_admin, Filter, Outcome, Selection};
+use hookwatch::dlq::cancel as dlq_cancel;
 use hookwatch::error::{Error, Kind};
 use hookwatch::spool::Spool;
 
@@ -16,7 +17,7 @@ Usage: hw-dlq [-r DIR] [-j] list [--reason R] [--older-than AGE] [WORKER]
        hw-dlq [-r DIR] show WORKER ID
        hw-dlq [-r DIR] [-j] replay [--all] [--reason R] [--older-than AGE] [WORKER [ID...]]
        hw-dlq [-r DIR] [-j] purge [--all] [--reason R] [--older-than AGE] [WORKER [ID...]]
-       hw-dlq [-r DIR] [-j] cancel WORKER ID...
+       hw-dlq [-r DIR] [-j] cancel [--wait SECS] WORKER ID...
 
 Lists, shows, replays and purges the dead letters of a hookwatch spool,
 dlq/WORKER/*.json, and cancels queued tasks. Without WORKER: every worker's.
@@ -28,9 +29,12 @@ dlq/WORKER/*.json, and cancels queued tasks. Without WORKER: every worker's.
            its record removed; prints `WORKER ID` per task
   purge    removes each selected record and the entry it moved aside into
            .rejected/; prints `WORKER FILE` per record
-  cancel   each pending or deferred task named becomes a dead letter with
-           dlq_reason \"cancelled\" (replay undoes it); prints `WORKER ID`
-           per task; a running task is refused (not supported yet)
+  cancel   each task named becomes a dead letter with dlq_reason
+           \"cancelled\" (replay undoes it): a pending or deferred one at
+           once; a running one is stopped by its worker (SIGTERM to the
+           agent's group, SIGKILL after --kill-grace), waiting up to --wait
+           SECS (default 60; exit 75 if the worker has not acted by then);
+           prints `WORKER ID` per task
 
 ID is a task id or a record's file name; a task id names its newest record
 for show and replay, all its records for purge. For cancel, ID is a task
@@ -75,6 +79,8 @@ struct Args {
     reason: Option<String>,
     older_than: Option<String>,
     all: bool,
+    /// cancel --wait: how long to wait for a worker to stop a running task.
+    wait: Option<String>,
     /// WORKER, then IDs.
     operands: Vec<String>,
 }
@@ -111,6 +117,7 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Args>, lexopt::Error
                     reason: None,
                     older_than: None,
                     all: false,
+                    wait: None,
                     operands: Vec::new(),
                 };
                 return parse_command(parser, args);
@@ -135,6 +142,9 @@ fn parse_command(mut parser: lexopt::Parser, mut a: Args) -> Result<Command<Args
             Long("reason") if filters => a.reason = Some(parser.value()?.string()?),
             Long("older-than") if filters => a.older_than = Some(parser.value()?.string()?),
             Long("all") if selects => a.all = true,
+            Long("wait") if matches!(a.action, Action::Cancel) => {
+                a.wait = Some(parser.value()?.string()?)
+            }
             Value(v) => a.operands.push(v.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -195,7 +205,12 @@ fn run(a: &Args) -> Result<u8, Error> {
                 }
                 Outcome::Failed(e) => {
                     eprintln!("hw-dlq: {e}");
-                    status = status.max(exit::IO_ERR);
+                    // The worker has not acted yet (a cancel): try again later.
+                    let code = match e.kind {
+                        Kind::TempFail => exit::TEMP_FAIL,
+                        _ => exit::IO_ERR,
+                    };
+                    status = status.max(code);
                 }
             };
             match a.action {
@@ -203,7 +218,13 @@ fn run(a: &Args) -> Result<u8, Error> {
                     let Some((worker, ids)) = a.operands.split_first() else {
                         return usage("cancel takes WORKER and at least one ID");
                     };
-                    dlq_admin::cancel(&spool, worker, ids, &mut report)?
+                    let wait = match &a.wait {
+                        Some(v) => cli::values::parse_duration(v).ok_or_else(|| {
+                            cli::values::invalid(v, "--wait", "not a duration (30, 30s, 2m)")
+                        })?,
+                        None => dlq_cancel::RUNNING_WAIT,
+                    };
+                    dlq_cancel::cancel(&spool, worker, ids, wait, &mut report)?
                 }
                 _ => {
                     let filter = Filter::parse(a.reason.as_deref(), a.older_than.as_deref())?;

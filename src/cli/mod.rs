@@ -5,6 +5,7 @@
 //! every `main` would otherwise repeat.
 
 pub mod exit;
+pub mod table;
 pub mod values;
 
 use crate::error::Error;

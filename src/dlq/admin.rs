@@ -1,19 +1,18 @@
 //! hw-dlq: the dead-letter queue for operators and cron. Reads the records
 //! of `dlq/<worker>/` (hookwatch(5), Dead letter; hw-dlq(1)), filters them,
-//! shows them, replays a record's task back to pending, purges records
-//! with the entries they moved aside into `.rejected/`, and cancels a
-//! pending or deferred task by dead-lettering it (`cancelled`).
+//! shows them, replays a record's task back to pending, and purges records
+//! with the entries they moved aside into `.rejected/` (`cancel` is its
+//! own module).
 //!
 //! A replay publishes the task first and removes the record after, so a
 //! crash in between leaves a duplicate, never a loss; a cancel, the other
 //! way round, publishes the dead letter first and removes the task after.
 //! Each record is locked (flock, as a claim) while it is replayed or
-//! purged, and each task while it is cancelled, so two operators never act
-//! on one file twice, and a worker cannot claim a task being cancelled; a
-//! worker never locks records, and only ever adds new ones.
+//! purged, so two operators never act on one file twice; a worker never
+//! locks records, and only ever adds new ones.
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -25,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::cli::values::{invalid, invalid_worker_name, parse_duration};
 use crate::clock;
 use crate::error::{Error, Kind, Result};
-use crate::model::dead_letter::{task_record, DlqReason};
+use crate::model::dead_letter::DlqReason;
 use crate::model::task::Task;
 use crate::model::Word;
 use crate::spool::claim::{self, Attempt, Claim, Unread};
@@ -34,7 +33,7 @@ use crate::spool::names::{
     is_task_file, json_stem, task_file, valid_name, valid_worker_name, Numbered,
 };
 use crate::spool::publish::{self, Durability};
-use crate::spool::{read_regular, task_names, Queued, Spool};
+use crate::spool::Spool;
 
 /// hw-dlq writes nothing it may lose.
 const D: Durability = Durability::Durable;
@@ -55,7 +54,7 @@ const ERROR_WIDTH: usize = 60;
 
 /// A record larger than this is listed but not parsed (a worker's largest
 /// is a task of `--max-task-bytes` in base64).
-const MAX_RECORD_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_RECORD_BYTES: u64 = 64 << 20;
 
 /// One dead letter as found in `dlq/<worker>/`.
 #[derive(Debug, Clone)]
@@ -388,20 +387,7 @@ pub fn render_table(records: &[Record]) -> String {
             ),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::cli::table::aligned(&rows)
 }
 
 /// A table cell: control characters (a terminal's escapes) shown as `?`.
@@ -567,14 +553,22 @@ fn read_record(record: &mut Claim) -> std::result::Result<Vec<u8>, Error> {
     })
 }
 
-fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
-    let mut record = match lock(spool, r) {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
-        Err(e) => return report(Outcome::Failed(e)),
+/// The record locked and read; `None` when it went meanwhile.
+fn lock_and_read(
+    spool: &Spool,
+    r: &Record,
+) -> std::result::Result<Option<(Claim, Vec<u8>)>, Error> {
+    let Some(mut record) = lock(spool, r)? else {
+        return Ok(None);
     };
-    let bytes = match read_record(&mut record) {
-        Ok(b) => b,
+    let bytes = read_record(&mut record)?;
+    Ok(Some((record, bytes)))
+}
+
+fn replay_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
+    let (record, bytes) = match lock_and_read(spool, r) {
+        Ok(Some(locked)) => locked,
+        Ok(None) => return,
         Err(e) => return report(Outcome::Failed(e)),
     };
     let task = match task_of(&bytes, &r.worker) {
@@ -653,13 +647,9 @@ pub fn purge(spool: &Spool, sel: &Selection, report: &mut dyn FnMut(Outcome)) ->
 }
 
 fn purge_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
-    let mut record = match lock(spool, r) {
-        Ok(Some(c)) => c,
+    let (record, bytes) = match lock_and_read(spool, r) {
+        Ok(Some(locked)) => locked,
         Ok(None) => return,
-        Err(e) => return report(Outcome::Failed(e)),
-    };
-    let bytes = match read_record(&mut record) {
-        Ok(b) => b,
         Err(e) => return report(Outcome::Failed(e)),
     };
     let field = serde_json::from_slice::<Value>(&bytes)
@@ -696,181 +686,6 @@ fn purge_one(spool: &Spool, r: &Record, report: &mut dyn FnMut(Outcome)) {
         rejected_path: rejected.map(|(p, _)| p),
     }));
 }
-
-/// Where a task of `worker` named by `id` is: the file `<id>.json`, else
-/// the task file whose `task_id` is `id`, else the file named `id`,
-/// looked for pending, then deferred, then active.
-fn find_task(spool: &Spool, worker: &str, id: &str) -> Result<Option<(Queued, OsString)>> {
-    let order = [Queued::Pending, Queued::Deferred, Queued::Active];
-    // Only a valid name becomes part of a path.
-    for q in order.into_iter().filter(|_| valid_name(id)) {
-        let name = task_file(id);
-        if fs::symlink_metadata(spool.queued_dir(worker, q).join(&name)).is_ok() {
-            return Ok(Some((q, name.into())));
-        }
-    }
-    for q in order {
-        let dir = spool.queued_dir(worker, q);
-        for name in task_names(&dir)? {
-            if name == OsStr::new(id) {
-                return Ok(Some((q, name)));
-            }
-            let Ok(bytes) = read_regular(&dir.join(&name), MAX_RECORD_BYTES) else {
-                continue;
-            };
-            let named = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .is_some_and(|t| t.get("task_id").and_then(Value::as_str) == Some(id));
-            if named {
-                return Ok(Some((q, name)));
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// `hw-dlq cancel`: each task the IDs name, pending or deferred, becomes
-/// a dead letter `cancelled` (its fields, `dlq_reason`, `dlq_timestamp`,
-/// `retry_count`, `last_error`). Every ID must name a task of `worker`,
-/// else nothing is done (66). A running task is refused: cancelling it
-/// needs its worker.
-pub fn cancel(
-    spool: &Spool,
-    worker: &str,
-    ids: &[String],
-    report: &mut dyn FnMut(Outcome),
-) -> Result<()> {
-    check_worker(worker)?;
-    if ids.is_empty() {
-        return Err(Error::usage(
-            "cancel takes WORKER and at least one ID (see --help)",
-        ));
-    }
-    let mut found = Vec::new();
-    let mut unknown = Vec::new();
-    for id in ids {
-        match find_task(spool, worker, id)? {
-            Some(place) => found.push((id, place)),
-            None => unknown.push(id.as_str()),
-        }
-    }
-    if !unknown.is_empty() {
-        let quoted: Vec<String> = unknown.iter().map(|id| format!("{id:?}")).collect();
-        return Err(Error::new(
-            Kind::NotFound,
-            format!(
-                "no pending, deferred or running task {} for worker {worker}",
-                quoted.join(", ")
-            ),
-        ));
-    }
-    for (id, place) in found {
-        cancel_one(spool, worker, id, place, report);
-    }
-    Ok(())
-}
-
-/// How often a task that moves under a cancel (claimed, deferred, due) is
-/// looked for again.
-const CANCEL_TRIES: usize = 5;
-
-fn cancel_one(
-    spool: &Spool,
-    worker: &str,
-    id: &str,
-    mut place: (Queued, OsString),
-    report: &mut dyn FnMut(Outcome),
-) {
-    let refused = |why: String| Outcome::Refused(format!("{worker} {id}: not cancelled: {why}"));
-    for _ in 0..CANCEL_TRIES {
-        let (q, name) = &place;
-        if *q == Queued::Active {
-            return report(Outcome::Refused(format!(
-                "task {id} is running; cancelling a running task is not supported yet"
-            )));
-        }
-        let path = spool.queued_dir(worker, *q);
-        let dir = match Dir::open(&path) {
-            Ok(d) => Arc::new(d),
-            Err(e) => return report(Outcome::Failed(e)),
-        };
-        match claim::lock(&dir, name) {
-            Ok(Attempt::Locked(c)) => return cancel_locked(spool, worker, c, report),
-            Ok(Attempt::NotRegular(kind)) => {
-                return report(refused(format!(
-                    "{} is a {kind}, not a task file (the worker will dead-letter it)",
-                    dir.join(name).display()
-                )))
-            }
-            Ok(Attempt::Lost | Attempt::Held) => {}
-            Err(e) => return report(Outcome::Failed(e)),
-        }
-        // Claimed, deferred or released meanwhile: where is it now?
-        match find_task(spool, worker, id) {
-            Ok(Some(p)) => place = p,
-            Ok(None) => return report(refused("it is gone: it ended meanwhile".into())),
-            Err(e) => return report(Outcome::Failed(e)),
-        }
-    }
-    report(refused("it keeps moving; try again".into()))
-}
-
-/// The task is locked: no worker can claim it. Its dead letter first,
-/// then the task file goes; a crash in between leaves both (a duplicate
-/// that replay refuses while the task is queued), never neither.
-fn cancel_locked(spool: &Spool, worker: &str, mut c: Claim, report: &mut dyn FnMut(Outcome)) {
-    let bytes = match c.read(crate::spool::RECORD_MAX) {
-        Ok(b) => b,
-        Err(Unread::TooLarge) => {
-            return report(Outcome::Refused(format!(
-            "{worker} {}: not cancelled: too large to be a task (the worker will dead-letter it)",
-            c.name.to_string_lossy()
-        )))
-        }
-        Err(Unread::Failed(e)) => return report(Outcome::Failed(e)),
-    };
-    let task = match Task::parse(&bytes, worker) {
-        Ok(t) => t,
-        Err(e) => {
-            return report(Outcome::Refused(format!(
-                "{worker} {}: not cancelled: not a valid task ({}): the worker will dead-letter it",
-                c.name.to_string_lossy(),
-                e.detail()
-            )))
-        }
-    };
-    let record = task_record(&task, DlqReason::Cancelled, Some(CANCELLED_BY));
-    let published = crate::spool::create_dir(&spool.dlq_dir(worker))
-        .and_then(|()| Dir::open(&spool.dlq_dir(worker)))
-        .and_then(|dlq| crate::dlq::publish(&dlq, &task.id, &record, D));
-    let dlq_file = match published {
-        Ok(f) => f,
-        Err(e) => return report(Outcome::Failed(e)),
-    };
-    // A deferred task may have been moved back to pending meanwhile (the
-    // worker does that without a lock); the lock went with the file, so
-    // it is still ours: remove it where it is now.
-    if !c.is_in_place() {
-        if let Ok(pending) = Dir::open_following(&spool.pending_dir(worker)) {
-            c.moved_to(Arc::new(pending));
-        }
-    }
-    let folder = c.dir().clone();
-    if let Err(e) = c.finish() {
-        return report(Outcome::Failed(e));
-    }
-    let _ = folder.sync(D);
-    report(Outcome::Done(Done {
-        act: Act::Cancelled,
-        worker: worker.to_string(),
-        task_id: task.id,
-        dlq_file,
-        rejected_path: None,
-    }));
-}
-
-/// A cancelled task's `last_error`.
-pub const CANCELLED_BY: &str = "cancelled by hw-dlq";
 
 /// Removes a moved-aside entry as it is: a folder with what it holds,
 /// anything else (file, symlink, FIFO, socket) without following it.

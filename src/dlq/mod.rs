@@ -5,6 +5,7 @@
 //! `admin` is hw-dlq's side: list, show, replay, purge.
 
 pub mod admin;
+pub mod cancel;
 
 use std::ffi::OsStr;
 use std::io;

@@ -250,6 +250,7 @@ fn run_hook(
             stdin: Some(stdin),
             limits,
             agent: false,
+            cancel: None,
         },
         never,
     );

@@ -528,20 +528,10 @@ impl Listener {
         t.status = Some(status.as_str().to_string());
         t.ended = Some(clock::unix_now());
         t.batch = t.batch.or_else(|| batch_of(&record));
-        let mut totals = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
-        match status {
+        self.save_end(worker, &key, t, |totals| match status {
             ResultStatus::Completed => totals.completed += 1,
             ResultStatus::Failed => totals.failed += 1,
-        }
-        self.save_worker(worker, totals);
-        self.touched.extend(t.batch.clone());
-        self.save_task(&key, t);
+        });
     }
 
     fn on_dead_letter(&mut self, worker: &str, name: &str) {
@@ -583,17 +573,23 @@ impl Listener {
             t.dead_lettered = true;
             t.ended = Some(clock::unix_now());
         }
-        let mut totals = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
-        totals.dead_lettered += 1;
+        self.save_end(worker, &key, t, |totals| totals.dead_lettered += 1);
+    }
+
+    /// Saves a task that a record ended, and counts it in its worker's
+    /// totals; its batch is looked at again.
+    fn save_end(
+        &mut self,
+        worker: &str,
+        key: &str,
+        t: TaskState,
+        count: impl FnOnce(&mut WorkerState),
+    ) {
+        let mut totals = self.worker_state(worker);
+        count(&mut totals);
         self.save_worker(worker, totals);
         self.touched.extend(t.batch.clone());
-        self.save_task(&key, t);
+        self.save_task(key, t);
     }
 
     /// After the first catch-up, a record older than the retention that the
@@ -688,13 +684,7 @@ impl Listener {
             return;
         };
         let t = self.thresholds();
-        let mut state = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
+        let mut state = self.worker_state(worker);
         let before = state.lost_instances.clone();
         state
             .lost_instances
@@ -728,13 +718,7 @@ impl Listener {
         let Some(beat) = self.beats.get(worker).cloned() else {
             return;
         };
-        let mut state = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
+        let mut state = self.worker_state(worker);
         let (event, paused) = health::pause_event(state.paused, &beat);
         let Some(kind) = event else { return };
         let reason = paused.or(state.paused).map(|r| r.as_str());
@@ -760,13 +744,7 @@ impl Listener {
     fn judge(&mut self, worker: &str, now: f64) {
         let beat = self.beats.get(worker).cloned();
         let (health, why) = self.thresholds().judge(beat.as_ref(), now);
-        let mut state = self
-            .state
-            .snap
-            .workers
-            .get(worker)
-            .cloned()
-            .unwrap_or_default();
+        let mut state = self.worker_state(worker);
         let before = state.health;
         if before == health {
             return;
@@ -858,6 +836,16 @@ impl Listener {
         if let Err(e) = self.state.set_task(key, t) {
             log::error!("{e}");
         }
+    }
+
+    /// What the state remembers of a worker (nothing yet: the default).
+    fn worker_state(&self, worker: &str) -> WorkerState {
+        self.state
+            .snap
+            .workers
+            .get(worker)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn save_worker(&mut self, worker: &str, w: WorkerState) {

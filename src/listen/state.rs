@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 
 use nix::fcntl::{Flock, FlockArg};
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -426,16 +426,38 @@ fn lock_state(path: &Path) -> Result<Flock<File>> {
         .mode(0o640)
         .open(&lock_path)
         .map_err(|e| Error::io("cannot open", &lock_path, e))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        Error::new(
-            Kind::TempFail,
-            format!(
-                "another hw-listen uses the state file {} (it holds {})",
-                path.display(),
-                lock_path.display()
-            ),
-        )
-    })
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, _)) => {
+            let holder = read_holder(&file).map_or_else(String::new, |h| format!(", {h}"));
+            return Err(Error::new(
+                Kind::TempFail,
+                format!(
+                    "another hw-listen uses the state file {} (it holds {}{holder})",
+                    path.display(),
+                    lock_path.display()
+                ),
+            ));
+        }
+    };
+    // Who holds it, for the next listener's message; best effort.
+    let me = format!(
+        "pid {} on {}\n",
+        std::process::id(),
+        crate::model::heartbeat::hostname()
+    );
+    let _ = lock
+        .set_len(0)
+        .and_then(|()| lock.write_all_at(me.as_bytes(), 0));
+    Ok(lock)
+}
+
+/// What the holder of a state lock wrote in it: `pid N on HOST`.
+fn read_holder(file: &File) -> Option<String> {
+    let mut buf = [0u8; 128];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?.trim();
+    text.starts_with("pid ").then(|| text.to_string())
 }
 
 #[cfg(test)]

@@ -260,19 +260,13 @@ impl Spool {
 impl WorkerDirs {
     /// The first of them whose path no longer names the folder held (a
     /// folder moved away, replaced, or swapped for a symbolic link).
+    /// (`heartbeats/` is shared by every worker, and not checked.)
     pub fn moved(&self) -> Option<&Path> {
-        [
-            &self.pending,
-            &self.active,
-            &self.deferred,
-            &self.triggers,
-            &self.results,
-            &self.dlq,
-            &self.rejected,
-        ]
-        .into_iter()
-        .find(|d| !d.is_at_path())
-        .map(|d| d.path())
+        self.all()
+            .into_iter()
+            .filter(|d| !Arc::ptr_eq(d, &self.heartbeats))
+            .find(|d| !d.is_at_path())
+            .map(|d| d.path())
     }
 
     /// Every folder the worker writes into.

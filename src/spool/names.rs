@@ -51,6 +51,19 @@ pub fn task_file(id: &str) -> String {
     format!("{id}{JSON}")
 }
 
+/// hw-dlq's request to stop the running task `id`: `.cancel.<id>` in the
+/// tasks folder (a dot-file, so no producer's protocol sees it as a task).
+pub fn cancel_request(id: &str) -> String {
+    format!(".cancel.{id}")
+}
+
+/// The task id of a cancel request's file name.
+pub fn cancel_request_id(file_name: &str) -> Option<&str> {
+    file_name
+        .strip_prefix(".cancel.")
+        .filter(|id| valid_name(id))
+}
+
 /// `NAME` of any `NAME.json`.
 pub fn json_stem(file_name: &str) -> Option<&str> {
     file_name.strip_suffix(JSON)
@@ -416,5 +429,13 @@ mod tests {
         assert_eq!(safe_stem("ok.json"), "ok");
         assert_eq!(safe_stem(".x y.json"), "x.x_y");
         assert_eq!(safe_stem("é.json"), "x_");
+    }
+
+    #[test]
+    fn a_cancel_request_names_its_task_and_nothing_else() {
+        assert_eq!(cancel_request_id(&cancel_request("t-1")), Some("t-1"));
+        assert_eq!(cancel_request_id(".cancel.../x"), None);
+        assert_eq!(cancel_request_id(".cancel."), None);
+        assert_eq!(cancel_request_id("t-1.json"), None);
     }
 }

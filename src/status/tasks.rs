@@ -6,7 +6,6 @@
 //! a bound; one that cannot be read is still listed, with why.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 
 use serde::Serialize;
@@ -249,19 +248,7 @@ pub fn render_table(lines: &[TaskLine]) -> String {
         .into_iter()
         .map(|r| r.iter().map(|c| printable(c)).collect())
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
-    out
+    crate::cli::table::aligned(&rows)
 }
 
 #[cfg(test)]

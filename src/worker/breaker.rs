@@ -2,6 +2,9 @@
 //! failed attempts nothing new is claimed for `timeout`; then exactly one
 //! probe task goes through, whose success closes the breaker and whose
 //! failure opens it again. While it is not closed only the probe counts.
+//! Its state is named by time: it is half-open as soon as the timeout has
+//! passed (`tick`), whether or not a task is waiting, and each change is
+//! returned so that the worker can say it.
 
 use std::time::{Duration, Instant};
 
@@ -10,8 +13,21 @@ use crate::model::heartbeat::BreakerState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed { failures: u32 },
-    Open { until: Instant },
+    Open { until: Instant, failures: u32 },
     HalfOpen { probe_out: bool },
+}
+
+/// A change of state, to be said in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// After this many failed attempts in a row (the threshold, or one
+    /// more when the probe failed), until then.
+    Opened {
+        failures: u32,
+        until: Instant,
+    },
+    HalfOpen,
+    Closed,
 }
 
 #[derive(Debug)]
@@ -30,13 +46,21 @@ impl Breaker {
         }
     }
 
-    /// May a task be claimed now? `Some(true)` means: yes, as the probe.
-    pub fn admit(&mut self, now: Instant) -> Option<bool> {
-        if let State::Open { until } = self.state {
-            if now >= until {
+    /// Half-open once the timeout has passed.
+    pub fn tick(&mut self, now: Instant) -> Option<Change> {
+        match self.state {
+            State::Open { until, .. } if now >= until => {
                 self.state = State::HalfOpen { probe_out: false };
+                Some(Change::HalfOpen)
             }
+            _ => None,
         }
+    }
+
+    /// May a task be claimed now? `Some(true)` means: yes, as the probe.
+    /// (`tick` first, so that an open breaker whose time is up admits.)
+    pub fn admit(&mut self, now: Instant) -> Option<bool> {
+        let _ = self.tick(now);
         match self.state {
             State::Closed { .. } => Some(false),
             State::HalfOpen { probe_out: false } => {
@@ -48,21 +72,37 @@ impl Breaker {
     }
 
     /// An attempt ended; `probe` says whether it was the half-open probe.
-    pub fn record(&mut self, succeeded: bool, probe: bool, now: Instant) {
-        self.state = match (self.state, succeeded) {
-            (State::Closed { .. }, true) => State::Closed { failures: 0 },
-            (State::Closed { failures }, false) if failures + 1 >= self.threshold => State::Open {
-                until: now + self.timeout,
-            },
-            (State::Closed { failures }, false) => State::Closed {
-                failures: failures + 1,
-            },
-            (State::HalfOpen { .. }, true) if probe => State::Closed { failures: 0 },
-            (State::HalfOpen { .. }, false) if probe => State::Open {
-                until: now + self.timeout,
-            },
-            (state, _) => state,
+    pub fn record(&mut self, succeeded: bool, probe: bool, now: Instant) -> Option<Change> {
+        let until = now + self.timeout;
+        let (state, change) = match (self.state, succeeded) {
+            (State::Closed { .. }, true) => (State::Closed { failures: 0 }, None),
+            (State::Closed { failures }, false) if failures + 1 >= self.threshold => {
+                let failures = failures + 1;
+                (
+                    State::Open { until, failures },
+                    Some(Change::Opened { failures, until }),
+                )
+            }
+            (State::Closed { failures }, false) => (
+                State::Closed {
+                    failures: failures + 1,
+                },
+                None,
+            ),
+            (State::HalfOpen { .. }, true) if probe => {
+                (State::Closed { failures: 0 }, Some(Change::Closed))
+            }
+            (State::HalfOpen { .. }, false) if probe => {
+                let failures = self.threshold + 1;
+                (
+                    State::Open { until, failures },
+                    Some(Change::Opened { failures, until }),
+                )
+            }
+            (state, _) => (state, None),
         };
+        self.state = state;
+        change
     }
 
     /// The probe ended without an attempt (bad input, shutdown): let
@@ -76,7 +116,7 @@ impl Breaker {
     /// When the breaker will let a probe through, while open.
     pub fn reopens_at(&self) -> Option<Instant> {
         match self.state {
-            State::Open { until } => Some(until),
+            State::Open { until, .. } => Some(until),
             _ => None,
         }
     }
@@ -110,11 +150,29 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         assert_eq!(b.admit(later), Some(true));
         assert_eq!(b.admit(later), None, "exactly one probe");
-        b.record(false, true, later);
+        assert!(matches!(
+            b.record(false, true, later),
+            Some(Change::Opened { .. })
+        ));
         assert_eq!(b.state(), BreakerState::Open);
         let again = later + Duration::from_secs(10);
         assert_eq!(b.admit(again), Some(true));
-        b.record(true, true, again);
+        assert_eq!(b.record(true, true, again), Some(Change::Closed));
         assert!(b.is_closed());
+    }
+
+    #[test]
+    fn an_idle_open_breaker_turns_half_open_by_time() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        let until = t0 + Duration::from_secs(10);
+        assert_eq!(
+            b.record(false, false, t0),
+            Some(Change::Opened { failures: 1, until })
+        );
+        assert_eq!(b.tick(t0 + Duration::from_secs(9)), None);
+        assert_eq!(b.tick(until), Some(Change::HalfOpen));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert_eq!(b.tick(until), None, "said once");
     }
 }

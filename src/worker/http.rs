@@ -75,8 +75,18 @@ impl MetricsServer {
     /// Binds `ip:port`; a port in use is a service that cannot start (69).
     pub fn start(ip: IpAddr, port: u16, metrics: Arc<Metrics>) -> Result<MetricsServer> {
         let wanted = SocketAddr::new(ip, port);
-        let unavailable =
-            |e: io::Error| Error::new(Kind::Unavailable, format!("cannot listen on {wanted}: {e}"));
+        let unavailable = |e: io::Error| {
+            let hint = match e.kind() {
+                io::ErrorKind::AddrInUse => {
+                    " (--metrics-port 0 takes any free port, --no-metrics none)"
+                }
+                _ => "",
+            };
+            Error::new(
+                Kind::Unavailable,
+                format!("cannot listen on {wanted}: {e}{hint}"),
+            )
+        };
         let listener = TcpListener::bind(wanted).map_err(unavailable)?;
         listener.set_nonblocking(true).map_err(unavailable)?;
         // listen(2) again on our listening socket only resizes its queue;

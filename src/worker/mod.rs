@@ -7,6 +7,7 @@
 //! They talk through channels; shutdown is a message, then a latch.
 
 mod breaker;
+mod cancel;
 pub mod config;
 mod deps;
 mod dispatch;
@@ -66,6 +67,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     };
     let pending = config.spool.pending_dir(&config.name);
     let dirs: SharedDirs = Arc::new(RwLock::new(Arc::new(startup::prepare_spool(&config)?)));
+    let cancels = Arc::new(cancel::Cancels::default());
     let (notice_tx, notices) = unbounded();
     let (report_tx, reports) = unbounded();
     let (job_tx, jobs) = unbounded();
@@ -100,11 +102,21 @@ pub fn run(config: WorkerConfig) -> Result<()> {
         commits: committer.commits(),
         reports: report_tx,
         dirs: dirs.clone(),
+        cancels: cancels.clone(),
     });
     let pool = Pool::start(context, jobs)
         .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;
     let metrics_addr = server.as_ref().map(|s| s.addr.to_string());
-    let mut d = Dispatcher::new(config, dirs, metrics, job_tx, watcher, poll, metrics_addr);
+    let mut d = Dispatcher::new(
+        config,
+        dirs,
+        cancels,
+        metrics,
+        job_tx,
+        watcher,
+        poll,
+        metrics_addr,
+    );
     d.start();
     d.serve(&notices, &reports, &signal_rx, &abort);
     d.close_jobs();

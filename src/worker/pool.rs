@@ -18,6 +18,7 @@ use crate::agent::claude::AgentReport;
 use crate::agent::run::{self, Failure, Invocation, Limits, Outcome};
 use crate::clock;
 use crate::dlq;
+use crate::dlq::cancel::CANCELLED_BY;
 use crate::error::Result;
 use crate::latch::Latch;
 use crate::model::dead_letter::{self, DlqReason};
@@ -30,6 +31,7 @@ use crate::spool::dir::Dir;
 use crate::spool::names::{task_file, trigger_file, valid_name};
 use crate::spool::publish::json_line;
 use crate::spool::WorkerDirs;
+use crate::worker::cancel::Cancels;
 use crate::worker::config::WorkerConfig;
 use crate::worker::metrics::Metrics;
 use crate::worker::{current, SharedDirs};
@@ -162,6 +164,8 @@ pub struct Context {
     /// The worker's folders, held open (the dispatcher holds them anew
     /// when one was replaced).
     pub dirs: SharedDirs,
+    /// The running tasks an operator may cancel.
+    pub cancels: Arc<Cancels>,
 }
 
 impl Context {
@@ -225,13 +229,19 @@ fn execute(ctx: &Context, job: Job) -> Report {
         Job::TooLarge { claim } => reject_too_large(ctx, claim),
         Job::Irregular { name, kind } => reject_irregular(ctx, name, kind),
         Job::DependencyFailed { claim, task, why } => {
-            refuse_task(ctx, claim, &task, DlqReason::DependencyFailed, &why)
+            let name = claim.name.clone();
+            let end = refuse_task(ctx, claim, &task, DlqReason::DependencyFailed, &why);
+            report(name, false, None, end)
         }
         Job::Duplicate {
             claim,
             task,
             detail,
-        } => refuse_task(ctx, claim, &task, DlqReason::DuplicateTaskId, &detail),
+        } => {
+            let name = claim.name.clone();
+            let end = refuse_task(ctx, claim, &task, DlqReason::DuplicateTaskId, &detail);
+            report(name, false, None, end)
+        }
         Job::Unreadable { name, detail } => reject_unreadable(ctx, name, &detail),
         Job::Recovered { claim } => recover(ctx, claim),
     }
@@ -239,19 +249,17 @@ fn execute(ctx: &Context, job: Job) -> Report {
 
 /// A valid task that must not run (a dependency failed, its id is
 /// taken): a dead letter saying why, and it leaves `.active/`.
-fn refuse_task(ctx: &Context, claim: Claim, task: &Task, reason: DlqReason, why: &str) -> Report {
-    let name = claim.name.clone();
+fn refuse_task(ctx: &Context, claim: Claim, task: &Task, reason: DlqReason, why: &str) -> End {
     let record = dead_letter::task_record(task, reason, Some(why));
     let (dlq, d) = (ctx.dirs().dlq.clone(), ctx.config.durability);
-    let end = match persist(ctx, || dlq::publish(&dlq, &task.id, &record, d)) {
+    match persist(ctx, || dlq::publish(&dlq, &task.id, &record, d)) {
         Some(_) => {
             ctx.metrics.dead_lettered(reason);
             log::warn!(task_id = task.id, reason = reason.as_str(); "Task dead-lettered: {why}");
             finish(claim, End::DeadLettered)
         }
         None => End::Left,
-    };
-    report(name, false, None, end)
+    }
 }
 
 fn report(name: OsString, probe: bool, attempt: Option<bool>, end: End) -> Report {
@@ -306,7 +314,13 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
             return postpone(ctx, claim, probe);
         }
     };
+    let cancel = ctx
+        .cancels
+        .register(&task.id)
+        .map_err(|e| log::warn!(task_id = task.id; "Cannot make this run cancellable: {e}"))
+        .ok();
     let invocation = Invocation {
+        cancel: cancel.as_ref(),
         argv: &prompt.argv,
         env: &env,
         workdir: &workdir,
@@ -316,6 +330,10 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     };
     send_receipt(ctx, &task);
     let outcome = run::run(invocation, &ctx.abort);
+    if let Some(latch) = cancel {
+        ctx.cancels.unregister(&task.id);
+        drop(latch);
+    }
     let name = claim.name.clone();
     if !outcome.succeeded() {
         // The receipt goes out before anything else written for the task.
@@ -323,6 +341,10 @@ fn run_task(ctx: &Context, claim: Claim, task: Task, probe: bool) -> Report {
     }
     if outcome.aborted {
         return report(name, probe, None, return_to_pending(ctx, claim));
+    }
+    if outcome.cancelled {
+        let end = refuse_task(ctx, claim, &task, DlqReason::Cancelled, CANCELLED_BY);
+        return report(name, probe, None, end);
     }
     if outcome.transient {
         log::error!(task_id = task.id; "Cannot start the agent ({}): task returned to pending, no attempt charged", outcome.describe());

@@ -21,7 +21,11 @@ const NETWORK_FS_POLL: Duration = Duration::from_secs(2);
 /// worker writes: `.active/`, `.deferred/`, `results/<w>/`, `dlq/<w>/`…).
 pub(super) fn prepare_spool(config: &WorkerConfig) -> Result<WorkerDirs> {
     let spool = &config.spool;
+    let new_root = !spool.root.exists();
     spool.create_worker_dirs(&config.name)?;
+    if new_root {
+        log::warn!(root = spool.root.display().to_string(); "Created the spool root {}: it did not exist (a typo in -r or HW_ROOT?)", spool.root.display());
+    }
     check_access(&spool.pending_dir(&config.name), config.allow_shared_spool)?;
     let dirs = spool.hold(&config.name)?;
     remove_stale_python_locks(&spool.pending_dir(&config.name));

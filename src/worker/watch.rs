@@ -21,7 +21,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Error, Result};
 use crate::latch::Latch;
-use crate::spool::names::is_task_file;
+use crate::spool::names::{cancel_request_id, is_task_file};
 
 /// What the watcher tells the dispatcher.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub enum Notice {
     /// writing: being written, or linked in whole by link(2), which
     /// raises no other event.
     Created(Vec<OsString>),
+    /// hw-dlq asks that these running tasks be stopped (their ids).
+    Cancel(Vec<String>),
     /// Events were lost: list the folder.
     Rescan,
     /// The folder was removed or replaced: recreate it, watch it again,
@@ -124,6 +126,7 @@ fn read_loop(dir: &Path, inotify: &mut Inotify, notices: &Sender<Notice>, stop: 
                 Ok(events) => {
                     let mut names = Vec::new();
                     let mut created = Vec::new();
+                    let mut cancels = Vec::new();
                     let mut notice = None;
                     for event in events {
                         if event.mask.contains(EventMask::Q_OVERFLOW) {
@@ -132,6 +135,12 @@ fn read_loop(dir: &Path, inotify: &mut Inotify, notices: &Sender<Notice>, stop: 
                             EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF,
                         ) {
                             notice = Some(Notice::Rewatch);
+                        } else if let Some(id) =
+                            event.name.and_then(|n| cancel_request_id(n.to_str()?))
+                        {
+                            if !event.mask.contains(EventMask::CREATE) {
+                                cancels.push(id.to_string());
+                            }
                         } else if let Some(name) = event.name.filter(|n| is_task_file(n)) {
                             // A regular file created is being written (its
                             // close-after-write will come) or was linked in.
@@ -148,6 +157,7 @@ fn read_loop(dir: &Path, inotify: &mut Inotify, notices: &Sender<Notice>, stop: 
                     created.retain(|n| !closed.contains(n));
                     let sent = (names.is_empty() || notices.send(Notice::Names(names)).is_ok())
                         && (created.is_empty() || notices.send(Notice::Created(created)).is_ok())
+                        && (cancels.is_empty() || notices.send(Notice::Cancel(cancels)).is_ok())
                         && notice.map_or(true, |n| notices.send(n).is_ok());
                     if !sent {
                         return;

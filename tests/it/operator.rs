@@ -530,9 +530,18 @@ fn blocking_worker(spool: &Spool) -> (Daemon, PathBuf) {
 }
 
 #[test]
-fn cancel_of_a_running_task_is_refused_with_exit_1() {
+fn cancel_of_a_running_task_stops_its_agent_dead_letters_it_and_replay_undoes_it() {
     let spool = Spool::new();
-    let (mut d, release) = blocking_worker(&spool);
+    let stopped = spool.scratch("stopped");
+    let agent = spool.script(
+        "agent.sh",
+        &format!(
+            "if [ \"$desc\" = block ]; then trap 'echo TERM > {s}; exit 143' TERM; \
+             while :; do sleep 0.05; done; fi\necho done",
+            s = stopped.display()
+        ),
+    );
+    let mut d = Daemon::worker(&spool, W, &agent, &[("MAX_CONCURRENT_TASKS", "1")]);
     spool.drop_simple(W, "busy", "block");
     assert!(
         wait_until(DEADLINE, || spool.active(W).join("busy.json").exists()),
@@ -540,15 +549,56 @@ fn cancel_of_a_running_task_is_refused_with_exit_1() {
         d.log_text()
     );
     let out = run(&spool, "hw-dlq", &["cancel", W, "busy"]);
-    assert_exit(&out, 1);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "marie busy\n");
     assert_eq!(
-        stderr(&out),
-        "hw-dlq: task busy is running; cancelling a running task is not supported yet\n"
+        fs::read_to_string(&stopped).unwrap(),
+        "TERM\n",
+        "SIGTERM first"
     );
-    assert!(spool.dlq_records(W).is_empty());
-    fs::write(&release, b"").unwrap();
-    assert_eq!(spool.wait_result(W, "busy")["status"], "completed");
+    let letters = spool.dlq_records(W);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["dlq_reason"], "cancelled");
+    assert_eq!(letters[0]["last_error"], "cancelled by hw-dlq");
+    assert!(!spool.active(W).join("busy.json").exists());
+    assert!(
+        spool.result(W, "busy").is_none(),
+        "a cancelled task has no result"
+    );
+    assert!(all_names(&spool.tasks(W))
+        .iter()
+        .all(|n| !n.starts_with(".cancel")));
+    d.expect_log("Cancel requested by hw-dlq: stopping the running task");
+    // Replay undoes it; this time the agent is let finish.
+    fs::remove_file(&stopped).unwrap();
+    let out = run(&spool, "hw-dlq", &["replay", W, "busy"]);
+    assert_exit(&out, 0);
+    assert!(wait_until(DEADLINE, || spool
+        .active(W)
+        .join("busy.json")
+        .exists()));
+    let out = run(&spool, "hw-dlq", &["cancel", W, "busy"]);
+    assert_exit(&out, 0);
+    assert_eq!(spool.dlq_records(W).len(), 1, "cancelled again");
     d.stop();
+}
+
+#[test]
+fn cancel_of_a_running_task_without_a_worker_to_stop_it_exits_75_and_leaves_the_request() {
+    let spool = Spool::new();
+    put_file(
+        &spool.active(W).join("orphan.json"),
+        r#"{"task_id":"orphan","description":"x"}"#,
+    );
+    // No worker runs: nobody acts on the request.
+    let out = run(&spool, "hw-dlq", &["cancel", "--wait", "0.5", W, "orphan"]);
+    assert_exit(&out, 75);
+    assert!(
+        stderr(&out).contains("has not stopped the running task"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(spool.tasks(W).join(".cancel.orphan").exists());
 }
 
 #[test]
@@ -763,4 +813,129 @@ fn every_flag_of_help_is_in_the_man_page_the_readme_and_the_completion() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The worker's own words (items 1, 6, 10)
+
+#[test]
+fn an_idle_breaker_turns_half_open_by_time_and_each_change_is_logged() {
+    let spool = Spool::new();
+    let healthy = spool.scratch("healthy");
+    let agent = spool.script(
+        "agent.sh",
+        &format!("[ -e '{}' ] || exit 1\necho ok", healthy.display()),
+    );
+    let env = [
+        ("CIRCUIT_BREAKER_THRESHOLD", "1"),
+        ("CIRCUIT_BREAKER_TIMEOUT", "1"),
+        ("MAX_RETRIES", "0"),
+    ];
+    let mut d = Daemon::worker(&spool, W, &agent, &env);
+    spool.drop_simple(W, "bad", "x");
+    assert_eq!(spool.wait_result(W, "bad")["status"], "failed");
+    d.expect_log("Circuit breaker open after 1 failed attempts in a row: claims nothing until ");
+    // No task waits; the breaker is half-open by time all the same.
+    let half = wait_until(DEADLINE, || {
+        spool
+            .heartbeat(W)
+            .is_some_and(|b| b["circuit_breaker_state"] == "half_open")
+    });
+    assert!(
+        half,
+        "heartbeat: {:?}\n{}",
+        spool.heartbeat(W),
+        d.log_text()
+    );
+    d.expect_log("Circuit breaker half-open: the next task probes the agent");
+    fs::write(&healthy, b"").unwrap();
+    spool.drop_simple(W, "good", "x");
+    assert_eq!(spool.wait_result(W, "good")["status"], "completed");
+    d.expect_log("Circuit breaker closed: the probe succeeded");
+    let closed = wait_until(DEADLINE, || {
+        spool
+            .heartbeat(W)
+            .is_some_and(|b| b["circuit_breaker_state"] == "closed")
+    });
+    assert!(closed, "heartbeat: {:?}", spool.heartbeat(W));
+    d.stop();
+}
+
+#[test]
+fn a_worker_that_creates_its_spool_root_says_so() {
+    let spool = Spool::new();
+    let root = spool.root.join("typo");
+    let root_arg = root.display().to_string();
+    let mut d = Daemon::start(&spool, "hw-worker", &["-r", &root_arg, W], &[]);
+    assert!(wait_until(DEADLINE, || root
+        .join("heartbeats/marie.json")
+        .exists()));
+    d.expect_log("Created the spool root");
+    d.expect_log("it did not exist (a typo in -r or HW_ROOT?)");
+    d.stop();
+}
+
+#[test]
+fn a_task_waiting_for_dependencies_names_them_in_the_log() {
+    let spool = Spool::new();
+    let agent = spool.script("agent.sh", "echo ok");
+    let mut d = Daemon::worker(&spool, W, &agent, &[]);
+    let task =
+        json!({"task_id": "t", "description": "x", "dependencies": ["nowhere-1", "nowhere-2"]});
+    spool.drop_task(W, "t.json", &task);
+    d.expect_log("Task waits for 2 dependencies with no result yet: nowhere-1, nowhere-2");
+    d.stop();
+}
+
+#[test]
+fn the_first_signal_says_how_long_running_tasks_get_and_that_a_second_stops_them() {
+    let spool = Spool::new();
+    let (mut d, release) = blocking_worker(&spool);
+    spool.drop_simple(W, "busy", "block");
+    assert!(wait_until(DEADLINE, || spool
+        .active(W)
+        .join("busy.json")
+        .exists()));
+    d.signal(nix::sys::signal::Signal::SIGINT);
+    d.expect_log("Shutting down: no new claims; the 1 running task(s) get up to 30 s (--shutdown-timeout), a second signal stops them now");
+    fs::write(&release, b"").unwrap();
+    assert_exit_zero_status(d.wait_exit(DEADLINE));
+}
+
+fn assert_exit_zero_status(status: Option<std::process::ExitStatus>) {
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
+}
+
+#[test]
+fn a_metrics_port_in_use_suggests_port_0() {
+    let spool = Spool::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut d = Daemon::start(&spool, "hw-worker", &[W], &[("METRICS_PORT", &port)]);
+    let status = d.wait_exit(DEADLINE);
+    assert_eq!(status.and_then(|s| s.code()), Some(69));
+    let log = d.log_text();
+    assert!(
+        log.contains("--metrics-port 0 takes any free port"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_second_listener_names_the_pid_holding_the_state_lock() {
+    let spool = Spool::new();
+    let mut first = Daemon::spawn(&spool, "listen", listener_command(&spool, &[], &[]));
+    let lock = spool.root.join(".orchestrator_state.json.lock");
+    let holder = format!("pid {} on ", first.pid());
+    assert!(
+        wait_until(DEADLINE, || fs::read_to_string(&lock)
+            .is_ok_and(|t| t.starts_with(&holder))),
+        "lock: {:?}; log:\n{}",
+        fs::read_to_string(&lock),
+        first.log_text()
+    );
+    let second = run(&spool, "hw-listen", &["--once"]);
+    assert_exit(&second, 75);
+    assert!(stderr(&second).contains(&holder), "{}", stderr(&second));
+    first.stop();
 }
