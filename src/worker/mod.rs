@@ -54,7 +54,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     // Registered before any thread starts, so every thread inherits the mask.
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::os("cannot install signal handlers", e))?;
-    crate::agent::run::raise_open_files_limit();
+    crate::agent::run::raise_open_files_limit(config.max_concurrent);
     // Bound before anything is created, so a busy port changes nothing.
     let metrics = Arc::new(Metrics::new(&config.name, config.daily_budget_usd));
     let server = match config.metrics {
