@@ -517,10 +517,9 @@ def main(argv=None) -> int:
                     # The order turns by one each round (A B C, B C A, C A B): a
                     # column's place in the round changes what the disk is left
                     # with by the one before, so no column keeps one place.
-                    k = rnd % len(workers)
-                    for w, cmd, later in workers[k:] + workers[:k]:
-                        if rnd > 0 and later == "none":
-                            continue
+                    active = [w for w in workers if rnd == 0 or w[2] != "none"]
+                    k = rnd % len(active)
+                    for w, cmd, later in active[k:] + active[:k]:
                         run_unit(a, cfg, w, cmd, later, rnd, fs, base, logf, put, raw, notes)
                     if rnd == 0 and fs == "disk" and cfg["backlog_big"] and not a.no_backlog:
                         n = cfg["backlog_big"]

@@ -215,8 +215,8 @@ const OPEN_FILES_PER_TASK: u64 = 16;
 /// limit it was given (some programs still use select(2) and break above
 /// 1024). A limit that is enough is left alone: restoring it in each
 /// agent takes a step between fork and exec, which rules out
-/// posix_spawn, and fork costs a third of the throughput of short tasks
-/// (docs/performance.md).
+/// posix_spawn, and fork costs about 0.3 ms more per agent, a third of
+/// the spawn rate (docs/performance.md).
 pub fn raise_open_files_limit(max_concurrent: usize) {
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
