@@ -166,8 +166,11 @@ clean:
 	check-containers check-monitoring install uninstall clean
 
 # Benchmark: hw-worker against the peers that are installed (bench/peers/),
-# one table and bench/results/latest.jsonl; see docs/performance.md.
-# BENCH_ARGS=--quick for a smoke run.  bench-deps installs the peers' tools.
+# in alternated rounds on the disk and on a tmpfs, with the machine's floor;
+# one table of medians and spreads, and bench/results/latest.jsonl; see
+# docs/performance.md.  BENCH_ARGS=--quick for a smoke run, e.g.
+# BENCH_ARGS='--rounds 5 --column "x=exec /other/hw-worker --no-metrics bench"'
+# for an A/B.  bench-deps installs the peers' tools.
 bench: build
 	python3 bench/run.py --bin-dir '$(BIN_DIR)' $(BENCH_ARGS)
 

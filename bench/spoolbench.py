@@ -11,7 +11,9 @@ and half a core or more at 100,000 results, on the 2 cores it shares with
 the worker: the backlog rates of 10,000 and 100,000 were not comparable.
 Now it stays near 5 % whatever the size, and the end is seen at most 20
 scan times late (~0.5 % of a run here).  The backlog phase also reports
-the harness's own CPU time (backlog_harness_cpu_s).
+the harness's own CPU time (backlog_harness_cpu_s), and --phases picks
+several phases for one run of the worker (bench/run.py skips the idle
+phase in its later rounds).
 
 A worker under test is started as a shell command (``bash -c WORKER_CMD``, in a
 new session) with these variables pointing into a fresh spool root:
@@ -563,6 +565,8 @@ def main(argv=None) -> int:
     ap.add_argument("--idle-settle", type=float, default=3.0, help="s to wait once idle before sampling")
     ap.add_argument("--idle-window", type=float, default=10.0, help="s of idle sampling (default 10)")
     ap.add_argument("--only", choices=["latency", "throughput", "idle", "memory", "backlog"])
+    ap.add_argument("--phases", default=None,
+                    help="comma-separated subset of idle,latency,throughput,memory (default: all four)")
     ap.add_argument("--backlog", type=int, nargs="?", const=10000, default=None,
                     help="also run the backlog test with N pre-created tasks (default N=10000)")
     ap.add_argument("--write-mode", choices=["rename", "direct"], default="rename",
@@ -575,6 +579,8 @@ def main(argv=None) -> int:
 
     rep = Report(a.peer_name)
     phases = {"idle", "latency", "throughput", "memory"} if a.only is None else {a.only}
+    if a.phases is not None and a.only is None:
+        phases = {p for p in a.phases.split(",") if p}
     backlog_n = a.backlog if a.backlog is not None else (10000 if a.only == "backlog" else None)
     if a.only == "backlog":
         phases = set()

@@ -212,15 +212,31 @@ pub fn run(inv: Invocation, abort: &Latch) -> Outcome {
 /// `raise_open_files_limit` raised them: agents get them back.
 static INHERITED_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
 
-/// Raises this process's soft limit of open files to its hard limit, so
-/// that many tasks, watches and metrics clients never starve it; agents
-/// are started with the limit it was given (some programs still use
-/// select(2) and break above 1024).
-pub fn raise_open_files_limit() {
+/// Open files the worker may need besides its running tasks: folders,
+/// inotify, the metrics server's clients (at most 64), logs.
+const OPEN_FILES_BASE: u64 = 256;
+/// Open files per running task: the claimed file, the agent's pipes and
+/// pidfd, its stdin, with room to spare.
+const OPEN_FILES_PER_TASK: u64 = 16;
+
+/// Raises this process's soft limit of open files to its hard limit when
+/// it is below what `max_concurrent` tasks need, so that tasks, watches
+/// and metrics clients never starve it; agents are then started with the
+/// limit it was given (some programs still use select(2) and break above
+/// 1024). A limit that is enough is left alone: restoring it in each
+/// agent takes a step between fork and exec, which rules out
+/// posix_spawn, and fork costs about 0.3 ms more per agent, a third of
+/// the spawn rate (docs/performance.md).
+pub fn raise_open_files_limit(max_concurrent: usize) {
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+    let needed =
+        OPEN_FILES_BASE.saturating_add(OPEN_FILES_PER_TASK.saturating_mul(max_concurrent as u64));
+    if soft >= needed || soft >= hard {
+        return;
+    }
+    if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
         let _ = INHERITED_NOFILE.set((soft, hard));
     }
 }

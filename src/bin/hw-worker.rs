@@ -48,6 +48,8 @@ Options (each overrides its environment variable):
                                 the rest (8192)
       --no-fsync                skip every fsync: fast, but a crash may lose or
                                 tear files (throwaway spools only)
+      --no-receipts             write no receipt (triggers/NAME/ID.trigger) at
+                                claim: one file less per task
       --allow-shared-spool      start even if others may write the tasks folder
       --log-level LEVEL         DEBUG, INFO, WARNING, ERROR (LOG_LEVEL; INFO)
       --log-format FORMAT       json or text (LOG_FORMAT; json)
@@ -113,6 +115,10 @@ fn parse_args(mut parser: lexopt::Parser) -> Result<Command<Box<WorkerFlags>>, l
             }
             Long("no-fsync") => {
                 f.no_fsync = true;
+                continue;
+            }
+            Long("no-receipts") => {
+                f.no_receipts = true;
                 continue;
             }
             Long("queue-cap") => &mut f.queue_cap,

@@ -52,6 +52,8 @@ pub struct WorkerFlags {
     pub queue_cap: Option<String>,
     /// `--no-fsync`: a throwaway spool, fast and not crash-safe.
     pub no_fsync: bool,
+    /// `--no-receipts`: no `triggers/NAME/ID.trigger` at claim.
+    pub no_receipts: bool,
     pub daily_budget_usd: Option<String>,
     pub pause_backoff: Option<String>,
 }
@@ -92,6 +94,9 @@ pub struct WorkerConfig {
     pub pause_backoff: Duration,
     /// Pending tasks kept in memory; the folder holds the rest.
     pub queue_cap: usize,
+    /// Write a receipt (`triggers/NAME/ID.trigger`) at each claim
+    /// (`--no-receipts`: no).
+    pub receipts: bool,
     /// Whether every write is flushed before it counts (`--no-fsync`:
     /// `Volatile`).
     pub durability: Durability,
@@ -228,6 +233,7 @@ impl WorkerConfig {
                 1,
                 1 << 24,
             )? as usize,
+            receipts: !f.no_receipts,
             durability: match f.no_fsync {
                 true => Durability::Volatile,
                 false => Durability::Durable,

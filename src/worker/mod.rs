@@ -56,7 +56,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
     // Registered before any thread starts, so every thread inherits the mask.
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::os("cannot install signal handlers", e))?;
-    crate::agent::run::raise_open_files_limit();
+    crate::agent::run::raise_open_files_limit(config.max_concurrent);
     // PID 1 in a container, or any parent of agents: orphans are reaped.
     crate::agent::reaper::start();
     // Bound before anything is created, so a busy port changes nothing.

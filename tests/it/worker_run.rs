@@ -466,6 +466,33 @@ fn claiming_a_task_writes_a_received_trigger() {
     assert_timestamp(&t["timestamp"], "trigger");
 }
 
+#[test]
+fn no_receipts_writes_the_result_and_no_trigger_and_says_so_at_start() {
+    let spool = Spool::new();
+    let agent = spool.script("agent.sh", "true");
+    spool.drop_simple(W, "quiet", "x");
+    let failing = spool.script("fail.sh", "exit 3");
+    let w = worker_with_args(&spool, &["--no-receipts"], &agent, &[]);
+    assert_eq!(spool.wait_result(W, "quiet")["status"], "completed");
+    assert!(w.wait_log("receipts=false"), "{}", w.log_text());
+    drop(w);
+    // A failing attempt, too, leaves no receipt behind.
+    spool.drop_simple(W, "fails", "x");
+    let _w = worker_with_args(
+        &spool,
+        &["--no-receipts", "--max-retries", "0"],
+        &failing,
+        &[],
+    );
+    assert_eq!(spool.wait_result(W, "fails")["status"], "failed");
+    let left: Vec<String> = spool
+        .names(&spool.triggers(W))
+        .into_iter()
+        .filter(|n| n.ends_with(".trigger"))
+        .collect();
+    assert!(left.is_empty(), "receipts written: {left:?}");
+}
+
 // 8. Heartbeat.
 
 #[test]
@@ -817,4 +844,57 @@ fn a_task_naming_another_worker_is_dead_lettered_invalid_task() {
         spool.names(&spool.tasks(W)).is_empty() && spool.names(&spool.active(W)).is_empty()
     });
     assert!(gone, "the task is still pending or active");
+}
+
+/// `hw-worker -c N marie` started with the open-files limit (soft, hard);
+/// the agent writes the soft limit it got to `seen`.
+fn worker_with_nofile(spool: &Spool, c: &str, soft: u64, hard: u64, agent: &Path) -> Daemon {
+    let mut cmd = tool_command(spool, "hw-worker", &["-c", c, W], &[]);
+    cmd.env("CLAUDE_COMMAND", agent)
+        .env("ENABLE_METRICS", "false");
+    // SAFETY: setrlimit(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                .map_err(std::io::Error::from)
+        });
+    }
+    Daemon::spawn(spool, &format!("worker-nofile-{soft}"), cmd)
+}
+
+/// The soft limit of open files in /proc/PID/limits.
+fn soft_nofile(pid: i32) -> u64 {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn agents_get_the_open_files_limit_the_worker_was_given_raised_only_when_too_low() {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let hard = hard.min(4096);
+    if hard < 1024 {
+        eprintln!("skipped: the hard limit of open files here is {hard}");
+        return;
+    }
+    let spool = Spool::new();
+    let seen = spool.dir.path().join("seen");
+    let agent = spool.script("agent.sh", &format!("ulimit -Sn >> {}", q(&seen)));
+    // Enough for 2 tasks: left as it is.
+    spool.drop_simple(W, "enough", "x");
+    let w = worker_with_nofile(&spool, "2", 1000, hard, &agent);
+    spool.wait_result(W, "enough");
+    assert_eq!(soft_nofile(w.pid()), 1000, "{}", w.log_text());
+    drop(w);
+    // Too low for 2 tasks: the worker raises its own, the agent gets 64.
+    spool.drop_simple(W, "low", "x");
+    let w = worker_with_nofile(&spool, "2", 64, hard, &agent);
+    spool.wait_result(W, "low");
+    assert_eq!(soft_nofile(w.pid()), hard, "{}", w.log_text());
+    drop(w);
+    assert_eq!(fs::read_to_string(&seen).unwrap(), "1000\n64\n");
 }

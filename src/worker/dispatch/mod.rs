@@ -182,6 +182,7 @@ impl Dispatcher {
             pending = self.queue.pending(), deferred = self.deferred.len(),
             recovered = self.recovered.len(),
             queue_cap = self.cfg.queue_cap, fsync = self.cfg.durability.flushes(),
+            receipts = self.cfg.receipts,
             poll = self.poll.map_or(0.0, |p| p.as_secs_f64());
             "Worker started on {}: {command}, {} at once",
             self.cfg.spool.root.display(), self.cfg.max_concurrent
