@@ -6,8 +6,11 @@
 //! rather than four fsyncs per task, and a pool thread goes back to work
 //! as soon as its agent has exited.
 //!
-//! Files go out in the order they came, so a task's receipt is always in
-//! place before its result.
+//! A receipt is put in place at once but not flushed on its own: it is
+//! owed, and made durable by the next flush, which comes before any
+//! result is put in place and before a pool thread writes anything else
+//! for its task. So a task's receipt is always in place, and durable,
+//! before its result, and a task costs the flushes of one file, not two.
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -118,6 +121,7 @@ fn then_not_durable(item: Item) {
 }
 
 fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, d: Durability) {
+    let mut owed = Owed::default();
     // Whatever queued up while the last batch was being written is the
     // next batch: the busier the worker, the more each flush covers.
     while let Ok(first) = rx.recv() {
@@ -130,11 +134,12 @@ fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, d: Durabili
             }
         }
         let results = batch.results.len();
-        batch.commit(abort, d);
+        batch.commit(abort, d, &mut owed);
         for _ in 0..results {
             let _ = permits.try_recv();
         }
     }
+    owed.settle(d);
 }
 
 #[derive(Default)]
@@ -145,25 +150,25 @@ struct Batch {
 }
 
 impl Batch {
-    /// Stage all, flush, rename all (receipts first), sync each folder
-    /// once, then tell. A file whose fast path fails goes the slow way:
-    /// its own publish, retried while the disk refuses.
-    fn commit(self, abort: &Latch, d: Durability) {
-        let files: Vec<&File> = self
-            .receipts
-            .iter()
-            .chain(self.results.iter().map(|(f, _)| f))
-            .collect();
-        let placed = place(&files, d);
-        let receipts = self.receipts.len();
-        for (f, ok) in self.receipts.iter().zip(&placed) {
-            if !ok {
-                publish_receipt(f, d);
-            }
+    /// Receipts in place (owed), then the results: stage all, flush (which
+    /// settles what is owed), rename all, sync each folder once, then
+    /// tell. A result whose fast path fails goes the slow way: its own
+    /// publish, retried while the disk refuses.
+    fn commit(self, abort: &Latch, d: Durability, owed: &mut Owed) {
+        for f in &self.receipts {
+            owed.place_receipt(f, d);
         }
-        for ((f, then), ok) in self.results.into_iter().zip(&placed[receipts..]) {
-            let slow = || f.dir.publish(&f.name, &f.bytes, d);
-            then(*ok || matches!(persist(abort, slow), Persisted::Done(())));
+        let files: Vec<&File> = self.results.iter().map(|(f, _)| f).collect();
+        let placed = place(&files, d, owed);
+        for ((f, then), ok) in self.results.into_iter().zip(placed) {
+            let slow = || {
+                owed.settle(d);
+                f.dir.publish(&f.name, &f.bytes, d)
+            };
+            then(ok || matches!(persist(abort, slow), Persisted::Done(())));
+        }
+        if !self.answers.is_empty() {
+            owed.settle(d);
         }
         for answer in self.answers {
             let _ = answer.send(());
@@ -171,15 +176,61 @@ impl Batch {
     }
 }
 
-/// Publishes `files` in order with one flush per file system: whether
-/// each is now durable and in place.
-fn place(files: &[&File], d: Durability) -> Vec<bool> {
-    let alone = files.len() == 1;
+/// The folders holding receipts put in place but not yet flushed.
+#[derive(Default)]
+struct Owed(Vec<Arc<Dir>>);
+
+impl Owed {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Puts a receipt in place without a flush; one that cannot be staged
+    /// or renamed goes the slow, durable way.
+    fn place_receipt(&mut self, f: &File, d: Durability) {
+        let placed = f
+            .dir
+            .stage(&f.bytes, false)
+            .and_then(|tmp| f.dir.install(&tmp, &f.name));
+        match placed {
+            Ok(()) if d.flushes() => self.owe(&f.dir),
+            Ok(()) => {}
+            Err(_) => publish_receipt(f, d),
+        }
+    }
+
+    fn owe(&mut self, dir: &Arc<Dir>) {
+        if !self.0.iter().any(|o| o.device() == dir.device()) {
+            self.0.push(dir.clone());
+        }
+    }
+
+    /// One flush per file system owed (a receipt's content and its
+    /// folder's entry go with it); what fails stays owed.
+    fn settle(&mut self, d: Durability) {
+        self.0.retain(|dir| match dir.sync_filesystem(d) {
+            Ok(()) => false,
+            Err(e) => {
+                log::warn!("{e}");
+                true
+            }
+        });
+    }
+}
+
+/// Publishes `files` in order with one flush per file system (and one for
+/// each file system `owed`, which it settles): whether each is now durable
+/// and in place.
+fn place(files: &[&File], d: Durability, owed: &mut Owed) -> Vec<bool> {
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let alone = files.len() == 1 && owed.is_empty();
     let staged: Vec<Option<OsString>> = files
         .iter()
         .map(|f| f.dir.stage(&f.bytes, alone && d.flushes()).ok())
         .collect();
-    let flushed = alone || sync_all_staged(files, &staged, d);
+    let flushed = alone || sync_all_staged(files, &staged, d, owed);
     let mut placed: Vec<bool> = files
         .iter()
         .zip(staged)
@@ -211,20 +262,31 @@ fn place(files: &[&File], d: Durability) -> Vec<bool> {
     placed
 }
 
-/// One flush per file system that holds a staged file: TRIGGER_DIR and
-/// RESULT_DIR may each be moved to another one.
-fn sync_all_staged(files: &[&File], staged: &[Option<OsString>], d: Durability) -> bool {
+/// One flush per file system that holds a staged file or an owed
+/// receipt: TRIGGER_DIR and RESULT_DIR may each be moved to another one.
+fn sync_all_staged(
+    files: &[&File],
+    staged: &[Option<OsString>],
+    d: Durability,
+    owed: &mut Owed,
+) -> bool {
     let mut flushed: Vec<u64> = Vec::new();
-    for (f, tmp) in files.iter().zip(staged) {
-        if tmp.is_none() || flushed.contains(&f.dir.device()) {
+    let dirs = files
+        .iter()
+        .zip(staged)
+        .filter(|(_, tmp)| tmp.is_some())
+        .map(|(f, _)| &f.dir);
+    for dir in dirs.chain(owed.0.iter()) {
+        if flushed.contains(&dir.device()) {
             continue;
         }
-        if let Err(e) = f.dir.sync_filesystem(d) {
+        if let Err(e) = dir.sync_filesystem(d) {
             log::warn!("{e}; publishing one by one");
             return false;
         }
-        flushed.push(f.dir.device());
+        flushed.push(dir.device());
     }
+    owed.0.clear();
     true
 }
 

@@ -213,3 +213,102 @@ fn receipts_and_results_on_two_file_systems_are_both_published() {
         assert!(spool.triggers(W).join(format!("{id}.trigger")).exists());
     }
 }
+
+/// `strace` when it is installed and may trace here.
+fn strace() -> Option<&'static str> {
+    let ok = std::process::Command::new("strace")
+        .args(["-o", "/dev/null", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: strace is missing or cannot trace here");
+    }
+    ok.then_some("strace")
+}
+
+/// The worker's publishes and flushes, from an strace log: for a rename
+/// of a staged file (a dot-file `.hw-…`), the target's name; for a flush,
+/// `None`. (A claim renames `ID.json` too, but not from a staged file.)
+fn renames_and_flushes(trace: &Path) -> Vec<Option<String>> {
+    let text = fs::read_to_string(trace).unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let call = line.split_once(' ').map_or(line, |(_, c)| c).trim_start();
+            if ["fsync(", "fdatasync(", "syncfs("]
+                .iter()
+                .any(|f| call.starts_with(f))
+            {
+                return Some(None);
+            }
+            if !call.starts_with("rename") || call.contains("= -1") {
+                return None;
+            }
+            // renameat2(5, ".hw-….tmp", 5, "ID.json", …)
+            let mut names = call.split('"').skip(1).step_by(2);
+            let (source, target) = (names.next()?, names.next()?);
+            source.starts_with(".hw-").then(|| Some(target.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_receipt_is_durable_before_its_result_and_a_task_costs_the_flushes_of_one_file() {
+    let Some(strace) = strace() else { return };
+    let spool = Spool::new();
+    let agent = spool.script("agent.sh", "exit 0");
+    let trace = spool.scratch("trace");
+    let mut cmd = std::process::Command::new(strace);
+    cmd.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=rename,renameat,renameat2,fsync,fdatasync,syncfs",
+    ])
+    .arg("-o")
+    .arg(&trace)
+    .arg(bin("hw-worker"))
+    .args(["-c", "1", W])
+    .envs(base_env(&spool))
+    .env("CLAUDE_COMMAND", &agent)
+    .env("HEARTBEAT_INTERVAL", "3600");
+    let mut w = Daemon::spawn(&spool, "traced-worker", cmd);
+    // One at a time, so that no batch holds two tasks' files.
+    let ids: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+    for id in &ids {
+        spool.drop_simple(W, id, "traced");
+        assert_eq!(spool.wait_result(W, id)["status"], "completed");
+    }
+    // SIGTERM to the group: the worker stops cleanly, then strace.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(w.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(w.wait_exit(DEADLINE).is_some(), "strace did not exit");
+    let calls = renames_and_flushes(&trace);
+    let at = |name: &str| {
+        calls
+            .iter()
+            .position(|c| c.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no rename to {name} in {calls:?}"))
+    };
+    for id in &ids {
+        let (receipt, result) = (at(&format!("{id}.trigger")), at(&format!("{id}.json")));
+        assert!(receipt < result, "{id}: receipt renamed after its result");
+        assert!(
+            calls[receipt..result].iter().any(Option::is_none),
+            "{id}: no flush between the receipt and the result: {:?}",
+            &calls[receipt..=result]
+        );
+    }
+    // From the first receipt to the last result: a syncfs before each
+    // result and a sync of its folder after, the receipt riding along.
+    let (first, last) = (at("t0.trigger"), at("t4.json"));
+    let flushes = calls[first..last].iter().filter(|c| c.is_none()).count();
+    assert!(
+        flushes <= 2 * ids.len(),
+        "{flushes} flushes for {} tasks: {:?}",
+        ids.len(),
+        &calls[first..=last]
+    );
+}
