@@ -408,6 +408,11 @@ fn a_reused_task_id_is_dead_lettered_and_only_a_replay_replaces_the_result() {
         before,
         "the result was replaced"
     );
+    // The dead letter is published before the task leaves .active/ (never
+    // in no place); until it has left, a replay is refused as active.
+    assert!(wait_until(DEADLINE, || spool
+        .names(&spool.active(W))
+        .is_empty()));
     let out = run_tool(&spool, "hw-dlq", &["replay", W, "t1"], &[]);
     assert_exit(&out, 0);
     let replaced = wait_until(DEADLINE, || {
