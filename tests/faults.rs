@@ -576,6 +576,67 @@ fn a_full_results_disk_keeps_tasks_in_place_uncharged_until_space_is_back() {
     drop(tmpfs);
 }
 
+#[test]
+fn sigterm_while_results_cannot_be_written_exits_after_the_shutdown_timeout_keeping_the_tasks() {
+    let spool = Spool::new();
+    let mount_point = spool.scratch("results-fs");
+    let tmpfs = match Tmpfs::mount(&mount_point, "256k") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("skipped: cannot mount tmpfs: {e}");
+            return;
+        }
+    };
+    let results = tmpfs.dir.join(W);
+    let agent = counting_agent(&spool).display().to_string();
+    let result_dir = tmpfs.dir.display().to_string();
+    let env = [
+        ("CLAUDE_COMMAND", agent.as_str()),
+        ("RESULT_DIR", result_dir.as_str()),
+    ];
+    let start =
+        |spool: &Spool| Daemon::start(spool, "hw-worker", &["--shutdown-timeout", "1", W], &env);
+    let mut w = start(&spool);
+    wait_started(&w);
+    let filler = tmpfs.dir.join("filler");
+    fill(&filler);
+    let ids: Vec<String> = (0..2).map(|i| format!("stuck{i}")).collect();
+    for id in &ids {
+        spool.drop_simple(W, id, "finishes, but its result cannot be written");
+    }
+    let ran = wait_until(DEADLINE, || {
+        log_lines(&spool).iter().filter(|w| w[0] == "run").count() >= ids.len()
+    });
+    assert!(ran, "the agents did not run: {:?}", log_lines(&spool));
+    w.expect_log("No space left on device");
+
+    // The agents are done; only their results wait. SIGTERM: the worker
+    // waits up to --shutdown-timeout for them, then leaves.
+    w.signal(Signal::SIGTERM);
+    let status = w.wait_exit(DEADLINE);
+    assert!(
+        status.is_some(),
+        "still running after SIGTERM:\n{}",
+        w.log_text()
+    );
+    assert_exit_zero(status.unwrap());
+    w.expect_log("Shutdown timeout: giving up on 2 result(s) not yet written");
+    for id in &ids {
+        let active = spool.active(W).join(format!("{id}.json"));
+        assert!(active.is_file(), "{id} left .active/:\n{}", w.log_text());
+    }
+    assert_eq!(count_json(&results), 0);
+    assert!(json_names(&spool.dlq(W)).is_empty());
+
+    // Space back, a new worker: recovery runs them again, and they end.
+    fs::remove_file(&filler).unwrap();
+    let mut again = start(&spool);
+    let done = wait_until(DEADLINE, || count_json(&results) == ids.len());
+    assert!(done, "results after the restart:\n{}", again.log_text());
+    assert_exit_zero(again.stop());
+    drop(tmpfs);
+}
+
 // ---------------------------------------------------------------------------
 // 3. A flood past the inotify queue
 

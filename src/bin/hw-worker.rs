@@ -39,7 +39,8 @@ Options (each overrides its environment variable):
                                 systems and with --no-inotify)
       --no-inotify              find tasks by rescans only (as on a remote host)
       --workdir DIR             agents' working directory (the folder holding tasks/)
-      --shutdown-timeout SECS   grace for running tasks at SIGTERM (30)
+      --shutdown-timeout SECS   grace for running tasks and unwritten results
+                                at SIGTERM (30)
       --max-output BYTES        output kept per stream (1M)
       --max-task-bytes BYTES    larger task files are dead-lettered (1M)
       --max-memory BYTES        address-space limit of each agent (none)

@@ -91,6 +91,10 @@ pub(super) struct Dispatcher {
     /// Dead claimers' entries waiting for a free slot.
     recovered: Vec<Claim>,
     running: usize,
+    /// Results handed to the committer and not yet durable. The
+    /// committer's word can come before the pool thread's, so this dips
+    /// below zero for a moment.
+    committing: isize,
     /// The names of the jobs the pool has not reported on yet.
     in_flight: HashSet<OsString>,
     breaker: Breaker,
@@ -152,6 +156,7 @@ impl Dispatcher {
             busy: Vec::new(),
             recovered: Vec::new(),
             running: 0,
+            committing: 0,
             in_flight: HashSet::new(),
             started: now,
             poll,
@@ -198,7 +203,10 @@ impl Dispatcher {
     ) {
         loop {
             self.dispatch();
-            if self.stopping.is_some() && self.running == 0 {
+            if self.stopping.is_some()
+                && self.running == 0
+                && (self.committing <= 0 || self.aborted)
+            {
                 return;
             }
             let timeout = self.next_wake().saturating_duration_since(Instant::now());
@@ -257,7 +265,11 @@ impl Dispatcher {
         let change = self.breaker.tick(now);
         self.breaker_changed(change);
         if self.stopping.is_some_and(|t| now >= t) && !self.aborted {
-            log::warn!(running = self.running; "Shutdown timeout: stopping running tasks now");
+            if self.running > 0 {
+                log::warn!(running = self.running; "Shutdown timeout: stopping running tasks now");
+            } else {
+                log::warn!(unwritten = self.committing; "Shutdown timeout: giving up on {} result(s) not yet written; their tasks stay in .active/ and run again after recovery", self.committing);
+            }
             self.abort(abort);
         }
         if let (Some(at), Some(every)) = (self.next_watchdog, self.notifier.watchdog_every()) {
@@ -551,10 +563,14 @@ impl Dispatcher {
     fn on_report(&mut self, report: Report) {
         if report.end == End::Completed {
             // The committer's word: the slot was freed at `Committing`.
+            self.committing -= 1;
             self.release_busy(&report.name);
             return;
         }
         self.running -= 1;
+        if report.end == End::Committing {
+            self.committing += 1;
+        }
         self.in_flight.remove(&report.name);
         self.pause_after(&report);
         match report.attempt {
