@@ -1,5 +1,6 @@
 //! The one module with `unsafe` code: the few system calls that nix does
-//! not wrap, or wraps without taking ownership of what they return. Each
+//! not wrap, or wraps without taking ownership of what they return, or
+//! (flock) wraps in a type whose drop can panic a daemon. Each
 //! is a small safe function here, with the reason it is sound; the rest of
 //! the crate denies `unsafe` altogether.
 #![allow(unsafe_code)]
@@ -122,5 +123,61 @@ pub fn set_child_subreaper() -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// A file under a non-blocking `flock(2)` of ours. The lock belongs to the
+/// open file: closing it (dropping this) is what releases it. Unlike nix's
+/// `Flock`, whose drop unlocks explicitly and panics when that fails, this
+/// never panics: on a network mount that has gone away, unlocking answers
+/// ENOTCONN, and the server has already dropped the lock anyway.
+#[derive(Debug)]
+pub struct Locked(std::fs::File);
+
+impl Locked {
+    /// An exclusive lock, or the file back with why not (EWOULDBLOCK: a
+    /// live process holds it).
+    pub fn exclusive(file: std::fs::File) -> Result<Locked, (std::fs::File, nix::errno::Errno)> {
+        Locked::take(file, libc::LOCK_EX)
+    }
+
+    /// A shared lock, as `exclusive`.
+    pub fn shared(file: std::fs::File) -> Result<Locked, (std::fs::File, nix::errno::Errno)> {
+        Locked::take(file, libc::LOCK_SH)
+    }
+
+    fn take(file: std::fs::File, how: i32) -> Result<Locked, (std::fs::File, nix::errno::Errno)> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own, for as long as the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
+        match nix::errno::Errno::result(rc) {
+            Ok(_) => Ok(Locked(file)),
+            Err(e) => Err((file, e)),
+        }
+    }
+}
+
+impl std::ops::Deref for Locked {
+    type Target = std::fs::File;
+
+    fn deref(&self) -> &std::fs::File {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Locked;
+
+    #[test]
+    fn a_lock_excludes_another_open_and_goes_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let open = || std::fs::File::create(&path).unwrap();
+        let held = Locked::exclusive(open()).unwrap();
+        let (_, why) = Locked::shared(open()).unwrap_err();
+        assert_eq!(why, nix::errno::Errno::EWOULDBLOCK);
+        drop(held);
+        assert!(Locked::exclusive(open()).is_ok());
     }
 }

@@ -168,8 +168,22 @@ impl Local {
         inotify: bool,
         env: &[(&str, &str)],
     ) -> Daemon {
+        self.worker_with(root, name, agent, inotify, env, &[])
+    }
+
+    /// `worker` with more flags.
+    fn worker_with(
+        &self,
+        root: &Path,
+        name: &str,
+        agent: &Path,
+        inotify: bool,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Daemon {
         let mut cmd = Command::new(bin("hw-worker"));
-        cmd.arg(name)
+        cmd.args(args)
+            .arg(name)
             .env("HW_ROOT", root)
             .env("CLAUDE_COMMAND", agent)
             .env("HEARTBEAT_INTERVAL", "1")
@@ -568,10 +582,19 @@ fn replay_run(g: &Gluster, local: &Local, listener: &Daemon) {
 /// Phase 4: one worker SIGKILLed, one host's mount client killed.
 fn fault_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
     let w = "fault";
-    let (agent, log) = local.agent(w, "0.2", None);
+    let (agent, log) = local.agent(w, "0.05", None);
     let mut a = local.worker(&g.root(0), w, &agent, true, &[]);
     let mut c = local.worker(&g.root(0), w, &agent, false, &[]);
-    let mut b = local.worker(&g.root(1), w, &agent, true, &[]);
+    // The dead host's results wait for a mount that will not come back:
+    // at SIGTERM it gives up on them after its shutdown timeout.
+    let mut b = local.worker_with(
+        &g.root(1),
+        w,
+        &agent,
+        true,
+        &[],
+        &["--shutdown-timeout", "2"],
+    );
     let mut d = local.worker(&g.root(2), w, &agent, false, &[]);
     let all = ids("f", n);
     let roots: Vec<PathBuf> = (0..4).map(|i| g.root(i)).collect();
@@ -695,5 +718,19 @@ fn fault_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
     assert!(twice.is_empty(), "events emitted twice: {twice:?}");
     stop_bounded(&mut a, DEADLINE);
     stop_bounded(&mut d, DEADLINE);
-    stop_bounded(&mut b, Duration::from_secs(5));
+    b.signal(Signal::SIGTERM);
+    let status = b.wait_exit(DEADLINE);
+    assert!(
+        status.is_some(),
+        "the dead host's worker did not stop after its shutdown timeout"
+    );
+    let log = b.log_text();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    assert_eq!(
+        status.unwrap().code(),
+        Some(0),
+        "the dead host's worker, its log's end:\n{}",
+        tail.join("\n")
+    );
 }

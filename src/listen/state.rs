@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 
-use nix::fcntl::{Flock, FlockArg};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -24,6 +23,7 @@ use crate::listen::health::Health;
 use crate::model::failure::PauseReason;
 use crate::spool::names::{state_journal, state_lock, state_python_copy};
 use crate::spool::publish::{json_line, publish, Durability};
+use crate::sys::Locked;
 
 /// The largest state file or journal read (a state of a million tasks
 /// takes a few hundred MB).
@@ -131,7 +131,7 @@ pub struct State {
     journal: Option<BufWriter<File>>,
     journaled: usize,
     /// Held while this listener uses the state: two would emit twice.
-    _lock: Flock<File>,
+    _lock: Locked,
 }
 
 impl State {
@@ -409,7 +409,7 @@ fn keep_original(path: &Path) -> Result<PathBuf> {
 
 /// Takes the lock file beside the state (`.<name>.lock`), or fails with
 /// a temporary error (75) naming it when another listener holds it.
-fn lock_state(path: &Path) -> Result<Flock<File>> {
+fn lock_state(path: &Path) -> Result<Locked> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -426,7 +426,7 @@ fn lock_state(path: &Path) -> Result<Flock<File>> {
         .mode(0o640)
         .open(&lock_path)
         .map_err(|e| Error::io("cannot open", &lock_path, e))?;
-    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    let lock = match Locked::exclusive(file) {
         Ok(lock) => lock,
         Err((file, _)) => {
             let holder = read_holder(&file).map_or_else(String::new, |h| format!(", {h}"));

@@ -14,19 +14,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use nix::fcntl::{Flock, FlockArg};
 use nix::libc;
 use nix::sys::stat::futimens;
 use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result};
 use crate::spool::dir::{read_at_most, Dir};
+use crate::sys::Locked;
 
 /// A task file locked by this process: pending until `activate` moves it
 /// into `.active/`.
 #[derive(Debug)]
 pub struct Claim {
-    file: Flock<File>,
+    file: Locked,
     pub name: OsString,
     /// The folder it is in now.
     dir: Arc<Dir>,
@@ -93,7 +93,7 @@ pub fn lock(dir: &Arc<Dir>, name: &OsStr) -> Result<Attempt> {
     if meta.st_ino != before.ino {
         return Ok(Attempt::Lost);
     }
-    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    let file = match Locked::exclusive(file) {
         Ok(f) => f,
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             let still = dir.stat(name).is_ok_and(|e| e.ino == before.ino);
@@ -128,7 +128,7 @@ pub fn probe(active: &Arc<Dir>, name: &OsStr) -> Result<Option<Claim>> {
     if !regular {
         return Ok(None);
     }
-    let Ok(file) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+    let Ok(file) = Locked::exclusive(file) else {
         return Ok(None);
     };
     // nlink 0: the claimer finished and removed it between our open and lock.

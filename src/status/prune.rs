@@ -139,7 +139,7 @@ fn lock_held(path: &Path) -> bool {
         return false;
     };
     matches!(
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock),
+        crate::sys::Locked::shared(file),
         Err((_, nix::errno::Errno::EWOULDBLOCK))
     )
 }

@@ -10,16 +10,15 @@
 //! --prune-older-than`).
 
 use std::ffi::OsString;
-use std::fs::File;
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 
 use crate::model::heartbeat::hostname;
 use crate::spool::dir::Dir;
 use crate::spool::names::{
     heartbeat_instance, host_tag, instance_heartbeat_file, instance_lock, instance_name,
 };
+use crate::sys::Locked;
 
 /// Slots tried on one host before giving up on locks.
 const SLOTS: u32 = 64;
@@ -31,7 +30,7 @@ pub(super) struct Instance {
     pub file: OsString,
     /// Held for the life of the process; `None` where the file system
     /// gives no locks (the instance is then named by its pid).
-    _lock: Option<Flock<File>>,
+    _lock: Option<Locked>,
 }
 
 impl Instance {
@@ -70,9 +69,9 @@ impl Instance {
 }
 
 /// The lock `name` taken, `None` when a live process holds it.
-fn try_lock(dir: &Dir, name: &str) -> std::io::Result<Option<Flock<File>>> {
+fn try_lock(dir: &Dir, name: &str) -> std::io::Result<Option<Locked>> {
     let file = dir.open_lock(name.as_ref())?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+    match Locked::exclusive(file) {
         Ok(lock) => Ok(Some(lock)),
         Err((_, Errno::EWOULDBLOCK)) => Ok(None),
         Err((_, e)) => Err(e.into()),
