@@ -33,9 +33,11 @@ build:
 test:
 	$(CARGO) test --profile testing
 
-# The slow fault tests (a 40,000-task flood); .ci/run runs them too.
+# The slow tests: the 40,000-task flood (tests/faults.rs) and the
+# 100,000 mutated task files (tests/it); .ci/run runs them too. The other
+# ignored tests have their own targets: test-claude and test-gluster.
 test-slow:
-	$(CARGO) test --profile testing -- --ignored
+	$(CARGO) test --profile testing --test faults --test it -- --ignored
 
 # The contract tests against the real Claude Code CLI (tests/claude_cli.rs):
 # the pinned version of the npm package, installed once into a cache outside
