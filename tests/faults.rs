@@ -462,6 +462,14 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A 256 KiB tmpfs for RESULT_DIR; `None`, saying the test is skipped,
+/// where this system cannot mount one (mount needs root).
+fn results_tmpfs(spool: &Spool) -> Option<Tmpfs> {
+    Tmpfs::mount(&spool.scratch("results-fs"), "256k")
+        .map_err(|e| eprintln!("skipped: cannot mount tmpfs: {e}"))
+        .ok()
+}
+
 /// Writes `path` until the file system says it is full.
 fn fill(path: &Path) {
     let mut f = fs::File::create(path).unwrap();
@@ -478,13 +486,8 @@ fn fill(path: &Path) {
 #[test]
 fn a_full_results_disk_keeps_tasks_in_place_uncharged_until_space_is_back() {
     let spool = Spool::new();
-    let mount_point = spool.scratch("results-fs");
-    let tmpfs = match Tmpfs::mount(&mount_point, "256k") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("skipped: cannot mount tmpfs: {e}");
-            return;
-        }
+    let Some(tmpfs) = results_tmpfs(&spool) else {
+        return;
     };
     let results = tmpfs.dir.join(W);
     let agent = counting_agent(&spool);
@@ -579,13 +582,8 @@ fn a_full_results_disk_keeps_tasks_in_place_uncharged_until_space_is_back() {
 #[test]
 fn sigterm_while_results_cannot_be_written_exits_after_the_shutdown_timeout_keeping_the_tasks() {
     let spool = Spool::new();
-    let mount_point = spool.scratch("results-fs");
-    let tmpfs = match Tmpfs::mount(&mount_point, "256k") {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("skipped: cannot mount tmpfs: {e}");
-            return;
-        }
+    let Some(tmpfs) = results_tmpfs(&spool) else {
+        return;
     };
     let results = tmpfs.dir.join(W);
     let agent = counting_agent(&spool).display().to_string();

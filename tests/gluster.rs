@@ -159,20 +159,8 @@ impl Local {
         self.spool.scratch(&format!("hold-{name}"))
     }
 
-    /// `hw-worker NAME` as a host of mount root `root`.
+    /// `hw-worker [ARGS] NAME` as a host of mount root `root`.
     fn worker(
-        &self,
-        root: &Path,
-        name: &str,
-        agent: &Path,
-        inotify: bool,
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        self.worker_with(root, name, agent, inotify, env, &[])
-    }
-
-    /// `worker` with more flags.
-    fn worker_with(
         &self,
         root: &Path,
         name: &str,
@@ -400,10 +388,10 @@ fn clean_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
     let w = "clean";
     let (agent, log) = local.agent(w, "0", None);
     let workers = [
-        local.worker(&g.root(0), w, &agent, true, &[]),
-        local.worker(&g.root(0), w, &agent, false, &[]),
-        local.worker(&g.root(1), w, &agent, true, &[]),
-        local.worker(&g.root(2), w, &agent, false, &[]),
+        local.worker(&g.root(0), w, &agent, true, &[], &[]),
+        local.worker(&g.root(0), w, &agent, false, &[], &[]),
+        local.worker(&g.root(1), w, &agent, true, &[], &[]),
+        local.worker(&g.root(2), w, &agent, false, &[], &[]),
     ];
     let all = ids("c", n);
     let started = Instant::now();
@@ -459,7 +447,7 @@ fn figures(g: &Gluster, local: &Local) {
         produce(&[g.root(0)], w, &ids(w, tasks));
         let started = Instant::now();
         let mut ds: Vec<Daemon> = (0..k)
-            .map(|i| local.worker(&g.root(i % 3), w, &agent, i % 2 == 0, &[]))
+            .map(|i| local.worker(&g.root(i % 3), w, &agent, i % 2 == 0, &[], &[]))
             .collect();
         wait_results(&g.root(0), w, tasks, w);
         let took = started.elapsed().as_secs_f64();
@@ -522,8 +510,8 @@ fn replay_run(g: &Gluster, local: &Local, listener: &Daemon) {
         ("CIRCUIT_BREAKER_THRESHOLD", "100000"),
     ];
     let mut ds = [
-        local.worker(&g.root(0), w, &agent, true, &env),
-        local.worker(&g.root(2), w, &agent, false, &env),
+        local.worker(&g.root(0), w, &agent, true, &env, &[]),
+        local.worker(&g.root(2), w, &agent, false, &env, &[]),
     ];
     let all = ids("r", tasks);
     produce(&[g.root(0), g.root(2)], w, &all);
@@ -583,11 +571,11 @@ fn replay_run(g: &Gluster, local: &Local, listener: &Daemon) {
 fn fault_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
     let w = "fault";
     let (agent, log) = local.agent(w, "0.05", None);
-    let mut a = local.worker(&g.root(0), w, &agent, true, &[]);
-    let mut c = local.worker(&g.root(0), w, &agent, false, &[]);
+    let mut a = local.worker(&g.root(0), w, &agent, true, &[], &[]);
+    let mut c = local.worker(&g.root(0), w, &agent, false, &[], &[]);
     // The dead host's results wait for a mount that will not come back:
     // at SIGTERM it gives up on them after its shutdown timeout.
-    let mut b = local.worker_with(
+    let mut b = local.worker(
         &g.root(1),
         w,
         &agent,
@@ -595,7 +583,7 @@ fn fault_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
         &[],
         &["--shutdown-timeout", "2"],
     );
-    let mut d = local.worker(&g.root(2), w, &agent, false, &[]);
+    let mut d = local.worker(&g.root(2), w, &agent, false, &[], &[]);
     let all = ids("f", n);
     let roots: Vec<PathBuf> = (0..4).map(|i| g.root(i)).collect();
     produce(&roots, w, &all);
