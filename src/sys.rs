@@ -110,6 +110,18 @@ pub fn limits_before_exec(command: &mut Command, limits: Vec<ChildLimit>) {
     }
 }
 
+/// How many bytes the names of a file's extended attributes take
+/// (flistxattr(2)): 0 when it has none. nix does not wrap it.
+pub fn xattr_names_len(fd: RawFd) -> io::Result<usize> {
+    // SAFETY: with a null buffer and a size of 0, flistxattr(2) writes
+    // nothing and only returns the size the names would need.
+    let n = unsafe { libc::flistxattr(fd, std::ptr::null_mut(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Makes this process the child subreaper of its descendants
 /// (prctl(2) PR_SET_CHILD_SUBREAPER): a process orphaned below it (an
 /// agent's background child whose parent exited) becomes its child, to

@@ -20,6 +20,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::error::{Error, Result};
 use crate::spool::dir::{read_at_most, Dir};
+use crate::spool::spare::Spares;
 use crate::sys::Locked;
 
 /// A task file locked by this process: pending until `activate` moves it
@@ -241,6 +242,15 @@ impl Claim {
             Err(e) if gone(&e) => Ok(()),
             Err(e) => Err(Error::io("cannot remove", &self.path(), e)),
         }
+    }
+
+    /// As `finish`, but the file goes to `spares` when they take it.
+    pub fn retire(self, spares: &Spares) -> Result<()> {
+        use std::os::fd::AsFd;
+        if spares.keep(&self.dir, &self.name, self.file.as_fd()) {
+            return Ok(());
+        }
+        self.finish()
     }
 
     /// Moves the entry to `to_name` in `to`, replacing nothing, and lets

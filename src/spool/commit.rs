@@ -24,6 +24,7 @@ use crate::error::Result;
 use crate::latch::Latch;
 use crate::spool::dir::Dir;
 use crate::spool::publish::Durability;
+use crate::spool::spare::Spares;
 
 /// Files in flight beyond this make pool threads wait: back-pressure when
 /// the disk is slow or full.
@@ -64,12 +65,18 @@ pub struct Committer {
 
 impl Committer {
     /// `unpublished`: how many results may wait to be made durable.
-    pub fn start(abort: Latch, unpublished: usize, d: Durability) -> std::io::Result<Committer> {
+    /// Files are written into `spares` where they can be.
+    pub fn start(
+        abort: Latch,
+        unpublished: usize,
+        d: Durability,
+        spares: Arc<Spares>,
+    ) -> std::io::Result<Committer> {
         let (tx, rx) = bounded(CAPACITY);
         let (permits, returned) = bounded(unpublished.max(1));
         let thread = thread::Builder::new()
             .name("commit".into())
-            .spawn(move || serve(&rx, &returned, &abort, d))?;
+            .spawn(move || serve(&rx, &returned, &abort, Writer { d, spares }))?;
         Ok(Committer {
             commits: Commits { tx, permits },
             thread,
@@ -120,7 +127,20 @@ fn then_not_durable(item: Item) {
     }
 }
 
-fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, d: Durability) {
+/// How the committer writes: flushed or not, into spares where it can.
+struct Writer {
+    d: Durability,
+    spares: Arc<Spares>,
+}
+
+impl Writer {
+    fn stage(&self, f: &File, sync: bool) -> Result<OsString> {
+        self.spares.stage(&f.dir, &f.bytes, sync)
+    }
+}
+
+fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, w: Writer) {
+    let d = w.d;
     let mut owed = Owed::default();
     // Whatever queued up while the last batch was being written is the
     // next batch: the busier the worker, the more each flush covers.
@@ -134,7 +154,7 @@ fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, d: Durabili
             }
         }
         let results = batch.results.len();
-        batch.commit(abort, d, &mut owed);
+        batch.commit(abort, &w, &mut owed);
         for _ in 0..results {
             let _ = permits.try_recv();
         }
@@ -154,12 +174,13 @@ impl Batch {
     /// settles what is owed), rename all, sync each folder once, then
     /// tell. A result whose fast path fails goes the slow way: its own
     /// publish, retried while the disk refuses.
-    fn commit(self, abort: &Latch, d: Durability, owed: &mut Owed) {
+    fn commit(self, abort: &Latch, w: &Writer, owed: &mut Owed) {
+        let d = w.d;
         for f in &self.receipts {
-            owed.place_receipt(f, d);
+            owed.place_receipt(f, w);
         }
         let files: Vec<&File> = self.results.iter().map(|(f, _)| f).collect();
-        let placed = place(&files, d, owed);
+        let placed = place(&files, w, owed);
         for ((f, then), ok) in self.results.into_iter().zip(placed) {
             let slow = || {
                 owed.settle(d);
@@ -187,10 +208,10 @@ impl Owed {
 
     /// Puts a receipt in place without a flush; one that cannot be staged
     /// or renamed goes the slow, durable way.
-    fn place_receipt(&mut self, f: &File, d: Durability) {
-        let placed = f
-            .dir
-            .stage(&f.bytes, false)
+    fn place_receipt(&mut self, f: &File, w: &Writer) {
+        let d = w.d;
+        let placed = w
+            .stage(f, false)
             .and_then(|tmp| f.dir.install(&tmp, &f.name));
         match placed {
             Ok(()) if d.flushes() => self.owe(&f.dir),
@@ -221,14 +242,15 @@ impl Owed {
 /// Publishes `files` in order with one flush per file system (and one for
 /// each file system `owed`, which it settles): whether each is now durable
 /// and in place.
-fn place(files: &[&File], d: Durability, owed: &mut Owed) -> Vec<bool> {
+fn place(files: &[&File], w: &Writer, owed: &mut Owed) -> Vec<bool> {
     if files.is_empty() {
         return Vec::new();
     }
+    let d = w.d;
     let alone = files.len() == 1 && owed.is_empty();
     let staged: Vec<Option<OsString>> = files
         .iter()
-        .map(|f| f.dir.stage(&f.bytes, alone && d.flushes()).ok())
+        .map(|f| w.stage(f, alone && d.flushes()).ok())
         .collect();
     let flushed = alone || sync_all_staged(files, &staged, d, owed);
     let mut placed: Vec<bool> = files

@@ -154,6 +154,11 @@ impl Dir {
         self.path.join(name.as_ref())
     }
 
+    /// Device and inode of the folder held.
+    pub fn id(&self) -> (u64, u64) {
+        self.id
+    }
+
     /// The device it is on: one flush of a file system covers its folders.
     pub fn device(&self) -> u64 {
         self.id.0
@@ -305,8 +310,7 @@ impl Dir {
     /// flushed when `sync` is set; returns its name. Its name comes from a
     /// counter, not from the target, so it is never too long.
     pub fn stage(&self, bytes: &[u8], sync: bool) -> Result<OsString> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = OsString::from(names::staged(host_tag(), std::process::id(), n));
+        let tmp = self.stage_name();
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
         let written = sys::openat(
             Some(self.raw()),
@@ -327,6 +331,19 @@ impl Dir {
             return Err(Error::io("cannot write", &self.join(&tmp), e));
         }
         Ok(tmp)
+    }
+
+    /// A new name for a staged dot-file of this process.
+    pub fn stage_name(&self) -> OsString {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        OsString::from(names::staged(host_tag(), std::process::id(), n))
+    }
+
+    /// Opens an existing entry for writing, never following a symbolic
+    /// link nor blocking on a FIFO.
+    pub fn open_write(&self, name: &OsStr) -> io::Result<File> {
+        let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+        sys::openat(Some(self.raw()), name, flags, Mode::empty()).map(File::from)
     }
 
     /// The second half: the staged file renamed into place, replacing what
@@ -427,7 +444,7 @@ impl Dir {
 }
 
 /// This host's tag in staged names, asked once.
-fn host_tag() -> &'static str {
+pub(crate) fn host_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
         let host = nix::unistd::gethostname().unwrap_or_default();

@@ -9,6 +9,7 @@ pub(crate) mod commit;
 pub(crate) mod dir;
 pub mod names;
 pub(crate) mod publish;
+pub(crate) mod spare;
 
 use std::env;
 use std::fs::DirBuilder;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use crate::error::{Error, Kind, Result};
 use dir::Dir;
 use names::{
-    heartbeat_file, task_file, valid_worker_name, ACTIVE, DEFERRED, ORCHESTRATOR, REJECTED,
+    heartbeat_file, task_file, valid_worker_name, ACTIVE, DEFERRED, ORCHESTRATOR, REJECTED, SPARE,
 };
 
 /// The default root, the layout of the system hookwatch replaces.
@@ -128,6 +129,7 @@ impl Spool {
             self.pending_dir(worker),
             self.active_dir(worker),
             self.deferred_dir(worker),
+            self.pending_dir(worker).join(SPARE),
             self.trigger_dir(worker),
             self.result_dir(worker),
             self.heartbeats.clone(),
@@ -224,6 +226,8 @@ pub struct WorkerDirs {
     pub pending: Arc<Dir>,
     pub active: Arc<Dir>,
     pub deferred: Arc<Dir>,
+    /// `.spare/`: finished task files kept to be written again.
+    pub spare: Arc<Dir>,
     pub triggers: Arc<Dir>,
     pub results: Arc<Dir>,
     pub dlq: Arc<Dir>,
@@ -242,11 +246,13 @@ impl Spool {
         let pending = Dir::open_following(&self.pending_dir(worker))?;
         let active = pending.sub(ACTIVE)?;
         let deferred = pending.sub(DEFERRED)?;
+        let spare = pending.sub(SPARE)?;
         let dlq = Dir::open(&self.dlq_dir(worker))?;
         let rejected = dlq.sub(REJECTED)?;
         Ok(WorkerDirs {
             active: Arc::new(active),
             deferred: Arc::new(deferred),
+            spare: Arc::new(spare),
             pending: Arc::new(pending),
             triggers: Arc::new(Dir::open(&self.trigger_dir(worker))?),
             results: Arc::new(Dir::open(&self.result_dir(worker))?),
@@ -270,11 +276,12 @@ impl WorkerDirs {
     }
 
     /// Every folder the worker writes into.
-    pub fn all(&self) -> [&Arc<Dir>; 8] {
+    pub fn all(&self) -> [&Arc<Dir>; 9] {
         [
             &self.pending,
             &self.active,
             &self.deferred,
+            &self.spare,
             &self.triggers,
             &self.results,
             &self.dlq,

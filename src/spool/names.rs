@@ -16,6 +16,9 @@ pub const ORCHESTRATOR: &str = "orchestrator";
 pub const ACTIVE: &str = ".active";
 /// Tasks waiting for a retry or their dependencies.
 pub const DEFERRED: &str = ".deferred";
+/// Finished task files kept to be written again, in the worker's tasks
+/// folder.
+pub const SPARE: &str = ".spare";
 /// Entries moved aside, in the worker's dead-letter folder.
 pub const REJECTED: &str = ".rejected";
 
@@ -217,6 +220,12 @@ pub fn rejected_entry(rejected_path: &str) -> Option<&str> {
 /// told from another host's write in progress.
 pub fn staged(host: &str, pid: u32, n: u64) -> String {
     format!(".hw-{host}.{pid}.{n}.tmp")
+}
+
+/// A spare file in `.spare/`: `<host>.<pid>.<n>`, unique on a spool
+/// that several hosts share.
+pub fn spare(host: &str, pid: u32, n: u64) -> String {
+    format!("{host}.{pid}.{n}")
 }
 
 /// A host name as it goes into a staged name: `[A-Za-z0-9-]`, at most 32.

@@ -33,6 +33,7 @@ use signal_hook::iterator::Signals;
 use crate::error::{Error, Result};
 use crate::latch::Latch;
 use crate::spool::commit::Committer;
+use crate::spool::spare::Spares;
 use crate::spool::WorkerDirs;
 use config::WorkerConfig;
 use dispatch::Dispatcher;
@@ -93,8 +94,14 @@ pub fn run(config: WorkerConfig) -> Result<()> {
         log::info!(metrics_addr = s.addr.to_string(); "Metrics on http://{}/metrics", s.addr);
     }
     let poll = startup::poll_interval(&config);
-    let committer = Committer::start(abort.clone(), config.max_concurrent, config.durability)
-        .map_err(|e| Error::io("cannot start the committer for", &pending, e))?;
+    let spares = Arc::new(Spares::open(current(&dirs).spare.clone()));
+    let committer = Committer::start(
+        abort.clone(),
+        config.max_concurrent,
+        config.durability,
+        spares.clone(),
+    )
+    .map_err(|e| Error::io("cannot start the committer for", &pending, e))?;
     let context = Arc::new(Context {
         config: config.clone(),
         metrics: metrics.clone(),
@@ -103,6 +110,7 @@ pub fn run(config: WorkerConfig) -> Result<()> {
         reports: report_tx,
         dirs: dirs.clone(),
         cancels: cancels.clone(),
+        spares,
     });
     let pool = Pool::start(context, jobs)
         .map_err(|e| Error::io("cannot start the pool for", &pending, e))?;

@@ -30,6 +30,7 @@ use crate::spool::commit::{self, Commits, Persisted};
 use crate::spool::dir::Dir;
 use crate::spool::names::{task_file, trigger_file, valid_name};
 use crate::spool::publish::json_line;
+use crate::spool::spare::Spares;
 use crate::spool::WorkerDirs;
 use crate::worker::cancel::Cancels;
 use crate::worker::config::WorkerConfig;
@@ -166,6 +167,8 @@ pub struct Context {
     pub dirs: SharedDirs,
     /// The running tasks an operator may cancel.
     pub cancels: Arc<Cancels>,
+    /// Finished task files, kept to be written again.
+    pub spares: Arc<Spares>,
 }
 
 impl Context {
@@ -256,7 +259,7 @@ fn refuse_task(ctx: &Context, claim: Claim, task: &Task, reason: DlqReason, why:
         Some(_) => {
             ctx.metrics.dead_lettered(reason);
             log::warn!(task_id = task.id, reason = reason.as_str(); "Task dead-lettered: {why}");
-            finish(claim, End::DeadLettered)
+            finish(&ctx.spares, claim, End::DeadLettered)
         }
         None => End::Left,
     }
@@ -402,7 +405,7 @@ fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End 
     result.claim = Some(identity(&claim));
     let dir = ctx.dirs().results.clone();
     let file = OsString::from(task_file(&result.task_id));
-    let (metrics, reports) = (ctx.metrics.clone(), ctx.reports.clone());
+    let (metrics, reports, spares) = (ctx.metrics.clone(), ctx.reports.clone(), ctx.spares.clone());
     let (task_id, secs) = (task.id.clone(), outcome.duration.as_secs_f64());
     let then = move |durable: bool| {
         if !durable {
@@ -411,7 +414,7 @@ fn complete(ctx: &Context, claim: Claim, task: &Task, outcome: &Outcome) -> End 
         metrics.processed(ResultStatus::Completed);
         log::info!(task_id = task_id, duration = format!("{secs:.3}s"); "Task completed");
         let name = claim.name.clone();
-        let end = finish(claim, End::Completed);
+        let end = finish(&spares, claim, End::Completed);
         let _ = reports.send(report(name, false, None, end));
     };
     ctx.commits
@@ -434,6 +437,7 @@ fn pause(ctx: &Context, claim: Claim, mut task: Task, failure: &Failure) -> End 
     }
     log::warn!(task_id = task.id, error = failure.class.as_str(); "Task not run: {}; it waits, no attempt charged", failure.detail);
     finish(
+        &ctx.spares,
         claim,
         End::Deferred {
             not_before,
@@ -491,6 +495,7 @@ fn fail(
         priority: task.priority,
     });
     finish(
+        &ctx.spares,
         claim,
         End::Deferred {
             not_before,
@@ -550,7 +555,7 @@ fn give_up(
     }
     ctx.metrics.processed(ResultStatus::Failed);
     log::error!(task_id = task.id, error = failure.class.as_str(), reason = reason.as_str(); "Task failed for good, dead-lettered: {}", failure.detail);
-    finish(claim, End::Failed)
+    finish(&ctx.spares, claim, End::Failed)
 }
 
 fn result_of(
@@ -638,8 +643,8 @@ fn send_receipt(ctx: &Context, task: &Task) {
 
 /// The task leaves `.active/`; a failure to remove the entry is logged
 /// (recovery will see the newer result and remove it).
-fn finish(claim: Claim, end: End) -> End {
-    if let Err(e) = claim.finish() {
+fn finish(spares: &Spares, claim: Claim, end: End) -> End {
+    if let Err(e) = claim.retire(spares) {
         log::error!("{e}");
     }
     end
@@ -672,7 +677,7 @@ fn reject_invalid(ctx: &Context, claim: Claim, bytes: &[u8], invalid: &Invalid) 
         Some(file) => {
             ctx.metrics.dead_lettered(invalid.reason());
             log::warn!(file = name.to_string_lossy(), reason = invalid.reason().as_str(), dlq_file = file; "Invalid task dead-lettered: {}", invalid.detail());
-            finish(claim, End::DeadLettered)
+            finish(&ctx.spares, claim, End::DeadLettered)
         }
         None => End::Left,
     };
@@ -785,7 +790,7 @@ fn recover(ctx: &Context, mut claim: Claim) -> Report {
     let finished = finished_by(ctx, &dirs.results, &result, &claim);
     if finished || retry_scheduled(ctx, &dirs, &name, task.retry_count) {
         log::info!(task_id = task.id; "Recovered a finished run; entry removed");
-        return report(name, false, None, finish(claim, End::Removed));
+        return report(name, false, None, finish(&ctx.spares, claim, End::Removed));
     }
     log::warn!(task_id = task.id; "Recovered an interrupted run");
     ctx.metrics.attempt_failed(FailureClass::Interrupted);

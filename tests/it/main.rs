@@ -24,6 +24,7 @@ mod metrics;
 mod migration;
 mod operator;
 mod smoke;
+mod spare;
 mod spool_names;
 mod status;
 mod worker_durability;
