@@ -3,15 +3,17 @@
 //! Such an orphan goes to the nearest child subreaper, else to PID 1; in
 //! a container hookwatch itself is often PID 1, and an orphan that nobody
 //! waits for stays a zombie for ever. So hw-worker and hw-listen make
-//! themselves child subreapers and reap, once a second, every zombie
-//! child that is not one of the commands they started themselves (those
-//! their own supervisor waits for: a registry, locked across each spawn,
-//! tells the two apart).
+//! themselves child subreapers and reap every zombie child that is not
+//! one of the commands they started themselves (those their own
+//! supervisor waits for: a registry, locked across each spawn, tells the
+//! two apart). They look when a command of theirs has ended (its orphans
+//! are theirs from then on) and once a second while an orphan lives;
+//! with none, the reaper sleeps, so an idle worker does not wake for it.
 
 use std::collections::HashSet;
 use std::io;
 use std::process::{Child, Command};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -35,9 +37,35 @@ pub fn spawn(command: &mut Command) -> io::Result<Child> {
     Ok(child)
 }
 
-/// A command of ours was waited for: its pid may be reused.
+/// A command of ours was waited for: its pid may be reused, and what it
+/// left running is ours now.
 pub fn waited(pid: u32) {
     started().remove(&pid);
+    let (ended, wake) = ended();
+    *ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    wake.notify_one();
+}
+
+/// Set when a command of ours ended and the reaper has not looked since.
+fn ended() -> &'static (Mutex<bool>, Condvar) {
+    static ENDED: OnceLock<(Mutex<bool>, Condvar)> = OnceLock::new();
+    ENDED.get_or_init(Default::default)
+}
+
+/// Sleeps until a command of ours ends, or at most `limit`.
+fn wait_for_an_end(limit: Option<Duration>) {
+    let (ended, wake) = ended();
+    let mut flag = ended.lock().unwrap_or_else(|e| e.into_inner());
+    if !*flag {
+        flag = match limit {
+            Some(t) => match wake.wait_timeout(flag, t) {
+                Ok((f, _)) => f,
+                Err(e) => e.into_inner().0,
+            },
+            None => wake.wait(flag).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+    *flag = false;
 }
 
 /// Registers as a child subreaper and starts the thread that reaps
@@ -49,8 +77,8 @@ pub fn start() {
             log::warn!("cannot become a child subreaper ({e}); orphans of agents go to PID 1");
         }
         let spawned = thread::Builder::new().name("reaper".into()).spawn(|| loop {
-            reap_orphans();
-            thread::sleep(Duration::from_secs(1));
+            let alive = reap_orphans().alive;
+            wait_for_an_end((alive > 0).then_some(Duration::from_secs(1)));
         });
         if let Err(e) = spawned {
             log::warn!("cannot start the reaper thread ({e})");
@@ -58,20 +86,33 @@ pub fn start() {
     });
 }
 
+/// What `reap_orphans` found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Orphans {
+    pub reaped: usize,
+    /// Children not of ours that still run: they may end any time.
+    pub alive: usize,
+}
+
 /// Waits for every zombie child that is not a command of ours.
-pub fn reap_orphans() -> usize {
+pub fn reap_orphans() -> Orphans {
     let me = std::process::id();
     let started = started();
-    let mut reaped = 0;
+    let mut found = Orphans::default();
     for (pid, ppid, state) in processes() {
-        if ppid == me && state == 'Z' && !started.contains(&pid) {
-            let flags = Some(WaitPidFlag::WNOHANG);
-            if waitpid(Pid::from_raw(pid as i32), flags).is_ok() {
-                reaped += 1;
-            }
+        if ppid != me || started.contains(&pid) {
+            continue;
+        }
+        if state != 'Z' {
+            found.alive += 1;
+            continue;
+        }
+        let flags = Some(WaitPidFlag::WNOHANG);
+        if waitpid(Pid::from_raw(pid as i32), flags).is_ok() {
+            found.reaped += 1;
         }
     }
-    reaped
+    found
 }
 
 /// This process's children (pid, parent, state), from

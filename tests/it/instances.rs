@@ -12,7 +12,7 @@
 use crate::common::*;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
@@ -375,12 +375,14 @@ fn the_orphans_an_agent_leaves_are_adopted_and_reaped_by_the_worker() {
     let spool = Spool::new();
     let pidfile = spool.scratch("orphan.pid");
     let go = spool.scratch("orphan.go");
-    // The agent starts a background job and exits at once: the job is
-    // orphaned, and ends once told to.
+    // The agent starts a job in a session of its own (so the kill of the
+    // agent's process group at its exit spares it) and exits once the job
+    // is there: the job is orphaned, and ends once told to.
     let agent = spool.script(
         "leaver.sh",
         &format!(
-            "(while [ ! -e '{go}' ]; do sleep 0.05; done) &\necho $! > '{pid}'\nexit 0",
+            "setsid sh -c 'echo $$ > \"$2\"; while [ ! -e \"$1\" ]; do sleep 0.05; done' sh '{go}' '{pid}' &\n\
+             while [ ! -s '{pid}' ]; do sleep 0.01; done\nexit 0",
             go = go.display(),
             pid = pidfile.display()
         ),
@@ -407,6 +409,41 @@ fn the_orphans_an_agent_leaves_are_adopted_and_reaped_by_the_worker() {
             .is_none_or(|(pp, _)| pp != w.pid() as u32)),
         "the orphan stays a zombie of the worker: {:?}",
         ppid_of(orphan)
+    );
+}
+
+/// How many times a thread of `pid` named `name` has gone to sleep.
+fn sleeps_of_thread(pid: i32, name: &str) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let task = tasks
+        .flatten()
+        .find(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))?;
+    let status = fs::read_to_string(task.path().join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+#[test]
+fn with_no_orphan_left_the_reaper_does_not_wake_an_idle_worker() {
+    let spool = Spool::new();
+    let w = Daemon::worker(&spool, W, Path::new("true"), &[]);
+    spool.drop_simple(W, "t1", "x");
+    spool.wait_result(W, "t1");
+    let pid = w.pid();
+    // Let it settle after the agent's exit (a look, then sleep), then
+    // watch it.
+    let sleeps = || sleeps_of_thread(pid, "reaper");
+    let mut asleep = None;
+    assert!(wait_until(DEADLINE, || {
+        asleep = sleeps();
+        asleep.is_some() && holds_for(Duration::from_millis(300), || sleeps() == asleep)
+    }));
+    assert!(
+        holds_for(Duration::from_secs(3), || sleeps() == asleep),
+        "the reaper woke: {asleep:?} then {:?}",
+        sleeps()
     );
 }
 
