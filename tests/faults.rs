@@ -580,6 +580,48 @@ fn a_full_results_disk_keeps_tasks_in_place_uncharged_until_space_is_back() {
 }
 
 #[test]
+fn while_results_cannot_be_written_agents_stop_once_four_per_slot_wait() {
+    let spool = Spool::new();
+    let Some(tmpfs) = results_tmpfs(&spool) else {
+        return;
+    };
+    let results = tmpfs.dir.join(W);
+    let agent = counting_agent(&spool).display().to_string();
+    let result_dir = tmpfs.dir.display().to_string();
+    let env = [
+        ("CLAUDE_COMMAND", agent.as_str()),
+        ("RESULT_DIR", result_dir.as_str()),
+    ];
+    let mut w = Daemon::start(&spool, "hw-worker", &["-c", "1", W], &env);
+    wait_started(&w);
+    let filler = tmpfs.dir.join("filler");
+    fill(&filler);
+    let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    for id in &ids {
+        spool.drop_simple(W, id, "finishes, but its result cannot be written yet");
+    }
+    // One slot: four results wait, and the fifth task's agent has run
+    // and its thread waits to hand the result over.
+    let runs = || log_lines(&spool).iter().filter(|l| l[0] == "run").count();
+    assert!(wait_until(DEADLINE, || runs() >= 5), "runs: {}", runs());
+    assert!(
+        holds_for(Duration::from_secs(1), || runs() == 5),
+        "agents went on: {} runs\n{}",
+        runs(),
+        w.log_text()
+    );
+    assert_eq!(count_json(&results), 0);
+
+    fs::remove_file(&filler).unwrap();
+    let done = wait_until(DEADLINE, || count_json(&results) == ids.len());
+    assert!(done, "{} of {} results", count_json(&results), ids.len());
+    assert_eq!(runs(), ids.len(), "each task ran once");
+    assert_no_leftovers(&spool);
+    assert_exit_zero(w.stop());
+    drop(tmpfs);
+}
+
+#[test]
 fn sigterm_while_results_cannot_be_written_exits_after_the_shutdown_timeout_keeping_the_tasks() {
     let spool = Spool::new();
     let Some(tmpfs) = results_tmpfs(&spool) else {

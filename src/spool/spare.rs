@@ -38,6 +38,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct Spares {
     dir: Arc<Dir>,
+    enabled: bool,
     names: Mutex<Vec<OsString>>,
     /// What each folder a spare may go to makes of a new file.
     targets: Mutex<Vec<Target>>,
@@ -52,14 +53,19 @@ struct Target {
 
 impl Spares {
     /// The spares in `dir` (left by an earlier run), up to `CAPACITY`;
-    /// the rest are removed.
-    pub fn open(dir: Arc<Dir>) -> Spares {
-        let mut names = dir.names().unwrap_or_default();
+    /// the rest are removed. Unless `enabled`, none is kept or used.
+    pub fn open(dir: Arc<Dir>, enabled: bool) -> Spares {
+        let mut names = if enabled {
+            dir.names().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         for extra in names.split_off(names.len().min(CAPACITY)) {
             let _ = dir.unlink(&extra);
         }
         Spares {
             dir,
+            enabled,
             names: Mutex::new(names),
             targets: Mutex::new(Vec::new()),
         }
@@ -74,7 +80,8 @@ impl Spares {
     /// the spares when it is ours alone and there is room: whether it
     /// went. The caller removes it when it did not.
     pub fn keep(&self, from: &Dir, name: &OsStr, file: BorrowedFd<'_>) -> bool {
-        if from.device() != self.dir.device() || self.len() >= CAPACITY || !ours(file) {
+        let room = self.enabled && self.len() < CAPACITY;
+        if !room || from.device() != self.dir.device() || !ours(file) {
             return false;
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -91,6 +98,9 @@ impl Spares {
     /// The first half of a publish into `to`, as `Dir::stage`, written
     /// into a spare when one fits.
     pub fn stage(&self, to: &Dir, bytes: &[u8], sync: bool) -> Result<OsString> {
+        if !self.enabled {
+            return to.stage(bytes, sync);
+        }
         match self.target_mode(to) {
             Some(Some(mode)) => {
                 if let Some(tmp) = self.reuse(to, bytes, mode, sync) {

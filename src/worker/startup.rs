@@ -153,7 +153,7 @@ fn check_access(dir: &Path, allowed: bool) -> Result<()> {
 
 /// statfs: NFS, CIFS/SMB, FUSE, and other file systems whose changes by
 /// other hosts inotify does not see.
-fn network_fs(dir: &Path) -> bool {
+pub(super) fn network_fs(dir: &Path) -> bool {
     const NETWORK: [i64; 8] = [
         0x6969,      // NFS
         0xFF53_4D42, // CIFS
