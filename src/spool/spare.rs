@@ -13,7 +13,10 @@
 //! `MAX_SIZE` bytes. It is checked again when reused, and given the mode
 //! a new file in its target folder gets. A target whose new files carry
 //! extended attributes (a default ACL, a label), or that is on another
-//! file system, never receives a spare.
+//! file system, never receives a spare. On a network file system the
+//! worker turns spares off: another host's client may answer from its
+//! cache that a name still holds the inode it locked, which is only
+//! harmless while that inode is gone, not reused.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
