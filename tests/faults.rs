@@ -10,6 +10,9 @@
 //! executions can be counted. The slow ones are `#[ignore]`d: run them
 //! with `cargo test --release -- --ignored`. Random choices come from a
 //! seeded generator; `HW_FAULT_SEED=N` replays a run.
+// The tests call libc where nix has no wrapper (Cargo.toml denies
+// unsafe code everywhere else but src/sys.rs).
+#![allow(unsafe_code)]
 
 mod common;
 use common::*;
@@ -470,6 +473,47 @@ fn results_tmpfs(spool: &Spool) -> Option<Tmpfs> {
         .ok()
 }
 
+/// Workers with the counting agent whose results go to `results_tmpfs`,
+/// filled by `filler` once the first has started: no result can be
+/// written until `filler` goes.
+struct FullResults {
+    tmpfs: Tmpfs,
+    results: PathBuf,
+    filler: PathBuf,
+    agent: PathBuf,
+}
+
+impl FullResults {
+    /// The first worker, started with `args`, and the disk filled; `None`
+    /// when the test is skipped.
+    fn start(spool: &Spool, args: &[&str]) -> Option<(FullResults, Daemon)> {
+        let tmpfs = results_tmpfs(spool)?;
+        let full = FullResults {
+            results: tmpfs.dir.join(W),
+            filler: tmpfs.dir.join("filler"),
+            agent: counting_agent(spool),
+            tmpfs,
+        };
+        let w = full.worker(spool, args);
+        fill(&full.filler);
+        Some((full, w))
+    }
+
+    fn worker(&self, spool: &Spool, args: &[&str]) -> Daemon {
+        let agent = self.agent.display().to_string();
+        let result_dir = self.tmpfs.dir.display().to_string();
+        let env = [
+            ("CLAUDE_COMMAND", agent.as_str()),
+            ("RESULT_DIR", result_dir.as_str()),
+        ];
+        let mut argv = args.to_vec();
+        argv.push(W);
+        let w = Daemon::start(spool, "hw-worker", &argv, &env);
+        wait_started(&w);
+        w
+    }
+}
+
 /// Writes `path` until the file system says it is full.
 fn fill(path: &Path) {
     let mut f = fs::File::create(path).unwrap();
@@ -486,22 +530,11 @@ fn fill(path: &Path) {
 #[test]
 fn a_full_results_disk_keeps_tasks_in_place_uncharged_until_space_is_back() {
     let spool = Spool::new();
-    let Some(tmpfs) = results_tmpfs(&spool) else {
+    let Some((full, mut w)) = FullResults::start(&spool, &["-c", "3"]) else {
         return;
     };
-    let results = tmpfs.dir.join(W);
-    let agent = counting_agent(&spool);
-    let result_dir = tmpfs.dir.display().to_string();
-    let mut w = Daemon::worker(
-        &spool,
-        W,
-        &agent,
-        &[("RESULT_DIR", &result_dir), ("MAX_CONCURRENT_TASKS", "3")],
-    );
-    wait_started(&w);
+    let (results, filler) = (full.results.clone(), full.filler.clone());
     assert!(results.is_dir(), "the worker did not create {results:?}");
-    let filler = tmpfs.dir.join("filler");
-    fill(&filler);
 
     let ids: Vec<String> = (0..6).map(|i| format!("full{i}")).collect();
     for id in &ids {
@@ -576,26 +609,16 @@ fn a_full_results_disk_keeps_tasks_in_place_uncharged_until_space_is_back() {
     }
     assert_no_leftovers(&spool);
     assert_exit_zero(w.stop());
-    drop(tmpfs);
+    drop(full);
 }
 
 #[test]
 fn while_results_cannot_be_written_agents_stop_once_four_per_slot_wait() {
     let spool = Spool::new();
-    let Some(tmpfs) = results_tmpfs(&spool) else {
+    let Some((full, mut w)) = FullResults::start(&spool, &["-c", "1"]) else {
         return;
     };
-    let results = tmpfs.dir.join(W);
-    let agent = counting_agent(&spool).display().to_string();
-    let result_dir = tmpfs.dir.display().to_string();
-    let env = [
-        ("CLAUDE_COMMAND", agent.as_str()),
-        ("RESULT_DIR", result_dir.as_str()),
-    ];
-    let mut w = Daemon::start(&spool, "hw-worker", &["-c", "1", W], &env);
-    wait_started(&w);
-    let filler = tmpfs.dir.join("filler");
-    fill(&filler);
+    let (results, filler) = (full.results.clone(), full.filler.clone());
     let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
     for id in &ids {
         spool.drop_simple(W, id, "finishes, but its result cannot be written yet");
@@ -618,28 +641,17 @@ fn while_results_cannot_be_written_agents_stop_once_four_per_slot_wait() {
     assert_eq!(runs(), ids.len(), "each task ran once");
     assert_no_leftovers(&spool);
     assert_exit_zero(w.stop());
-    drop(tmpfs);
+    drop(full);
 }
 
 #[test]
 fn sigterm_while_results_cannot_be_written_exits_after_the_shutdown_timeout_keeping_the_tasks() {
     let spool = Spool::new();
-    let Some(tmpfs) = results_tmpfs(&spool) else {
+    let args = ["--shutdown-timeout", "1"];
+    let Some((full, mut w)) = FullResults::start(&spool, &args) else {
         return;
     };
-    let results = tmpfs.dir.join(W);
-    let agent = counting_agent(&spool).display().to_string();
-    let result_dir = tmpfs.dir.display().to_string();
-    let env = [
-        ("CLAUDE_COMMAND", agent.as_str()),
-        ("RESULT_DIR", result_dir.as_str()),
-    ];
-    let start =
-        |spool: &Spool| Daemon::start(spool, "hw-worker", &["--shutdown-timeout", "1", W], &env);
-    let mut w = start(&spool);
-    wait_started(&w);
-    let filler = tmpfs.dir.join("filler");
-    fill(&filler);
+    let (results, filler) = (full.results.clone(), full.filler.clone());
     let ids: Vec<String> = (0..2).map(|i| format!("stuck{i}")).collect();
     for id in &ids {
         spool.drop_simple(W, id, "finishes, but its result cannot be written");
@@ -670,11 +682,11 @@ fn sigterm_while_results_cannot_be_written_exits_after_the_shutdown_timeout_keep
 
     // Space back, a new worker: recovery runs them again, and they end.
     fs::remove_file(&filler).unwrap();
-    let mut again = start(&spool);
+    let mut again = full.worker(&spool, &args);
     let done = wait_until(DEADLINE, || count_json(&results) == ids.len());
     assert!(done, "results after the restart:\n{}", again.log_text());
     assert_exit_zero(again.stop());
-    drop(tmpfs);
+    drop(full);
 }
 
 // ---------------------------------------------------------------------------
