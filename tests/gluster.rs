@@ -653,7 +653,10 @@ fn fault_run(g: &Gluster, local: &Local, listener: &Daemon, n: usize) {
     assert!(dead.is_empty(), "{} dead letters: {why:?}", dead.len());
     // Duplicates only for tasks a killed worker or the dead host ran.
     let r = runs(&log);
-    let interrupted = |pids: &Vec<i32>| pids.contains(&killed) || pids.contains(&dead_host);
+    // An agent the killed worker started just before the SIGKILL may
+    // find itself already orphaned when its shell reads its parent: 1.
+    let interrupted =
+        |pids: &Vec<i32>| pids.contains(&killed) || pids.contains(&dead_host) || pids.contains(&1);
     let dups: Vec<(&String, &Vec<i32>)> = r
         .iter()
         .filter(|(_, (s, _))| s.len() > 1)
