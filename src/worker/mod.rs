@@ -42,14 +42,14 @@ use metrics::Metrics;
 use pool::{Context, Pool};
 use watch::Watcher;
 
-/// The worker's folders, held open; replaced as a whole when one of them
-/// was (a tasks folder removed and made again, say).
 /// Finished results that may wait to be made durable, per slot: while the
 /// committer flushes one batch, the pool goes on and the next batch grows
 /// (docs/performance.md: with 4 rather than 1, a disk burst ran about 1.25
 /// times faster). A crash reruns at most that many finished tasks.
 const UNPUBLISHED_PER_SLOT: usize = 4;
 
+/// The worker's folders, held open; replaced as a whole when one of them
+/// was (a tasks folder removed and made again, say).
 pub(crate) type SharedDirs = Arc<RwLock<Arc<WorkerDirs>>>;
 
 /// The folders held now.
