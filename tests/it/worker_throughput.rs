@@ -230,7 +230,7 @@ fn strace_works() -> bool {
 /// of a staged file (a dot-file `.hw-…`), the target's name; for a flush,
 /// `None`. (A claim renames `ID.json` too, but not from a staged file.)
 fn renames_and_flushes(trace: &Path) -> Vec<Option<String>> {
-    let text = fs::read_to_string(trace).unwrap();
+    let text = fs::read_to_string(trace).unwrap_or_default();
     text.lines()
         .filter_map(|line| {
             let call = line.split_once(' ').map_or(line, |(_, c)| c).trim_start();
@@ -251,12 +251,9 @@ fn renames_and_flushes(trace: &Path) -> Vec<Option<String>> {
         .collect()
 }
 
-#[test]
-fn a_receipt_is_durable_before_its_result_and_a_task_costs_the_flushes_of_one_file() {
-    if !strace_works() {
-        return;
-    }
-    let spool = Spool::new();
+/// hw-worker `-c 1` under strace, its renames and flushes logged to the
+/// returned file.
+fn traced_worker(spool: &Spool, heartbeat_interval: &str) -> (Daemon, std::path::PathBuf) {
     let agent = spool.script("agent.sh", "exit 0");
     let trace = spool.scratch("trace");
     let mut cmd = std::process::Command::new("strace");
@@ -270,23 +267,67 @@ fn a_receipt_is_durable_before_its_result_and_a_task_costs_the_flushes_of_one_fi
     .arg(&trace)
     .arg(bin("hw-worker"))
     .args(["-c", "1", W])
-    .envs(base_env(&spool))
+    .envs(base_env(spool))
     .env("CLAUDE_COMMAND", &agent)
-    .env("HEARTBEAT_INTERVAL", "3600");
-    let mut w = Daemon::spawn(&spool, "traced-worker", cmd);
-    // One at a time, so that no batch holds two tasks' files.
-    let ids: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
-    for id in &ids {
-        spool.drop_simple(W, id, "traced");
-        assert_eq!(spool.wait_result(W, id)["status"], "completed");
-    }
-    // SIGTERM to the group: the worker stops cleanly, then strace.
+    .env("HEARTBEAT_INTERVAL", heartbeat_interval);
+    (Daemon::spawn(spool, "traced-worker", cmd), trace)
+}
+
+/// SIGTERM to the group: the worker stops cleanly, then strace.
+fn stop_traced(w: &mut Daemon) {
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(w.pid()),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     assert!(w.wait_exit(DEADLINE).is_some(), "strace did not exit");
+}
+
+#[test]
+fn a_heartbeat_writes_its_two_files_with_the_flushes_of_one() {
+    if !strace_works() {
+        return;
+    }
+    let spool = Spool::new();
+    let (mut w, trace) = traced_worker(&spool, "0.2");
+    let name = format!("{W}.json");
+    let beats = |calls: &[Option<String>]| -> Vec<usize> {
+        (0..calls.len())
+            .filter(|&i| calls[i].as_deref() == Some(name.as_str()))
+            .collect()
+    };
+    let written = wait_until(DEADLINE, || beats(&renames_and_flushes(&trace)).len() >= 6);
+    stop_traced(&mut w);
+    assert!(written, "fewer than 6 heartbeats written");
+    let calls = renames_and_flushes(&trace);
+    // From one beat to the next: the folder's flush, the new file's, and
+    // the instance's name for the same file (hw-worker(8), FILES).
+    for pair in beats(&calls).windows(2) {
+        let between = &calls[pair[0] + 1..pair[1]];
+        let flushes = between.iter().filter(|c| c.is_none()).count();
+        let instance = between
+            .iter()
+            .flatten()
+            .filter(|n| n.starts_with(&format!("{W}@")))
+            .count();
+        assert_eq!((flushes, instance), (2, 1), "one beat: {between:?}");
+    }
+}
+
+#[test]
+fn a_receipt_is_durable_before_its_result_and_a_task_costs_the_flushes_of_one_file() {
+    if !strace_works() {
+        return;
+    }
+    let spool = Spool::new();
+    let (mut w, trace) = traced_worker(&spool, "3600");
+    // One at a time, so that no batch holds two tasks' files.
+    let ids: Vec<String> = (0..5).map(|i| format!("t{i}")).collect();
+    for id in &ids {
+        spool.drop_simple(W, id, "traced");
+        assert_eq!(spool.wait_result(W, id)["status"], "completed");
+    }
+    stop_traced(&mut w);
     let calls = renames_and_flushes(&trace);
     let at = |name: &str| {
         calls

@@ -843,18 +843,16 @@ impl Dispatcher {
             metrics_addr: self.metrics_addr.clone(),
         };
         let bytes = json_line(&beat);
-        let folder = self.held().heartbeats.clone();
-        if let Err(e) = folder.publish(&self.instance.file, &bytes, self.cfg.durability) {
-            log::error!("{e}");
-        }
         // The name's own file, for its readers, says what the name does:
         // a stopping instance leaves it to a live one.
         let leaving = matches!(status, HeartbeatStatus::Stopping | HeartbeatStatus::Stopped);
-        if leaving && self.other_instance_lives() {
-            return;
-        }
         let name = OsString::from(heartbeat_file(&self.cfg.name));
-        if let Err(e) = folder.publish(&name, &bytes, self.cfg.durability) {
+        let mut files = vec![self.instance.file.as_os_str()];
+        if !(leaving && self.other_instance_lives()) {
+            files.push(&name);
+        }
+        let folder = self.held().heartbeats.clone();
+        if let Err(e) = folder.publish_each(&files, &bytes, self.cfg.durability) {
             log::error!("{e}");
         }
     }
