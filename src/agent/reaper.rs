@@ -7,7 +7,8 @@
 //! one of the commands they started themselves (those their own
 //! supervisor waits for: a registry, locked across each spawn, tells the
 //! two apart). They look when a command of theirs has ended (its orphans
-//! are theirs from then on) and once a second while an orphan lives;
+//! are theirs from then on; the ends of 50 ms gathered into one look)
+//! and once a second while an orphan lives;
 //! with none, the reaper sleeps, so an idle worker does not wake for it.
 
 use std::collections::HashSet;
@@ -52,6 +53,10 @@ fn ended() -> &'static (Mutex<bool>, Condvar) {
     ENDED.get_or_init(Default::default)
 }
 
+/// How long the reaper lets ends gather before it looks (each look reads
+/// /proc for every thread and child: docs/performance.md).
+const GATHER: Duration = Duration::from_millis(50);
+
 /// Sleeps until a command of ours ends, or at most `limit`.
 fn wait_for_an_end(limit: Option<Duration>) {
     let (ended, wake) = ended();
@@ -79,6 +84,9 @@ pub fn start() {
         let spawned = thread::Builder::new().name("reaper".into()).spawn(|| loop {
             let alive = reap_orphans().alive;
             wait_for_an_end((alive > 0).then_some(Duration::from_secs(1)));
+            // A busy pool ends hundreds of commands a second: one look
+            // for all the ends of the moment, not one each.
+            thread::sleep(GATHER);
         });
         if let Err(e) = spawned {
             log::warn!("cannot start the reaper thread ({e})");
@@ -97,9 +105,14 @@ pub struct Orphans {
 /// Waits for every zombie child that is not a command of ours.
 pub fn reap_orphans() -> Orphans {
     let me = std::process::id();
+    // /proc is read without the registry's lock, so that no spawn waits
+    // for it. A child seen here is in the registry by the time the lock
+    // is ours if it is a command of ours: a spawn registers its child
+    // before it lets the lock go.
+    let children = processes();
     let started = started();
     let mut found = Orphans::default();
-    for (pid, ppid, state) in processes() {
+    for (pid, ppid, state) in children {
         if ppid != me || started.contains(&pid) {
             continue;
         }

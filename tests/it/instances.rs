@@ -14,7 +14,7 @@ use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
@@ -444,6 +444,36 @@ fn with_no_orphan_left_the_reaper_does_not_wake_an_idle_worker() {
         holds_for(Duration::from_secs(3), || sleeps() == asleep),
         "the reaper woke: {asleep:?} then {:?}",
         sleeps()
+    );
+}
+
+#[test]
+fn the_reaper_looks_once_for_the_agents_that_end_together() {
+    let spool = Spool::new();
+    let w = Daemon::worker(
+        &spool,
+        W,
+        Path::new("true"),
+        &[("MAX_CONCURRENT_TASKS", "4")],
+    );
+    spool.drop_simple(W, "t0", "x");
+    spool.wait_result(W, "t0");
+    let sleeps = || sleeps_of_thread(w.pid(), "reaper").unwrap();
+    let (before, started) = (sleeps(), Instant::now());
+    let ids: Vec<String> = (1..=300).map(|i| format!("t{i}")).collect();
+    for id in &ids {
+        spool.drop_simple(W, id, "x");
+    }
+    for id in &ids {
+        spool.wait_result(W, id);
+    }
+    let (looked, took) = (sleeps() - before, started.elapsed());
+    // A look is at most three sleeps (for an end, the 50 ms gathering,
+    // the registry's lock), and the gathering allows one per 50 ms.
+    let bound = 3 * (took.as_millis() as u64 / 50 + 2);
+    assert!(
+        looked <= bound,
+        "the reaper slept {looked} times while 300 agents ended in {took:?} (at most {bound})"
     );
 }
 
