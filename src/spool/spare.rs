@@ -138,8 +138,10 @@ impl Spares {
                 Err(_) => return None,
             }
             let same = fstat(file.as_raw_fd())
-                .is_ok_and(|st| to.stat(&tmp).is_ok_and(|e| e.ino == st.st_ino));
-            if !same || rewrite(&file, bytes, mode, sync).is_err() {
+                .ok()
+                .filter(|st| to.stat(&tmp).is_ok_and(|e| e.ino == st.st_ino));
+            let written = same.is_some_and(|st| rewrite(&file, &st, bytes, mode, sync).is_ok());
+            if !written {
                 let _ = to.unlink(&tmp);
                 return None;
             }
@@ -191,11 +193,17 @@ impl Spares {
     }
 }
 
-/// `bytes` as the whole content of `f`, in the blocks it has, with the
-/// mode of a new file.
-fn rewrite(f: &std::fs::File, bytes: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
+/// `bytes` as the whole content of `f` (whose status is `st`), in the
+/// blocks it has, with the mode of a new file. Each change of the inode
+/// is one more for the next flush to write: none is made for nothing.
+fn rewrite(
+    f: &std::fs::File,
+    st: &FileStat,
+    bytes: &[u8],
+    mode: u32,
+    sync: bool,
+) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let st = fstat(f.as_raw_fd())?;
     if st.st_mode & 0o7777 != mode {
         nix::sys::stat::fchmod(
             f.as_raw_fd(),
@@ -203,7 +211,9 @@ fn rewrite(f: &std::fs::File, bytes: &[u8], mode: u32, sync: bool) -> std::io::R
         )?;
     }
     f.write_all_at(bytes, 0)?;
-    f.set_len(bytes.len() as u64)?;
+    if st.st_size > bytes.len() as i64 {
+        f.set_len(bytes.len() as u64)?;
+    }
     if sync {
         f.sync_all()?;
     }

@@ -101,7 +101,12 @@ fn a_finished_task_file_is_written_again_as_a_later_receipt_or_result() {
         return;
     }
     // The producer's files are 0600; the worker's new ones 0640 less umask.
+    // Each is longer than a receipt or a result: what it held must not
+    // outlive what is written into it.
     let before = run_tasks(&spool, 8, |path, _| {
+        let mut task = read_json(path).unwrap();
+        task["description"] = "long ".repeat(600).into();
+        fs::write(path, task.to_string()).unwrap();
         fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap()
     });
     assert_all_sound(&spool, 8);
