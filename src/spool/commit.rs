@@ -4,7 +4,8 @@
 //! durable with one flush, renames them into place in the order they came,
 //! and syncs each folder once. A burst of tasks then costs a flush or two
 //! rather than four fsyncs per task, and a pool thread goes back to work
-//! as soon as its agent has exited.
+//! as soon as its agent has exited. A committer that has just written
+//! results waits a moment for more before the next flush.
 //!
 //! A receipt is put in place at once but not flushed on its own: it is
 //! owed, and made durable by the next flush, which comes before any
@@ -29,6 +30,12 @@ use crate::spool::spare::Spares;
 /// Files in flight beyond this make pool threads wait: back-pressure when
 /// the disk is slow or full.
 const CAPACITY: usize = 256;
+
+/// How long a busy committer lets a batch holding a result wait for more.
+/// On a disk where a flush costs milliseconds, results finishing a moment
+/// apart then share one; a worker that was idle never waits, so a lone
+/// task's latency is unchanged (measured in docs/performance.md).
+const LINGER: Duration = Duration::from_millis(1);
 
 /// What runs once a result is durable (`true`), or when the worker is
 /// told to stop before it could be (`false`).
@@ -141,25 +148,35 @@ impl Writer {
 
 fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, w: Writer) {
     let d = w.d;
+    // No more results can come than there are permits: waiting for one
+    // more would be waiting for nothing.
+    let most = permits.capacity().unwrap_or(1);
     let mut owed = Owed::default();
+    let mut last_results: Option<Instant> = None;
     // Whatever queued up while the last batch was being written is the
     // next batch: the busier the worker, the more each flush covers.
     while let Ok(first) = rx.recv() {
         let mut batch = Batch::default();
-        for item in std::iter::once(first).chain(rx.try_iter().take(CAPACITY)) {
-            match item {
-                Item::Receipt(f) => batch.receipts.push(f),
-                Item::Result(f, then) => batch.results.push((f, then)),
-                Item::Flush(answer) => batch.answers.push(answer),
-            }
+        batch.take(first);
+        batch.take_ready(rx);
+        if busy(last_results, Instant::now()) {
+            batch.linger(rx, LINGER, most);
         }
         let results = batch.results.len();
         batch.commit(abort, &w, &mut owed);
+        if results > 0 {
+            last_results = Some(Instant::now());
+        }
         for _ in 0..results {
             let _ = permits.try_recv();
         }
     }
     owed.settle(d);
+}
+
+/// Whether results were committed less than `LINGER` ago.
+fn busy(last_results: Option<Instant>, now: Instant) -> bool {
+    last_results.is_some_and(|t| now.duration_since(t) < LINGER)
 }
 
 #[derive(Default)]
@@ -170,6 +187,32 @@ struct Batch {
 }
 
 impl Batch {
+    fn take(&mut self, item: Item) {
+        match item {
+            Item::Receipt(f) => self.receipts.push(f),
+            Item::Result(f, then) => self.results.push((f, then)),
+            Item::Flush(answer) => self.answers.push(answer),
+        }
+    }
+
+    fn take_ready(&mut self, rx: &Receiver<Item>) {
+        for item in rx.try_iter().take(CAPACITY) {
+            self.take(item);
+        }
+    }
+
+    /// Takes what comes within `linger` while the batch holds a result,
+    /// fewer than `most` of them, and no pool thread waits on a flush.
+    fn linger(&mut self, rx: &Receiver<Item>, linger: Duration, most: usize) {
+        let deadline = Instant::now() + linger;
+        while !self.results.is_empty() && self.results.len() < most && self.answers.is_empty() {
+            match rx.recv_deadline(deadline) {
+                Ok(item) => self.take(item),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Receipts in place (owed), then the results: stage all, flush (which
     /// settles what is owed), rename all, sync each folder once, then
     /// tell. A result whose fast path fails goes the slow way: its own
@@ -351,5 +394,72 @@ pub fn persist<T>(abort: &Latch, mut publish: impl FnMut() -> Result<T>) -> Pers
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn file() -> File {
+        File {
+            dir: Arc::new(Dir::open(Path::new("/")).unwrap()),
+            name: "t.json".into(),
+            bytes: Vec::new(),
+        }
+    }
+
+    fn result() -> Item {
+        Item::Result(file(), Box::new(|_| {}))
+    }
+
+    /// A batch of one result, and `queued` sent after it.
+    fn lingered(queued: Vec<Item>, most: usize) -> (Batch, usize) {
+        let (tx, rx) = bounded(CAPACITY);
+        let mut batch = Batch::default();
+        batch.take(result());
+        for item in queued {
+            tx.send(item).unwrap();
+        }
+        batch.linger(&rx, LINGER, most);
+        (batch, rx.len())
+    }
+
+    #[test]
+    fn a_batch_lingers_only_when_results_were_committed_a_moment_ago() {
+        let now = Instant::now();
+        assert!(!busy(None, now));
+        assert!(busy(Some(now), now));
+        assert!(!busy(now.checked_sub(2 * LINGER), now));
+    }
+
+    #[test]
+    fn a_lingering_batch_takes_the_results_that_come() {
+        let (batch, left) = lingered(vec![result(), Item::Receipt(file()), result()], 8);
+        assert_eq!((batch.results.len(), batch.receipts.len(), left), (3, 1, 0));
+    }
+
+    #[test]
+    fn a_batch_stops_lingering_at_as_many_results_as_there_are_permits() {
+        let (batch, left) = lingered(vec![result(), result(), result()], 2);
+        assert_eq!((batch.results.len(), left), (2, 2));
+    }
+
+    #[test]
+    fn a_batch_stops_lingering_when_a_pool_thread_waits_on_a_flush() {
+        let (answer, _) = bounded(1);
+        let (batch, left) = lingered(vec![Item::Flush(answer), result()], 8);
+        assert_eq!((batch.results.len(), batch.answers.len(), left), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_batch_without_a_result_does_not_linger() {
+        let (tx, rx) = bounded(CAPACITY);
+        let mut batch = Batch::default();
+        batch.take(Item::Receipt(file()));
+        tx.send(result()).unwrap();
+        batch.linger(&rx, LINGER, 8);
+        assert_eq!((batch.results.len(), rx.len()), (0, 1));
     }
 }
