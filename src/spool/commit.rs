@@ -160,7 +160,7 @@ fn serve(rx: &Receiver<Item>, permits: &Receiver<()>, abort: &Latch, w: Writer) 
         batch.take(first);
         batch.take_ready(rx);
         if busy(last_results, Instant::now()) {
-            batch.linger(rx, LINGER, most);
+            batch.linger(rx, most);
         }
         let results = batch.results.len();
         batch.commit(abort, &w, &mut owed);
@@ -201,10 +201,10 @@ impl Batch {
         }
     }
 
-    /// Takes what comes within `linger` while the batch holds a result,
+    /// Takes what comes within `LINGER` while the batch holds a result,
     /// fewer than `most` of them, and no pool thread waits on a flush.
-    fn linger(&mut self, rx: &Receiver<Item>, linger: Duration, most: usize) {
-        let deadline = Instant::now() + linger;
+    fn linger(&mut self, rx: &Receiver<Item>, most: usize) {
+        let deadline = Instant::now() + LINGER;
         while !self.results.is_empty() && self.results.len() < most && self.answers.is_empty() {
             match rx.recv_deadline(deadline) {
                 Ok(item) => self.take(item),
@@ -422,7 +422,7 @@ mod tests {
         for item in queued {
             tx.send(item).unwrap();
         }
-        batch.linger(&rx, LINGER, most);
+        batch.linger(&rx, most);
         (batch, rx.len())
     }
 
@@ -459,7 +459,7 @@ mod tests {
         let mut batch = Batch::default();
         batch.take(Item::Receipt(file()));
         tx.send(result()).unwrap();
-        batch.linger(&rx, LINGER, 8);
+        batch.linger(&rx, 8);
         assert_eq!((batch.results.len(), rx.len()), (0, 1));
     }
 }
